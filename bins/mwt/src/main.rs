@@ -1,0 +1,134 @@
+//! `mwt`: the trainer. It will train, validate, export and serve predictions of the
+//! YOLOv8 detector on libtorch (through tch), on one process or data parallel.
+//!
+//! Built so far: `mwt info`, which proves libtorch is found and works. The other
+//! subcommands belong to the model, training and distributed issues; until those
+//! land they say so and exit 2.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Train, validate and export the YOLOv8 car detector on libtorch.
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    after_help = "Examples:\n  mwt info              # which libtorch, which devices\n  mwt info --json"
+)]
+struct Flags {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Which libtorch this binary loaded, its version, threads and devices.
+    Info {
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// NOT BUILT YET (the training issue): train YOLOv8 on a YOLO dataset.
+    Train(Unbuilt),
+    /// NOT BUILT YET (the training issue): evaluate a checkpoint or ONNX model.
+    Val(Unbuilt),
+    /// NOT BUILT YET (the model issue): export ONNX into a Triton model repository.
+    Export(Unbuilt),
+    /// NOT BUILT YET (the model issue): run a model on images.
+    Predict(Unbuilt),
+    /// NOT BUILT YET (the detection core issue): COCO mAP of predictions against ground truth.
+    Eval(Unbuilt),
+    /// NOT BUILT YET (the distributed issue): start N local data-parallel workers.
+    Launch(Unbuilt),
+}
+
+#[derive(Debug, clap::Args)]
+struct Unbuilt {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    cardet_cli::init_logging();
+    let flags = Flags::parse();
+    let result = match flags.command {
+        Command::Info { json } => info(json),
+        Command::Train(_) | Command::Val(_) => {
+            Err(cardet_cli::not_built("mwt train/val", "the training issue"))
+        }
+        Command::Export(_) | Command::Predict(_) => Err(cardet_cli::not_built(
+            "mwt export/predict",
+            "the model issue",
+        )),
+        Command::Eval(_) => Err(cardet_cli::not_built(
+            "mwt eval",
+            "the detection core issue",
+        )),
+        Command::Launch(_) => Err(cardet_cli::not_built("mwt launch", "the distributed issue")),
+    };
+    cardet_cli::exit_code("mwt", result)
+}
+
+fn info(json: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+
+    // A real computation, so "found" means "works", not just "linked".
+    let a = tch::Tensor::ones([64, 64], (tch::Kind::Float, tch::Device::Cpu));
+    let sum = a.matmul(&a).sum(tch::Kind::Double).double_value(&[]);
+    anyhow::ensure!(
+        sum == 64.0 * 64.0 * 64.0,
+        "libtorch computed a wrong matmul ({sum})"
+    );
+    let library = loaded_library("libtorch_cpu.so");
+    let version = library.as_deref().and_then(torch_version);
+    let report = serde_json::json!({
+        "libtorch": library.as_ref().map(|path| path.display().to_string()),
+        "torch_version": version,
+        "threads": tch::get_num_threads(),
+        "cuda_available": tch::Cuda::is_available(),
+        "cuda_devices": tch::Cuda::device_count(),
+    });
+    let mut stdout = std::io::stdout().lock();
+    if json {
+        writeln!(stdout, "{report}")?;
+    } else {
+        writeln!(
+            stdout,
+            "libtorch      {}",
+            report["libtorch"]
+                .as_str()
+                .unwrap_or("not found in /proc/self/maps")
+        )?;
+        writeln!(
+            stdout,
+            "torch version {}",
+            report["torch_version"].as_str().unwrap_or("unknown")
+        )?;
+        writeln!(stdout, "threads       {}", report["threads"])?;
+        writeln!(
+            stdout,
+            "cuda          {} ({} devices)",
+            report["cuda_available"], report["cuda_devices"]
+        )?;
+    }
+    Ok(())
+}
+
+/// The file the dynamic loader actually mapped, from /proc/self/maps.
+fn loaded_library(name: &str) -> Option<std::path::PathBuf> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .find(|path| path.ends_with(name))
+        .map(Into::into)
+}
+
+/// The wheel's `torch/version.py` beside the loaded `torch/lib/libtorch_cpu.so`
+/// (a line `__version__ = '2.13.0+cu130'`, with or without a type annotation).
+fn torch_version(library: &std::path::Path) -> Option<String> {
+    let version_py = library.parent()?.parent()?.join("version.py");
+    let text = std::fs::read_to_string(version_py).ok()?;
+    let line = text.lines().find(|line| line.starts_with("__version__"))?;
+    let (_, value) = line.split_once('=')?;
+    Some(value.trim().trim_matches(['\'', '"']).to_string())
+}

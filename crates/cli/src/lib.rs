@@ -1,0 +1,68 @@
+//! What every cardet binary does the same way at its edges: logging set-up, and
+//! turning the outcome of `run` into an exit code.
+//!
+//! Errors print as one line, `name: context: cause`, and exit 2; a closed pipe
+//! (`mwt info | head -1`) is not an error. A stage that is not built yet says so
+//! and exits 2 through [`not_built`], so nothing pretends to work.
+//!
+//! ```no_run
+//! fn run() -> anyhow::Result<()> { Ok(()) }
+//! fn main() -> std::process::ExitCode {
+//!     cardet_cli::init_logging();
+//!     cardet_cli::exit_code("produce", run())
+//! }
+//! ```
+
+use std::process::ExitCode;
+
+/// `RUST_LOG`-style filtering on stderr (default `info`), so stdout stays for data.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Maps `run`'s outcome to the process exit code, printing the error chain on one line.
+pub fn exit_code(binary: &str, result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{binary}: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The error for a stage that a later issue builds.
+pub fn not_built(stage: &str, issue: &str) -> anyhow::Error {
+    anyhow::anyhow!("{stage} is not built yet ({issue})")
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broken_pipe_is_success_and_other_errors_exit_2() {
+        let pipe = anyhow::Error::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+            .context("writing");
+        assert_eq!(exit_code("t", Err(pipe)), ExitCode::SUCCESS);
+        assert_eq!(
+            exit_code("t", Err(not_built("stage", "issue"))),
+            ExitCode::from(2)
+        );
+        assert_eq!(exit_code("t", Ok(())), ExitCode::SUCCESS);
+    }
+}

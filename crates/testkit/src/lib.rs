@@ -1,0 +1,94 @@
+//! How tests reach the real services of `cargo xtask stack` and the reference tools
+//! of the venv.
+//!
+//! `cargo xtask test` exports the stack's variables; a developer who ran
+//! `cargo xtask stack up` and then `cargo nextest run` gets them from the clone's
+//! `.env` instead. [`Stack::from_env`] reads both, the environment first.
+//!
+//! ```no_run
+//! let stack = cardet_testkit::Stack::from_env();
+//! println!("kafka at {}", stack.kafka_bootstrap);
+//! ```
+
+use std::path::{Path, PathBuf};
+
+/// The stack's endpoints and credentials, with the ecosystem's variable names.
+#[derive(Clone, Debug)]
+pub struct Stack {
+    pub kafka_bootstrap: String,
+    pub database_url: String,
+    pub s3_endpoint: String,
+    pub s3_access_key: String,
+    pub s3_secret_key: String,
+    pub s3_region: String,
+    pub mlflow_uri: String,
+}
+
+impl Stack {
+    /// Reads the variables, falling back to the clone's `.env` and then to the stack's defaults.
+    pub fn from_env() -> Stack {
+        let dotenv: Vec<(String, String)> = dotenvy::from_path_iter(workspace_root().join(".env"))
+            .map(|lines| lines.filter_map(Result::ok).collect())
+            .unwrap_or_default();
+        let get = |key: &str, default: &str| {
+            std::env::var(key)
+                .ok()
+                .filter(|value| !value.is_empty())
+                .or_else(|| {
+                    dotenv
+                        .iter()
+                        .find(|(k, _)| k == key)
+                        .map(|(_, v)| v.clone())
+                })
+                .unwrap_or_else(|| default.to_string())
+        };
+        Stack {
+            kafka_bootstrap: get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+            database_url: get(
+                "DATABASE_URL",
+                "postgres://cardet:cardet@127.0.0.1:5432/cardet",
+            ),
+            s3_endpoint: get("AWS_ENDPOINT_URL", "http://127.0.0.1:9000"),
+            s3_access_key: get("AWS_ACCESS_KEY_ID", ""),
+            s3_secret_key: get("AWS_SECRET_ACCESS_KEY", ""),
+            s3_region: get("AWS_REGION", "us-east-1"),
+            mlflow_uri: get("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000"),
+        }
+    }
+}
+
+/// The clone's root, from this crate's place in it.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// `$CARDET_HOME`, else `~/.cache/cardet` (the same rule as `cargo xtask setup`).
+pub fn cardet_home() -> PathBuf {
+    match std::env::var_os("CARDET_HOME") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| "/tmp".into())
+            .join(".cache/cardet"),
+    }
+}
+
+/// The venv's Python, where the reference tools (pycocotools, ultralytics,
+/// tritonclient, opencv, onnx) live.
+pub fn venv_python() -> PathBuf {
+    cardet_home().join("venv/bin/python")
+}
+
+/// A name no other test run uses: the embedded broker deletes every topic when one
+/// is deleted, so tests never share or delete topics (see DESIGN.md).
+pub fn unique_name(prefix: &str) -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{prefix}-{}-{nanos:x}", std::process::id())
+}

@@ -1,0 +1,370 @@
+//! `cargo xtask bench`: ours against a named baseline, side by side in one run.
+//!
+//! A case is two commands, ours and the baseline, each printing as its last stdout
+//! line one JSON object `{"value": f64, "unit": "...", "higher_is_better": bool}`.
+//! The harness runs them interleaved (ours, baseline, ours, ...) so that a machine
+//! that slows down mid-run slows both, takes medians, and writes one row per case
+//! into the area's table in BENCHMARKS.md: medians, ratio (above 1 means ours is
+//! better), spread, machine, date and the command that made it. Areas with
+//! criterion micro-benchmarks also run `cargo bench` for their package.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use xshell::{Shell, cmd};
+
+use crate::flags;
+
+/// One benchmark area: the cases it compares and its criterion package, if any.
+pub struct Area {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub cases: &'static [Case],
+    pub criterion_package: Option<&'static str>,
+}
+
+pub struct Case {
+    pub name: &'static str,
+    pub ours: &'static [&'static str],
+    pub baseline_name: &'static str,
+    pub baseline: &'static [&'static str],
+    /// Needs a CUDA device; run only with `--gpu`.
+    pub gpu: bool,
+}
+
+/// Every area. Each issue that brings a measured goal adds its area here.
+pub const AREAS: &[Area] = &[];
+
+impl flags::Bench {
+    pub fn run(&self, sh: &Shell) -> anyhow::Result<()> {
+        if self.list || AREAS.is_empty() {
+            list();
+            if AREAS.is_empty() && !self.list {
+                bail!("no benchmark area is registered yet");
+            }
+            return Ok(());
+        }
+        let areas: Vec<&Area> = match &self.area {
+            Some(name) => vec![
+                AREAS
+                    .iter()
+                    .find(|area| area.name == name)
+                    .with_context(|| {
+                        format!("unknown area {name:?}; `cargo xtask bench --list` lists them")
+                    })?,
+            ],
+            None => AREAS.iter().collect(),
+        };
+        let machine = machine_description();
+        let invocation = format!(
+            "cargo xtask bench {}{}--repeat {}",
+            self.area
+                .as_deref()
+                .map(|a| format!("{a} "))
+                .unwrap_or_default(),
+            if self.gpu { "--gpu " } else { "" },
+            self.repeat
+        );
+        for area in areas {
+            if let Some(package) = area.criterion_package {
+                cmd!(sh, "cargo bench --package {package}").run()?;
+            }
+            let mut rows = Vec::new();
+            for case in area.cases.iter().filter(|case| case.gpu == self.gpu) {
+                println!(
+                    "bench: {} / {} ({} runs each, interleaved)",
+                    area.name, case.name, self.repeat
+                );
+                let result = run_case(case, self.repeat)?;
+                let row = result.row(case, &machine, &invocation);
+                println!("{row}");
+                rows.push(row);
+            }
+            if !self.no_write && !rows.is_empty() {
+                write_rows(&crate::project_root().join("BENCHMARKS.md"), area, &rows)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn list() {
+    if AREAS.is_empty() {
+        println!(
+            "no benchmark area is registered yet (each issue adds its own in xtask/src/bench.rs)"
+        );
+    }
+    for area in AREAS {
+        println!("{}: {}", area.name, area.about);
+        for case in area.cases {
+            println!(
+                "  {}{} against {}",
+                case.name,
+                if case.gpu { " (gpu)" } else { "" },
+                case.baseline_name
+            );
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    pub value: f64,
+    pub higher_is_better: bool,
+}
+
+#[derive(Debug)]
+pub struct CaseResult {
+    pub unit: String,
+    pub ours: Vec<f64>,
+    pub baseline: Vec<f64>,
+    pub higher_is_better: bool,
+}
+
+fn run_case(case: &Case, repeat: usize) -> anyhow::Result<CaseResult> {
+    let mut result = CaseResult {
+        unit: String::new(),
+        ours: Vec::new(),
+        baseline: Vec::new(),
+        higher_is_better: false,
+    };
+    for _ in 0..repeat.max(1) {
+        let (ours, unit) = run_side(case.ours)?;
+        let (baseline, _) = run_side(case.baseline)?;
+        result.unit = unit;
+        result.higher_is_better = ours.higher_is_better;
+        result.ours.push(ours.value);
+        result.baseline.push(baseline.value);
+    }
+    Ok(result)
+}
+
+fn run_side(argv: &[&str]) -> anyhow::Result<(Sample, String)> {
+    let (program, args) = argv.split_first().context("empty benchmark command")?;
+    let output = Command::new(program)
+        .args(args)
+        .current_dir(crate::project_root())
+        .output()
+        .with_context(|| format!("running {}", argv.join(" ")))?;
+    if !output.status.success() {
+        bail!(
+            "{} failed: {}",
+            argv.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    parse_sample(&String::from_utf8_lossy(&output.stdout))
+        .with_context(|| format!("output of {}", argv.join(" ")))
+}
+
+pub fn parse_sample(stdout: &str) -> anyhow::Result<(Sample, String)> {
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|line| !line.trim().is_empty())
+        .context("no output")?;
+    let json: serde_json::Value = serde_json::from_str(last).context("last line is not JSON")?;
+    let value = json["value"].as_f64().context("no numeric `value`")?;
+    let unit = json["unit"].as_str().unwrap_or("").to_string();
+    let higher_is_better = json["higher_is_better"].as_bool().unwrap_or(false);
+    Ok((
+        Sample {
+            value,
+            higher_is_better,
+        },
+        unit,
+    ))
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+    }
+}
+
+/// (max - min) / median, as a fraction.
+pub fn spread(values: &[f64]) -> f64 {
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    (max - min) / median(values)
+}
+
+impl CaseResult {
+    /// Above 1 means ours is better, whichever way the unit points.
+    pub fn ratio(&self) -> f64 {
+        let (ours, baseline) = (median(&self.ours), median(&self.baseline));
+        if self.higher_is_better {
+            ours / baseline
+        } else {
+            baseline / ours
+        }
+    }
+
+    fn row(&self, case: &Case, machine: &str, invocation: &str) -> String {
+        format!(
+            "| {} | {:.4} {unit} | {} {:.4} {unit} | **{:.2}x** | ±{:.0}% / ±{:.0}% | {} | {machine} | {} | `{invocation}` |",
+            case.name,
+            median(&self.ours),
+            case.baseline_name,
+            median(&self.baseline),
+            self.ratio(),
+            spread(&self.ours) * 50.0,
+            spread(&self.baseline) * 50.0,
+            self.ours.len(),
+            today(),
+            unit = self.unit,
+        )
+    }
+}
+
+pub const TABLE_HEADER: &str = "| case | ours (median) | baseline (median) | ratio | spread ours / baseline | runs | machine | date | command |\n|---|---|---|---|---|---|---|---|---|";
+
+/// Replaces the area's table between its markers (or appends a new section), so the
+/// file always shows the latest run; git keeps the history.
+fn write_rows(path: &Path, area: &Area, rows: &[String]) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".to_string());
+    let updated = replace_area_table(&text, area.name, area.about, rows);
+    std::fs::write(path, updated).with_context(|| format!("writing {}", path.display()))
+}
+
+pub fn replace_area_table(text: &str, area: &str, about: &str, rows: &[String]) -> String {
+    let begin = format!("<!-- bench:{area}:begin -->");
+    let end = format!("<!-- bench:{area}:end -->");
+    let table = format!("{begin}\n{TABLE_HEADER}\n{}\n{end}", rows.join("\n"));
+    match (text.find(&begin), text.find(&end)) {
+        (Some(start), Some(stop)) if stop > start => {
+            format!("{}{table}{}", &text[..start], &text[stop + end.len()..])
+        }
+        _ => format!("{}\n\n## {area}\n\n{about}\n\n{table}\n", text.trim_end()),
+    }
+}
+
+fn machine_description() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("model name")
+                .and_then(|rest| rest.split_once(':'))
+                .map(|(_, m)| m.trim())
+        })
+        .unwrap_or("unknown CPU")
+        .to_string();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_gib = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    format!("{model}, {cores} cores, {mem_gib:.0} GiB")
+}
+
+fn today() -> String {
+    Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .ok()
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_come_from_the_last_json_line() {
+        let (sample, unit) =
+            parse_sample("warming up\n{\"value\": 2.5, \"unit\": \"ms\"}\n").expect("parses");
+        assert_eq!(
+            (sample.value, sample.higher_is_better, unit.as_str()),
+            (2.5, false, "ms")
+        );
+        assert!(parse_sample("no json here\n").is_err());
+    }
+
+    #[test]
+    fn ratio_points_towards_ours_being_better() {
+        let faster = CaseResult {
+            unit: "ms".into(),
+            ours: vec![1.0, 2.0, 3.0],
+            baseline: vec![4.0, 6.0, 8.0],
+            higher_is_better: false,
+        };
+        assert_eq!(faster.ratio(), 3.0);
+        let throughput = CaseResult {
+            unit: "MB/s".into(),
+            ours: vec![90.0],
+            baseline: vec![100.0],
+            higher_is_better: true,
+        };
+        assert!((throughput.ratio() - 0.9).abs() < 1e-12);
+        assert_eq!(median(&[3.0, 1.0, 2.0, 10.0]), 2.5);
+        assert!((spread(&[9.0, 10.0, 11.0]) - 0.2).abs() < 1e-12);
+    }
+
+    #[test]
+    fn area_tables_are_replaced_in_place() {
+        let first = replace_area_table(
+            "# Benchmarks\n\nintro\n",
+            "detect",
+            "Decode and NMS.",
+            &["| a |".into()],
+        );
+        assert!(first.contains("## detect\n\nDecode and NMS.\n\n<!-- bench:detect:begin -->"));
+        let second = replace_area_table(
+            &(first.clone() + "\n## other\n"),
+            "detect",
+            "Decode and NMS.",
+            &["| b |".into()],
+        );
+        assert!(
+            second.contains("| b |") && !second.contains("| a |"),
+            "{second}"
+        );
+        assert!(
+            second.ends_with("## other\n"),
+            "text after the table is kept: {second}"
+        );
+        assert_eq!(second.matches("## detect").count(), 1);
+    }
+
+    #[test]
+    fn a_case_runs_both_sides_interleaved() {
+        const OURS: &[&str] = &["sh", "-c", "echo '{\"value\": 2, \"unit\": \"ms\"}'"];
+        const BASE: &[&str] = &["sh", "-c", "echo '{\"value\": 5, \"unit\": \"ms\"}'"];
+        let case = Case {
+            name: "echo",
+            ours: OURS,
+            baseline_name: "slower echo",
+            baseline: BASE,
+            gpu: false,
+        };
+        let result = run_case(&case, 3).expect("runs");
+        assert_eq!((result.ours.len(), result.baseline.len()), (3, 3));
+        assert_eq!(result.ratio(), 2.5);
+        const FAILING: &[&str] = &["sh", "-c", "echo boom >&2; exit 3"];
+        let broken = Case {
+            name: "broken",
+            ours: FAILING,
+            baseline_name: "x",
+            baseline: BASE,
+            gpu: false,
+        };
+        let error = format!(
+            "{:#}",
+            run_case(&broken, 1).expect_err("a failing side is an error")
+        );
+        assert!(error.contains("boom"), "{error}");
+    }
+}

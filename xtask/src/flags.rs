@@ -1,0 +1,122 @@
+//! The command line of `cargo xtask`: one subcommand per stage.
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "cardet's automation: setup, the local stack, tests, benchmarks",
+    after_help = "Examples:\n  cargo xtask setup            # install every part into $CARDET_HOME (idempotent)\n  cargo xtask doctor           # what is installed, where, and whether it answers\n  cargo xtask stack up         # Kafka, PostgreSQL, S3 and MLflow on 127.0.0.1\n  cargo xtask test             # the CI gate: setup, fmt, clippy, stack, nextest\n  cargo xtask bench --list     # the benchmark areas and their baselines"
+)]
+pub struct Xtask {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Setup(Setup),
+    Doctor(Doctor),
+    Stack(Stack),
+    Test(Test),
+    Bench(Bench),
+    Pipeline(Pipeline),
+}
+
+/// Install every part (Python venv with torch and onnxruntime, tansu, the S3
+/// server, PostgreSQL and the Debian packages the build needs) into $CARDET_HOME.
+///
+/// Idempotent: a part already installed at its pinned version is left alone, so a
+/// second run takes seconds. $CARDET_HOME defaults to ~/.cache/cardet, outside the
+/// clone, so a fresh clone on the same machine reuses it.
+#[derive(Debug, Parser)]
+pub struct Setup {
+    /// Only check what is missing; install nothing, exit 1 if anything is.
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// Print every part, its version, where it is and whether it answers.
+///
+/// Exits 1 when a part is missing, naming the command that installs it.
+#[derive(Debug, Parser)]
+pub struct Doctor {
+    /// One JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Run the local stack of real services on 127.0.0.1.
+///
+/// Ports and credentials come from the ecosystem's variables (or `.env`):
+/// KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL, AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID,
+/// AWS_SECRET_ACCESS_KEY, MLFLOW_TRACKING_URI. Missing S3 keys are generated into
+/// the ignored `.env`. State lives in $CARDET_STACK_DIR (default $CARDET_HOME/stack).
+#[derive(Debug, Parser)]
+pub struct Stack {
+    #[command(subcommand)]
+    pub action: StackAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StackAction {
+    /// Start every service that is not running and wait until each answers.
+    Up {
+        /// Only these services (kafka, postgres, s3, mlflow); default all.
+        services: Vec<String>,
+    },
+    /// Stop what `up` started, by recorded PID, and wait until it is gone.
+    Down,
+    /// One line per service: PID, endpoint, and whether it answers.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The end of each service's log.
+    Logs {
+        /// Only this service.
+        service: Option<String>,
+        /// Lines per log.
+        #[arg(short = 'n', long, default_value_t = 40)]
+        lines: usize,
+    },
+    /// Print the stack's variables as `export NAME=value` lines, for `eval`.
+    Env,
+}
+
+/// The CI gate: setup, `cargo fmt --check`, clippy with -D warnings, the stack
+/// up, `cargo nextest run` over the workspace, the stack down even on failure.
+#[derive(Debug, Parser)]
+pub struct Test {
+    /// Skip setup, fmt and clippy (a quicker loop while developing).
+    #[arg(long)]
+    pub no_lint: bool,
+    /// Extra arguments for `cargo nextest run` (a filter, `-p crate`, ...).
+    #[arg(last = true)]
+    pub nextest_args: Vec<String>,
+}
+
+/// Measure against the named baselines, side by side in one run, and record the
+/// ratio rows in BENCHMARKS.md.
+#[derive(Debug, Parser)]
+pub struct Bench {
+    /// The area to run (see --list); default every area.
+    pub area: Option<String>,
+    /// Run the GPU variants (needs CUDA on this machine).
+    #[arg(long)]
+    pub gpu: bool,
+    /// Interleaved repetitions of measure and baseline.
+    #[arg(long, default_value_t = 5)]
+    pub repeat: usize,
+    /// List the areas and their baselines, run nothing.
+    #[arg(long)]
+    pub list: bool,
+    /// Print the rows, leave BENCHMARKS.md as it is.
+    #[arg(long)]
+    pub no_write: bool,
+}
+
+/// The whole loop end to end (NOT BUILT YET: the delivery issue completes it; this
+/// stage exits 2).
+#[derive(Debug, Parser)]
+pub struct Pipeline {}

@@ -1,0 +1,182 @@
+//! `$CARDET_HOME`: the cache outside the clone where `setup` installs every part,
+//! and the pinned versions of those parts.
+
+use std::path::{Path, PathBuf};
+
+/// A crate installed with `cargo install --locked --root $CARDET_HOME/tools`.
+pub struct CargoTool {
+    pub krate: &'static str,
+    pub version: &'static str,
+    pub features: &'static str,
+    pub binary: &'static str,
+}
+
+/// The Kafka-compatible broker. Without the libsql feature it has no durable storage
+/// engine (see DESIGN.md).
+pub const TANSU: CargoTool = CargoTool {
+    krate: "tansu",
+    version: "0.6.0",
+    features: "libsql",
+    binary: "tansu",
+};
+
+/// The S3-compatible server; it verifies SigV4 signatures against the keys it is given.
+pub const S3S_FS: CargoTool = CargoTool {
+    krate: "s3s-fs",
+    version: "0.14.1",
+    features: "binary",
+    binary: "s3s-fs",
+};
+
+pub const CARGO_TOOLS: [&CargoTool; 2] = [&TANSU, &S3S_FS];
+
+/// Debian packages the build and the stack need, as (package, why).
+pub const APT_PACKAGES: [(&str, &str); 3] = [
+    ("postgresql-15", "the stack's PostgreSQL server"),
+    ("libgloo-dev", "gloo headers for the c10d bridge"),
+    (
+        "protobuf-compiler",
+        "protoc for the KServe v2 and ONNX protobufs",
+    ),
+];
+
+pub const POSTGRES_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+pub struct CardetHome {
+    pub root: PathBuf,
+}
+
+impl CardetHome {
+    /// `$CARDET_HOME`, else `~/.cache/cardet`.
+    pub fn from_env() -> CardetHome {
+        let root = match std::env::var_os("CARDET_HOME") {
+            Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+            _ => {
+                let home = std::env::var_os("HOME")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| "/tmp".into());
+                home.join(".cache/cardet")
+            }
+        };
+        CardetHome { root }
+    }
+
+    pub fn venv(&self) -> PathBuf {
+        self.root.join("venv")
+    }
+
+    pub fn python(&self) -> PathBuf {
+        self.venv().join("bin/python")
+    }
+
+    pub fn venv_bin(&self, name: &str) -> PathBuf {
+        self.venv().join("bin").join(name)
+    }
+
+    /// The venv's `site-packages`, whatever the Python minor version is.
+    pub fn site_packages(&self) -> Option<PathBuf> {
+        let lib = self.venv().join("lib");
+        let entries = std::fs::read_dir(&lib).ok()?;
+        entries
+            .filter_map(Result::ok)
+            .map(|entry| entry.path().join("site-packages"))
+            .find(|path| path.is_dir())
+    }
+
+    pub fn tools_root(&self) -> PathBuf {
+        self.root.join("tools")
+    }
+
+    pub fn tool_bin(&self, tool: &CargoTool) -> PathBuf {
+        self.tools_root().join("bin").join(tool.binary)
+    }
+
+    /// Where the build looks for libtorch: a link to the venv's `torch` package.
+    pub fn libtorch_link(&self) -> PathBuf {
+        self.root.join("libtorch")
+    }
+
+    /// A link to the onnxruntime wheel's shared library.
+    pub fn onnxruntime_link(&self) -> PathBuf {
+        self.root.join("lib/libonnxruntime.so")
+    }
+
+    pub fn stack_dir(&self) -> PathBuf {
+        match std::env::var_os("CARDET_STACK_DIR") {
+            Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+            _ => self.root.join("stack"),
+        }
+    }
+}
+
+/// The version of an installed Python distribution, read from its `.dist-info` folder
+/// name (importing torch to ask it would take seconds).
+pub fn dist_version(site_packages: &Path, distribution: &str) -> Option<String> {
+    let prefix = format!("{}-", distribution.replace('-', "_"));
+    std::fs::read_dir(site_packages)
+        .ok()?
+        .filter_map(Result::ok)
+        .find_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let rest = name.strip_suffix(".dist-info")?;
+            let version = rest.strip_prefix(&prefix).or_else(|| {
+                // Some wheels keep the original case or dashes in the folder name.
+                let lower = rest.to_lowercase();
+                lower
+                    .strip_prefix(&prefix.to_lowercase())
+                    .map(|v| &rest[rest.len() - v.len()..])
+            })?;
+            version
+                .chars()
+                .next()
+                .filter(char::is_ascii_digit)
+                .map(|_| version.to_string())
+        })
+}
+
+/// The pinned version of a distribution in `xtask/requirements.txt`.
+pub fn pinned_version(requirements: &str, distribution: &str) -> Option<String> {
+    requirements.lines().find_map(|line| {
+        let line = line.split('#').next()?.trim();
+        let (name, version) = line.split_once("==")?;
+        let name = name.split('[').next()?.trim();
+        name.eq_ignore_ascii_case(distribution)
+            .then(|| version.trim().to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(requirements: &str, distribution: &str, expected: Option<&str>) {
+        assert_eq!(
+            pinned_version(requirements, distribution).as_deref(),
+            expected
+        );
+    }
+
+    #[test]
+    fn pins_are_read_with_extras_and_comments() {
+        let requirements =
+            "# comment\ntorch==2.13.0\ntritonclient[all]==2.73.0  # reference client\n";
+        check(requirements, "torch", Some("2.13.0"));
+        check(requirements, "tritonclient", Some("2.73.0"));
+        check(requirements, "mlflow", None);
+    }
+
+    #[test]
+    fn dist_version_reads_dist_info_names() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir(dir.path().join("opencv_python_headless-5.0.0.93.dist-info"))
+            .expect("mkdir");
+        std::fs::create_dir(dir.path().join("torch-2.13.0.dist-info")).expect("mkdir");
+        std::fs::create_dir(dir.path().join("torchvision-0.28.0.dist-info")).expect("mkdir");
+        assert_eq!(dist_version(dir.path(), "torch").as_deref(), Some("2.13.0"));
+        assert_eq!(
+            dist_version(dir.path(), "opencv-python-headless").as_deref(),
+            Some("5.0.0.93")
+        );
+        assert_eq!(dist_version(dir.path(), "mlflow"), None);
+    }
+}

@@ -1,0 +1,299 @@
+//! `cargo xtask setup`: installs every part into `$CARDET_HOME`, idempotently.
+//!
+//! Each part is checked first (a version stamp, a binary at its pinned version, a
+//! Debian package's status) and installed only when missing, so a warm run is a
+//! no-op in seconds and CI's fresh clone reuses what an earlier run installed.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use sha2::{Digest, Sha256};
+use xshell::{Shell, cmd};
+
+use crate::flags;
+use crate::home::{APT_PACKAGES, CARGO_TOOLS, CardetHome, CargoTool};
+
+impl flags::Setup {
+    pub fn run(&self, sh: &Shell) -> anyhow::Result<()> {
+        let home = CardetHome::from_env();
+        let started = Instant::now();
+        if self.check {
+            let missing = missing_parts(sh, &home);
+            for part in &missing {
+                eprintln!("missing: {part}");
+            }
+            if !missing.is_empty() {
+                bail!("{} part(s) missing: run `cargo xtask setup`", missing.len());
+            }
+            println!("setup: everything is installed in {}", home.root.display());
+            return Ok(());
+        }
+        std::fs::create_dir_all(&home.root)
+            .with_context(|| format!("creating {}", home.root.display()))?;
+        ensure_apt_packages(sh)?;
+        ensure_venv(sh, &home)?;
+        ensure_library_links(&home)?;
+        for tool in CARGO_TOOLS {
+            ensure_cargo_tool(sh, &home, tool)?;
+        }
+        ensure_nextest(sh)?;
+        link_home_into_clone(&home)?;
+        println!(
+            "setup: done in {:.1}s ({})",
+            started.elapsed().as_secs_f64(),
+            home.root.display()
+        );
+        Ok(())
+    }
+}
+
+/// What `setup` would install, one line each (empty when everything is there).
+pub fn missing_parts(sh: &Shell, home: &CardetHome) -> Vec<String> {
+    let mut missing = Vec::new();
+    for (package, why) in APT_PACKAGES {
+        if !apt_installed(sh, package) {
+            missing.push(format!("Debian package {package} ({why})"));
+        }
+    }
+    if !venv_is_current(home) {
+        missing.push(format!(
+            "Python venv {} at the pins of xtask/requirements.txt",
+            home.venv().display()
+        ));
+    }
+    for tool in CARGO_TOOLS {
+        if !cargo_tool_installed(home, tool) {
+            missing.push(format!(
+                "{} {} in {}",
+                tool.krate,
+                tool.version,
+                home.tools_root().display()
+            ));
+        }
+    }
+    missing
+}
+
+fn apt_installed(sh: &Shell, package: &str) -> bool {
+    let format = "${Status}";
+    cmd!(sh, "dpkg-query -W -f={format} {package}")
+        .quiet()
+        .ignore_stderr()
+        .read()
+        .is_ok_and(|status| status.contains("install ok installed"))
+}
+
+fn ensure_apt_packages(sh: &Shell) -> anyhow::Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .map(|(package, _)| *package)
+        .filter(|package| !apt_installed(sh, package))
+        .collect();
+    if missing.is_empty() {
+        println!("setup: Debian packages ok");
+        return Ok(());
+    }
+    println!("setup: installing Debian packages {}", missing.join(" "));
+    // As root (CI, containers) apt-get runs directly; otherwise through sudo.
+    let (program, prefix): (&str, &[&str]) = if nix::unistd::Uid::effective().is_root() {
+        ("apt-get", &[])
+    } else {
+        ("sudo", &["apt-get"])
+    };
+    cmd!(sh, "{program} {prefix...} update -qq")
+        .run()
+        .context("apt-get update")?;
+    cmd!(
+        sh,
+        "{program} {prefix...} install -y -qq --no-install-recommends {missing...}"
+    )
+    .env("DEBIAN_FRONTEND", "noninteractive")
+    .run()
+    .context("apt-get install")?;
+    Ok(())
+}
+
+fn requirements_path() -> std::path::PathBuf {
+    crate::project_root().join("xtask/requirements.txt")
+}
+
+fn requirements_stamp(home: &CardetHome) -> std::path::PathBuf {
+    home.venv().join(".cardet-requirements.sha256")
+}
+
+fn requirements_digest() -> anyhow::Result<String> {
+    let path = requirements_path();
+    let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(format!("{:x}", Sha256::digest(&text)))
+}
+
+fn venv_is_current(home: &CardetHome) -> bool {
+    let Ok(expected) = requirements_digest() else {
+        return false;
+    };
+    home.python().exists()
+        && std::fs::read_to_string(requirements_stamp(home))
+            .is_ok_and(|stamp| stamp.trim() == expected)
+}
+
+fn ensure_venv(sh: &Shell, home: &CardetHome) -> anyhow::Result<()> {
+    if venv_is_current(home) {
+        println!("setup: Python venv ok");
+        return Ok(());
+    }
+    let venv = home.venv();
+    if !home.python().exists() {
+        println!("setup: creating the venv {}", venv.display());
+        cmd!(sh, "python3 -m venv {venv}")
+            .run()
+            .context("python3 -m venv (install python3 and python3-venv)")?;
+        let pip = home.venv_bin("pip");
+        cmd!(sh, "{pip} install -q --upgrade pip").run()?;
+    }
+    // torch alone is ~2.7 GB of CUDA libraries: pip's progress is worth seeing.
+    println!(
+        "setup: installing xtask/requirements.txt into the venv (torch is large: minutes on a cold cache)"
+    );
+    let pip = home.venv_bin("pip");
+    let requirements = requirements_path();
+    cmd!(sh, "{pip} install --progress-bar off -r {requirements}")
+        .run()
+        .context("pip install")?;
+    std::fs::write(requirements_stamp(home), requirements_digest()?)?;
+    Ok(())
+}
+
+/// Stable names for the two native libraries the binaries load, so the build and
+/// the binaries need no knowledge of the venv's layout.
+fn ensure_library_links(home: &CardetHome) -> anyhow::Result<()> {
+    let site = home
+        .site_packages()
+        .context("the venv has no site-packages")?;
+    let torch = site.join("torch");
+    if !torch.join("lib/libtorch_cpu.so").exists() {
+        bail!(
+            "{} has no lib/libtorch_cpu.so: reinstall with `cargo xtask setup`",
+            torch.display()
+        );
+    }
+    replace_symlink(&torch, &home.libtorch_link())?;
+
+    let capi = site.join("onnxruntime/capi");
+    let library = std::fs::read_dir(&capi)
+        .with_context(|| format!("reading {}", capi.display()))?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .find(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with("libonnxruntime.so."))
+        })
+        .with_context(|| format!("no libonnxruntime.so.* in {}", capi.display()))?;
+    replace_symlink(&library, &home.onnxruntime_link())?;
+    println!(
+        "setup: libtorch and libonnxruntime linked into {}",
+        home.root.display()
+    );
+    Ok(())
+}
+
+fn replace_symlink(target: &Path, link: &Path) -> anyhow::Result<()> {
+    if std::fs::read_link(link).is_ok_and(|current| current == target) {
+        return Ok(());
+    }
+    if let Some(parent) = link.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let _ = std::fs::remove_file(link);
+    std::os::unix::fs::symlink(target, link)
+        .with_context(|| format!("linking {} to {}", link.display(), target.display()))
+}
+
+/// `cargo install` records what it installed in `.crates2.json`; reading it avoids a
+/// registry round trip on every warm run.
+fn cargo_tool_installed(home: &CardetHome, tool: &CargoTool) -> bool {
+    let record = home.tools_root().join(".crates2.json");
+    let Ok(text) = std::fs::read_to_string(record) else {
+        return false;
+    };
+    let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return false;
+    };
+    let key_prefix = format!("{} {} ", tool.krate, tool.version);
+    let installed = json["installs"].as_object().is_some_and(|installs| {
+        installs.iter().any(|(key, info)| {
+            key.starts_with(&key_prefix)
+                && info["features"]
+                    .as_array()
+                    .is_some_and(|features| features.iter().any(|feature| feature == tool.features))
+        })
+    });
+    installed && home.tool_bin(tool).exists()
+}
+
+fn ensure_cargo_tool(sh: &Shell, home: &CardetHome, tool: &CargoTool) -> anyhow::Result<()> {
+    if cargo_tool_installed(home, tool) {
+        println!("setup: {} {} ok", tool.krate, tool.version);
+        return Ok(());
+    }
+    println!(
+        "setup: building {} {} (a cold build takes minutes on 2 cores)",
+        tool.krate, tool.version
+    );
+    let root = home.tools_root();
+    // A target dir in the cache makes a re-run after an interruption incremental.
+    let target = home.root.join("cargo-target");
+    let (krate, version, features) = (tool.krate, tool.version, tool.features);
+    cmd!(sh, "cargo install --locked --root {root} --target-dir {target} --version {version} --features {features} {krate}")
+        .run()
+        .with_context(|| format!("cargo install {krate}"))?;
+    Ok(())
+}
+
+fn ensure_nextest(sh: &Shell) -> anyhow::Result<()> {
+    if cmd!(sh, "cargo nextest --version")
+        .quiet()
+        .ignore_stdout()
+        .ignore_stderr()
+        .run()
+        .is_ok()
+    {
+        return Ok(());
+    }
+    println!("setup: installing cargo-nextest");
+    cmd!(sh, "cargo install --locked cargo-nextest")
+        .run()
+        .context("cargo install cargo-nextest")?;
+    Ok(())
+}
+
+/// `.cargo/config.toml` points the build at `<clone>/.cardet/...`: link it to the home.
+fn link_home_into_clone(home: &CardetHome) -> anyhow::Result<()> {
+    replace_symlink(&home.root, &crate::project_root().join(".cardet"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requirements_pin_every_line_exactly() {
+        let text = std::fs::read_to_string(requirements_path()).expect("requirements.txt");
+        for line in text
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        {
+            assert!(
+                line.contains("=="),
+                "unpinned requirement in xtask/requirements.txt: {line}"
+            );
+        }
+        assert_eq!(
+            crate::home::pinned_version(&text, "torch").as_deref(),
+            Some("2.13.0"),
+            "tch 0.26 needs torch 2.13.0"
+        );
+    }
+}

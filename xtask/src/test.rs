@@ -1,0 +1,67 @@
+//! `cargo xtask test`: the CI gate, the same on a laptop and in CI.
+
+use std::time::Instant;
+
+use anyhow::Context;
+use xshell::{Shell, cmd};
+
+use crate::flags;
+use crate::home::CardetHome;
+use crate::stack::{self, Service, StackConfig};
+
+impl flags::Test {
+    pub fn run(&self, sh: &Shell) -> anyhow::Result<()> {
+        let started = Instant::now();
+        if !self.no_lint {
+            flags::Setup { check: false }.run(sh)?;
+            step("cargo fmt --check", || {
+                cmd!(sh, "cargo fmt --all --check")
+                    .run()
+                    .map_err(Into::into)
+            })?;
+            step("cargo clippy", || {
+                cmd!(
+                    sh,
+                    "cargo clippy --workspace --all-targets --quiet -- -D warnings"
+                )
+                .run()
+                .map_err(Into::into)
+            })?;
+        }
+        let home = CardetHome::from_env();
+        let config = StackConfig::load(&home, true)?;
+        // Leave services the developer started alone; stop only those started here.
+        let started_here: Vec<Service> = Service::ALL
+            .into_iter()
+            .filter(|&service| stack::running_pid(&config, service).is_none())
+            .collect();
+        stack::up(&home, &config, &Service::ALL).context("bringing the stack up")?;
+        let outcome = step("cargo nextest run", || {
+            let args = &self.nextest_args;
+            let mut command = cmd!(sh, "cargo nextest run --workspace --no-fail-fast {args...}");
+            for (key, value) in config.variables() {
+                command = command.env(key, value);
+            }
+            command.run().map_err(Into::into)
+        });
+        stack::down(&config, &started_here).context("bringing the stack down")?;
+        outcome?;
+        println!(
+            "xtask test: passed in {:.0}s",
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+}
+
+fn step(name: &str, run: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let started = Instant::now();
+    println!("==> {name}");
+    let result = run().with_context(|| format!("{name} failed"));
+    println!(
+        "<== {name}: {} in {:.1}s",
+        if result.is_ok() { "ok" } else { "FAILED" },
+        started.elapsed().as_secs_f64()
+    );
+    result
+}
