@@ -21,6 +21,7 @@ pub enum Command {
     Test(Test),
     Bench(Bench),
     Pipeline(Pipeline),
+    Synth(Synth),
 }
 
 /// Install every part (Python venv with torch and onnxruntime, tansu, the S3
@@ -114,6 +115,30 @@ pub struct Bench {
     /// Print the rows, leave BENCHMARKS.md as it is.
     #[arg(long)]
     pub no_write: bool,
+}
+
+/// Write a YOLO dataset of synthetic traffic scenes (cars, buses, trucks and
+/// motorcycles with COCO class ids 2, 5, 7, 3), deterministic from the seed; every
+/// fifth image goes to `val`.
+#[derive(Debug, Parser)]
+#[command(after_help = "Example:\n  cargo xtask synth --out target/synth --images 2000 --seed 1 --size 640x640")]
+pub struct Synth {
+    /// The dataset folder (gets data.yaml, images/{train,val}, labels/{train,val}).
+    #[arg(long, default_value = "target/synth")]
+    pub out: std::path::PathBuf,
+    /// How many images.
+    #[arg(long, default_value_t = 1000)]
+    pub images: usize,
+    /// The seed; the same seed gives the same scenes.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Image size, WIDTHxHEIGHT.
+    #[arg(long, default_value = "640x640")]
+    pub size: String,
+    /// Instead of a dataset, write a 4x3 grid of samples with their boxes (a PNG),
+    /// at --size per tile.
+    #[arg(long)]
+    pub grid: Option<std::path::PathBuf>,
 }
 
 /// The whole loop end to end (NOT BUILT YET: the delivery issue completes it; this

@@ -13,6 +13,7 @@ mod home;
 mod pipeline;
 mod setup;
 mod stack;
+mod synth;
 mod test;
 #[cfg(test)]
 mod tidy;
@@ -33,6 +34,7 @@ fn main() -> anyhow::Result<()> {
         flags::Command::Test(cmd) => cmd.run(&sh),
         flags::Command::Bench(cmd) => cmd.run(&sh),
         flags::Command::Pipeline(cmd) => cmd.run(&sh),
+        flags::Command::Synth(cmd) => cmd.run(&sh),
     }
 }
 

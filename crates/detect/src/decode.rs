@@ -1,0 +1,245 @@
+//! Post-processing of YOLOv8 outputs into detections in original image pixels.
+//!
+//! The output is `[N, 4 + classes, anchors]` ([`YoloV8Layout`]): for each anchor,
+//! centre x, centre y, width and height in network-input pixels, then one score
+//! per class, already sigmoid-ed, with no objectness. Post-processing follows
+//! Ultralytics' `non_max_suppression` (single label per box): keep anchors whose
+//! best class score is above the threshold, keep at most `max_candidates` by score,
+//! NMS per class (or across classes), keep `max_detections`, and map boxes back
+//! through the letterbox's [`TransformInfo`].
+
+use crate::error::Error;
+use crate::geometry::{BoundingBox, Detection};
+use crate::letterbox::TransformInfo;
+use crate::nms::batched_nms;
+
+/// The YOLOv8 detection output, `[N, 4 + n_classes, n_anchors]`, channel-major:
+/// row `c` of image `n` holds channel `c` for every anchor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct YoloV8Layout {
+    pub n_classes: usize,
+    pub n_anchors: usize,
+}
+
+impl YoloV8Layout {
+    /// Reads the layout from a real output shape (Ultralytics' ONNX export names the
+    /// channel axis symbolically, so the shape of the tensor is the truth).
+    /// Returns the batch size and the layout.
+    pub fn from_shape(shape: &[usize]) -> Result<(usize, YoloV8Layout), Error> {
+        match shape {
+            &[n_images, n_channels, n_anchors] if n_channels > 4 => Ok((
+                n_images,
+                YoloV8Layout {
+                    n_classes: n_channels - 4,
+                    n_anchors,
+                },
+            )),
+            _ => Err(Error::InvalidArgument(format!(
+                "a YOLOv8 output is [N, 4 + classes, anchors], got {shape:?}"
+            ))),
+        }
+    }
+
+    pub fn n_channels(&self) -> usize {
+        4 + self.n_classes
+    }
+
+    /// Values of one image's output.
+    pub fn values_per_image(&self) -> usize {
+        self.n_channels() * self.n_anchors
+    }
+}
+
+impl std::fmt::Display for YoloV8Layout {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "[N, 4 + {}, {}]", self.n_classes, self.n_anchors)
+    }
+}
+
+/// Thresholds and limits, with Ultralytics' defaults.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PostprocessConfig {
+    /// Keep a box when its best class score is strictly above this.
+    pub confidence_threshold: f32,
+    /// Suppress a box whose IoU with a kept box is strictly above this.
+    pub iou_threshold: f32,
+    /// Detections kept per image after NMS.
+    pub max_detections: usize,
+    /// Candidates kept per image before NMS (by score).
+    pub max_candidates: usize,
+    /// One NMS across all classes instead of one per class.
+    pub class_agnostic: bool,
+}
+
+impl Default for PostprocessConfig {
+    fn default() -> PostprocessConfig {
+        PostprocessConfig {
+            confidence_threshold: 0.25,
+            iou_threshold: 0.45,
+            max_detections: 300,
+            max_candidates: 30_000,
+            class_agnostic: false,
+        }
+    }
+}
+
+/// Decodes a batch: `output` holds `infos.len()` images laid out as `layout`.
+pub fn postprocess(
+    output: &[f32],
+    layout: YoloV8Layout,
+    infos: &[TransformInfo],
+    config: &PostprocessConfig,
+) -> Result<Vec<Vec<Detection>>, Error> {
+    let expected = layout.values_per_image() * infos.len();
+    if output.len() != expected {
+        return Err(Error::OutputShape {
+            layout: layout.to_string(),
+            expected,
+            got: output.len(),
+        });
+    }
+    Ok(output
+        .chunks_exact(layout.values_per_image().max(1))
+        .zip(infos)
+        .map(|(image_output, info)| postprocess_image(image_output, layout, info, config))
+        .collect())
+}
+
+/// Decodes one image's output (`layout.values_per_image()` values).
+pub fn postprocess_image(
+    image_output: &[f32],
+    layout: YoloV8Layout,
+    info: &TransformInfo,
+    config: &PostprocessConfig,
+) -> Vec<Detection> {
+    let candidates = candidates(image_output, layout, config);
+    let classes: Vec<usize> = if config.class_agnostic {
+        vec![0; candidates.len()]
+    } else {
+        candidates.iter().map(|candidate| candidate.class_id).collect()
+    };
+    let boxes: Vec<BoundingBox> = candidates.iter().map(|candidate| candidate.bbox).collect();
+    let scores: Vec<f32> = candidates.iter().map(|candidate| candidate.score).collect();
+    batched_nms(&boxes, &scores, &classes, config.iou_threshold, config.max_detections)
+        .into_iter()
+        .map(|kept| Detection {
+            bbox: info.to_source(&candidates[kept].bbox),
+            class_id: candidates[kept].class_id,
+            confidence: candidates[kept].score,
+        })
+        .collect()
+}
+
+/// A box over the threshold, in network-input pixels.
+#[derive(Clone, Copy, Debug)]
+struct Candidate {
+    bbox: BoundingBox,
+    class_id: usize,
+    score: f32,
+}
+
+/// The anchors whose best class score is above the threshold, best class only.
+fn candidates(image_output: &[f32], layout: YoloV8Layout, config: &PostprocessConfig) -> Vec<Candidate> {
+    let n_anchors = layout.n_anchors;
+    let row = |channel: usize| &image_output[channel * n_anchors..(channel + 1) * n_anchors];
+    // Class-major scan: every pass reads one contiguous row and updates the running
+    // best, which the compiler turns into vector compares and blends.
+    let mut best_score = row(4).to_vec();
+    let mut best_class = vec![0_u32; n_anchors];
+    for class_id in 1..layout.n_classes {
+        let scores = row(4 + class_id);
+        for ((best, class), &score) in best_score.iter_mut().zip(best_class.iter_mut()).zip(scores) {
+            let better = score > *best;
+            *best = if better { score } else { *best };
+            *class = if better { class_id as u32 } else { *class };
+        }
+    }
+    let (cx, cy, width, height) = (row(0), row(1), row(2), row(3));
+    let mut found: Vec<Candidate> = best_score
+        .iter()
+        .enumerate()
+        .filter(|&(_, &score)| score > config.confidence_threshold)
+        .map(|(anchor, &score)| Candidate {
+            bbox: BoundingBox::from_cxcywh(cx[anchor], cy[anchor], width[anchor], height[anchor]),
+            class_id: best_class[anchor] as usize,
+            score,
+        })
+        .collect();
+    if found.len() > config.max_candidates {
+        found.sort_by(|a, b| b.score.total_cmp(&a.score));
+        found.truncate(config.max_candidates);
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds an output of `n_anchors` anchors from `(anchor, cx, cy, w, h, class, score)`.
+    fn output(layout: YoloV8Layout, anchors: &[(usize, f32, f32, f32, f32, usize, f32)]) -> Vec<f32> {
+        let mut values = vec![0.0; layout.values_per_image()];
+        for &(anchor, cx, cy, width, height, class_id, score) in anchors {
+            for (channel, value) in [cx, cy, width, height].into_iter().enumerate() {
+                values[channel * layout.n_anchors + anchor] = value;
+            }
+            values[(4 + class_id) * layout.n_anchors + anchor] = score;
+        }
+        values
+    }
+
+    fn check(
+        anchors: &[(usize, f32, f32, f32, f32, usize, f32)],
+        config: PostprocessConfig,
+        expected: &[(usize, f32, [f32; 4])],
+    ) {
+        let layout = YoloV8Layout { n_classes: 3, n_anchors: 8 };
+        // 200x100 letterboxed to 64x64: scale 0.32, 16 rows of padding on top.
+        let info = TransformInfo::new((200, 100), (64, 64)).expect("sizes");
+        let detections = postprocess(&output(layout, anchors), layout, &[info], &config).expect("shape");
+        let actual: Vec<(usize, f32, [f32; 4])> = detections[0]
+            .iter()
+            .map(|d| (d.class_id, d.confidence, [d.bbox.x1, d.bbox.y1, d.bbox.x2, d.bbox.y2].map(|v| (v * 100.0).round() / 100.0)))
+            .collect();
+        assert_eq!(actual, expected);
+    }
+
+    #[test]
+    fn decodes_filters_suppresses_and_maps_back() {
+        let anchors = [
+            (0, 32.0, 32.0, 16.0, 16.0, 1, 0.9),
+            (1, 33.6, 32.0, 16.0, 16.0, 1, 0.8),
+            (2, 33.6, 32.0, 16.0, 16.0, 2, 0.7),
+            (3, 10.0, 30.0, 4.0, 4.0, 0, 0.2),
+        ];
+        check(
+            &anchors,
+            PostprocessConfig::default(),
+            &[(1, 0.9, [75.0, 25.0, 125.0, 75.0]), (2, 0.7, [80.0, 25.0, 130.0, 75.0])],
+        );
+        check(
+            &anchors,
+            PostprocessConfig { class_agnostic: true, ..PostprocessConfig::default() },
+            &[(1, 0.9, [75.0, 25.0, 125.0, 75.0])],
+        );
+        check(
+            &anchors,
+            PostprocessConfig { confidence_threshold: 0.1, max_detections: 2, ..PostprocessConfig::default() },
+            &[(1, 0.9, [75.0, 25.0, 125.0, 75.0]), (2, 0.7, [80.0, 25.0, 130.0, 75.0])],
+        );
+    }
+
+    #[test]
+    fn a_wrong_output_size_is_an_error() {
+        let layout = YoloV8Layout { n_classes: 80, n_anchors: 8400 };
+        let info = TransformInfo::new((640, 640), (640, 640)).expect("sizes");
+        let error = postprocess(&[0.0; 10], layout, &[info], &PostprocessConfig::default())
+            .expect_err("too short");
+        assert!(error.to_string().contains("[N, 4 + 80, 8400]"), "{error}");
+        assert_eq!(
+            YoloV8Layout::from_shape(&[2, 84, 8400]).expect("valid"),
+            (2, layout)
+        );
+        assert!(YoloV8Layout::from_shape(&[84, 8400]).is_err());
+    }
+}

@@ -1,0 +1,151 @@
+//! Reading and writing images: JPEG, PNG and WebP in, PNG and JPEG out.
+//!
+//! A bad or truncated file is an [`Error::Decode`] that names the file, so a caller
+//! that walks a folder can report which image to look at.
+
+use std::path::Path;
+
+use image::{ImageFormat, RgbImage};
+
+use crate::error::Error;
+
+/// Decodes the file into 8-bit RGB, whatever its channels (grey and RGBA convert).
+pub fn load_rgb(path: &Path) -> Result<RgbImage, Error> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    decode_rgb(&bytes, path)
+}
+
+/// Decodes bytes that came from `origin` (a file name, used only in errors).
+///
+/// The format is sniffed from the bytes, not the name, as the Kafka sink has no name.
+pub fn decode_rgb(bytes: &[u8], origin: &Path) -> Result<RgbImage, Error> {
+    let format = image::guess_format(bytes).map_err(|source| Error::Decode {
+        path: origin.to_path_buf(),
+        source,
+    })?;
+    if !matches!(
+        format,
+        ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP
+    ) {
+        return Err(Error::UnsupportedFormat {
+            path: origin.to_path_buf(),
+        });
+    }
+    let decoded = image::load_from_memory_with_format(bytes, format).map_err(|source| {
+        Error::Decode {
+            path: origin.to_path_buf(),
+            source,
+        }
+    })?;
+    Ok(decoded.into_rgb8())
+}
+
+/// The width and height from the file's header, without decoding the pixels.
+pub fn image_size(path: &Path) -> Result<(u32, u32), Error> {
+    image::image_dimensions(path).map_err(|source| match source {
+        image::ImageError::IoError(io) => Error::Io {
+            path: path.to_path_buf(),
+            source: io,
+        },
+        other => Error::Decode {
+            path: path.to_path_buf(),
+            source: other,
+        },
+    })
+}
+
+/// Writes PNG or JPEG (quality 90), chosen by the extension.
+pub fn save(image: &RgbImage, path: &Path) -> Result<(), Error> {
+    let bytes = encode(image, path)?;
+    std::fs::write(path, bytes).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Encodes as the extension of `path` asks (`png`, `jpg`, `jpeg`), without writing.
+pub fn encode(image: &RgbImage, path: &Path) -> Result<Vec<u8>, Error> {
+    let extension = path
+        .extension()
+        .and_then(|extension| extension.to_str())
+        .map(str::to_ascii_lowercase);
+    let mut bytes = Vec::new();
+    let result = match extension.as_deref() {
+        Some("png") => image.write_with_encoder(image::codecs::png::PngEncoder::new(&mut bytes)),
+        Some("jpg" | "jpeg") => image.write_with_encoder(
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 90),
+        ),
+        _ => {
+            return Err(Error::UnsupportedFormat {
+                path: path.to_path_buf(),
+            });
+        }
+    };
+    result.map_err(|source| Error::Encode {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(bytes)
+}
+
+/// Whether the extension is one of the image formats Ultralytics datasets use that
+/// this crate decodes.
+pub fn is_image_path(path: &Path) -> bool {
+    path.extension()
+        .and_then(|extension| extension.to_str())
+        .is_some_and(|extension| {
+            matches!(
+                extension.to_ascii_lowercase().as_str(),
+                "jpg" | "jpeg" | "png" | "webp"
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(bytes: &[u8], expected: Result<(u32, u32), &str>) {
+        let origin = Path::new("camera/frame-7.jpg");
+        let actual = decode_rgb(bytes, origin)
+            .map(|image| image.dimensions())
+            .map_err(|error| error.to_string());
+        match (actual, expected) {
+            (Ok(size), Ok(expected_size)) => assert_eq!(size, expected_size),
+            (Err(message), Err(fragment)) => {
+                assert!(message.contains("camera/frame-7.jpg"), "{message}");
+                assert!(message.contains(fragment), "{message}");
+            }
+            (actual, expected) => panic!("got {actual:?}, expected {expected:?}"),
+        }
+    }
+
+    fn encoded(extension: &str) -> Vec<u8> {
+        let image = RgbImage::from_fn(37, 21, |x, y| image::Rgb([x as u8 * 5, y as u8 * 9, 77]));
+        encode(&image, Path::new(&format!("x.{extension}"))).expect("encodes")
+    }
+
+    #[test]
+    fn decodes_jpeg_and_png_and_names_the_file_when_bytes_are_bad() {
+        check(&encoded("jpg"), Ok((37, 21)));
+        check(&encoded("png"), Ok((37, 21)));
+        let jpeg = encoded("jpg");
+        check(&jpeg[..jpeg.len() / 3], Err("cannot decode image"));
+        check(b"definitely not an image", Err("cannot decode image"));
+        let png = encoded("png");
+        check(&png[..png.len() - 30], Err("cannot decode image"));
+    }
+
+    #[test]
+    fn decodes_webp() {
+        let image = RgbImage::from_fn(16, 9, |x, _| image::Rgb([x as u8 * 10, 3, 200]));
+        let mut bytes = Vec::new();
+        image
+            .write_with_encoder(image::codecs::webp::WebPEncoder::new_lossless(&mut bytes))
+            .expect("encodes webp");
+        check(&bytes, Ok((16, 9)));
+    }
+}
