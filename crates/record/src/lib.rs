@@ -93,13 +93,11 @@ impl Record {
     }
 
     fn check_names(&self) -> Result<(), DecodeError> {
-        if let Some(split) = &self.split {
-            if !is_safe_name(split) {
-                return Err(DecodeError::Malformed {
-                    field: "split",
-                    reason: format!("{split:?} is not a plain folder name"),
-                });
-            }
+        if let Some(split) = self.split.as_ref().filter(|split| !is_safe_name(split)) {
+            return Err(DecodeError::Malformed {
+                field: "split",
+                reason: format!("{split:?} is not a plain folder name"),
+            });
         }
         if !is_safe_name(self.file_name()) {
             return Err(DecodeError::Malformed {
