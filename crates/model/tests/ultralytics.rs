@@ -98,6 +98,7 @@ fn onnx_export_matches_ultralytics_export_at_batch_1_and_4() {
             &height.to_string(),
             &width.to_string(),
             path_str(&report_path),
+            path_str(&written.config_path),
         ],
     );
     let report: serde_json::Value =
@@ -132,6 +133,56 @@ fn onnx_export_matches_ultralytics_export_at_batch_1_and_4() {
             "metadata {key}"
         );
     }
+    // config.pbtxt, as tritonclient's ModelConfig protobuf reads it, names the ONNX
+    // input and output with their dims less the batch axis.
+    let config = &report["triton_config"];
+    assert_eq!(config["platform"], "onnxruntime_onnx");
+    assert_eq!(config["max_batch_size"], 8);
+    assert_eq!(config["input"][0]["name"], "images");
+    assert_eq!(config["input"][0]["data_type"], "TYPE_FP32");
+    assert_eq!(
+        config["input"][0]["dims"],
+        serde_json::json!(["3", "320", "320"])
+    );
+    assert_eq!(config["output"][0]["name"], "output0");
+    assert_eq!(
+        config["output"][0]["dims"],
+        serde_json::json!(["84", anchors.to_string()])
+    );
+    assert!(config["dynamic_batching"].is_object(), "{config}");
+    assert_eq!(config["instance_group"][0]["kind"], "KIND_CPU");
+    // Our ONNX in ONNX Runtime from Rust (what `serve` runs) against our tch network.
+    let images = Tensor::rand([2, 3, height, width], tch::kind::FLOAT_CPU);
+    let from_tch = tch::no_grad(|| detector.net.predict(&images));
+    let from_ort = run_onnx(&written.onnx_path, &images);
+    // Folded against unfolded BatchNorm: the same maths in another order, so a few ulps
+    // of the largest box coordinate (hundreds of pixels) rather than an absolute 1e-4.
+    let diff = (&from_ort - &from_tch).abs().max().double_value(&[]);
+    let largest = from_tch.abs().max().double_value(&[]);
+    assert!(
+        diff <= 1e-5 * largest.max(1.0),
+        "ort vs tch: {diff} (values up to {largest})"
+    );
+}
+
+fn run_onnx(path: &Path, images: &Tensor) -> Tensor {
+    let runtime = cardet_onnx::load().expect("loads onnxruntime");
+    let mut session = cardet_onnx::ort::session::Session::builder(&runtime.environment)
+        .expect("session builder")
+        .commit_from_file(path)
+        .expect("loads our onnx");
+    let shape: Vec<usize> = images.size().iter().map(|d| *d as usize).collect();
+    let data = Vec::<f32>::try_from(&images.flatten(0, -1)).expect("f32 data");
+    let input = ndarray::Array::from_shape_vec(shape, data).expect("array");
+    let input = cardet_onnx::ort::value::Tensor::from_array(input).expect("ort tensor");
+    let outputs = session
+        .run(cardet_onnx::ort::inputs!["images" => input])
+        .expect("runs");
+    let (shape, values) = outputs["output0"]
+        .try_extract_tensor::<f32>()
+        .expect("f32 output");
+    let dims: Vec<i64> = shape.iter().copied().collect();
+    Tensor::from_slice(values).view(dims.as_slice())
 }
 
 #[test]

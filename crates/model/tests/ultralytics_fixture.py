@@ -6,7 +6,9 @@ models are built from Ultralytics' own yaml files and randomised here.
   keys OUT.json                       state-dict keys and shapes of yolov8{n,s,m,l,x}, 3 classes
   forward SCALE NC H W BATCH OUT_DIR  weights, inputs, eval output and train-mode raw outputs
   export H W OUT_DIR                  yolov8n (80 classes) weights and Ultralytics' ONNX export
-  check_onnx OURS THEIRS H W OUT.json  onnx.checker (full) on ours, both run in ORT at batch 1 and 4
+  check_onnx OURS THEIRS H W OUT.json CONFIG
+                                      onnx.checker (full) on ours, both run in ORT at batch 1 and 4,
+                                      CONFIG (config.pbtxt) parsed with tritonclient's ModelConfig
 """
 
 import json
@@ -102,7 +104,16 @@ def export(h, w, out_dir):
     os.replace(path, os.path.join(out_dir, "ultralytics.onnx"))
 
 
-def check_onnx(ours, theirs, h, w, out):
+def triton_config(path):
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
+
+    with open(path) as f:
+        config = text_format.Parse(f.read(), model_config_pb2.ModelConfig())
+    return json_format.MessageToDict(config, preserving_proto_field_name=True)
+
+
+def check_onnx(ours, theirs, h, w, out, config):
     import numpy as np
     import onnx
     import onnxruntime as ort
@@ -119,6 +130,7 @@ def check_onnx(ours, theirs, h, w, out):
         "outputs": [[o.name, o.shape] for o in sessions[0].get_outputs()],
         "metadata": sessions[0].get_modelmeta().custom_metadata_map,
         "their_metadata": sessions[1].get_modelmeta().custom_metadata_map,
+        "triton_config": triton_config(config),
     }
     for batch in (1, 4):
         images = rng.random((batch, 3, int(h), int(w)), dtype=np.float32)
