@@ -34,7 +34,32 @@ pub struct Case {
 }
 
 /// Every area. Each issue that brings a measured goal adds its area here.
-pub const AREAS: &[Area] = &[];
+pub const AREAS: &[Area] = &[DETECT];
+
+/// cardet-detect's post-processing against the same in vectorised numpy
+/// (`crates/detect/examples/postprocess_bench.rs`, `crates/detect/benches/postprocess_numpy.py`),
+/// on the very same `[1, 84, 8400]` tensor.
+const DETECT: Area = Area {
+    name: "detect",
+    about: "YOLOv8 decode + class-aware NMS of one `[1, 84, 8400]` output (confidence 0.25, IoU 0.45, 300 detections, boxes mapped back through the letterbox), cardet-detect against a vectorised numpy implementation of the same post-processing; single thread each.",
+    cases: &[
+        Case {
+            name: "decode + NMS, 8400 anchors, ~300 over the threshold (ms per output)",
+            ours: &["cargo", "run", "--release", "-q", "-p", "cardet-detect", "--example", "postprocess_bench", "--", "--candidates", "300"],
+            baseline_name: "numpy",
+            baseline: &["sh", "-c", "cargo run --release -q -p cardet-detect --example postprocess_bench -- --candidates 300 --dump target/detect-bench/c300.f32 && \"${CARDET_HOME:-$HOME/.cache/cardet}/venv/bin/python\" crates/detect/benches/postprocess_numpy.py target/detect-bench/c300.f32"],
+            gpu: false,
+        },
+        Case {
+            name: "decode + NMS, 8400 anchors, ~3000 over the threshold (ms per output)",
+            ours: &["cargo", "run", "--release", "-q", "-p", "cardet-detect", "--example", "postprocess_bench", "--", "--candidates", "3000"],
+            baseline_name: "numpy",
+            baseline: &["sh", "-c", "cargo run --release -q -p cardet-detect --example postprocess_bench -- --candidates 3000 --dump target/detect-bench/c3000.f32 && \"${CARDET_HOME:-$HOME/.cache/cardet}/venv/bin/python\" crates/detect/benches/postprocess_numpy.py target/detect-bench/c3000.f32"],
+            gpu: false,
+        },
+    ],
+    criterion_package: Some("cardet-detect"),
+};
 
 impl flags::Bench {
     pub fn run(&self, sh: &Shell) -> anyhow::Result<()> {

@@ -5,6 +5,8 @@
 //! subcommands belong to the model, training and distributed issues; until those
 //! land they say so and exit 2.
 
+mod eval;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -36,8 +38,9 @@ enum Command {
     Export(Unbuilt),
     /// NOT BUILT YET (the model issue): run a model on images.
     Predict(Unbuilt),
-    /// NOT BUILT YET (the detection core issue): COCO mAP of predictions against ground truth.
-    Eval(Unbuilt),
+    /// COCO mAP@0.5 and mAP@0.5:0.95 of predictions against ground truth (COCO JSON
+    /// or YOLO label folders).
+    Eval(eval::EvalFlags),
     /// NOT BUILT YET (the distributed issue): start N local data-parallel workers.
     Launch(Unbuilt),
 }
@@ -60,10 +63,7 @@ fn main() -> ExitCode {
             "mwt export/predict",
             "the model issue",
         )),
-        Command::Eval(_) => Err(cardet_cli::not_built(
-            "mwt eval",
-            "the detection core issue",
-        )),
+        Command::Eval(flags) => eval::run(&flags),
         Command::Launch(_) => Err(cardet_cli::not_built("mwt launch", "the distributed issue")),
     };
     cardet_cli::exit_code("mwt", result)

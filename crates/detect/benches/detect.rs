@@ -8,7 +8,7 @@ mod fixtures;
 use std::hint::black_box;
 use std::path::Path;
 
-use cardet_detect::letterbox::{letterbox_batch, TransformInfo};
+use cardet_detect::letterbox::{TransformInfo, letterbox_batch};
 use cardet_detect::synth::render_scene;
 use cardet_detect::{BoundingBox, Detection, PostprocessConfig, draw, image_io, postprocess};
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -32,9 +32,19 @@ fn postprocess_benchmarks(criterion: &mut Criterion) {
     let info = TransformInfo::new((1280, 720), (640, 640)).unwrap_or_else(|_| unreachable!());
     for n_over in [300, 3000] {
         let output = fixtures::yolo_output(n_over, 7);
-        criterion.bench_function(&format!("decode + nms [1, 84, 8400], {n_over} candidates"), |bencher| {
-            bencher.iter(|| postprocess(black_box(&output), fixtures::LAYOUT, &[info], &PostprocessConfig::default()))
-        });
+        criterion.bench_function(
+            &format!("decode + nms [1, 84, 8400], {n_over} candidates"),
+            |bencher| {
+                bencher.iter(|| {
+                    postprocess(
+                        black_box(&output),
+                        fixtures::LAYOUT,
+                        &[info],
+                        &PostprocessConfig::default(),
+                    )
+                })
+            },
+        );
     }
 }
 
@@ -43,14 +53,35 @@ fn draw_benchmarks(criterion: &mut Criterion) {
     let names = cardet_detect::classes::coco_names();
     let detections: Vec<Detection> = (0..50)
         .map(|i| {
-            let (x, y) = ((i % 10) as f32 * 120.0 + 10.0, (i / 10) as f32 * 130.0 + 40.0);
-            Detection { bbox: BoundingBox { x1: x, y1: y, x2: x + 100.0, y2: y + 80.0 }, class_id: [2, 3, 5, 7][i % 4], confidence: 0.5 + i as f32 / 100.0 }
+            let (x, y) = (
+                (i % 10) as f32 * 120.0 + 10.0,
+                (i / 10) as f32 * 130.0 + 40.0,
+            );
+            Detection {
+                bbox: BoundingBox {
+                    x1: x,
+                    y1: y,
+                    x2: x + 100.0,
+                    y2: y + 80.0,
+                },
+                class_id: [2, 3, 5, 7][i % 4],
+                confidence: 0.5 + i as f32 / 100.0,
+            }
         })
         .collect();
     criterion.bench_function("draw 50 boxes on 1280x720", |bencher| {
-        bencher.iter_batched_ref(|| image.clone(), |canvas| draw::draw_detections(canvas, black_box(&detections), &names), criterion::BatchSize::LargeInput)
+        bencher.iter_batched_ref(
+            || image.clone(),
+            |canvas| draw::draw_detections(canvas, black_box(&detections), &names),
+            criterion::BatchSize::LargeInput,
+        )
     });
 }
 
-criterion_group!(benches, letterbox_benchmarks, postprocess_benchmarks, draw_benchmarks);
+criterion_group!(
+    benches,
+    letterbox_benchmarks,
+    postprocess_benchmarks,
+    draw_benchmarks
+);
 criterion_main!(benches);

@@ -33,7 +33,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if let Some(parent) = std::path::Path::new(&path).parent() {
             std::fs::create_dir_all(parent)?;
         }
-        let bytes: Vec<u8> = output.iter().flat_map(|value| value.to_le_bytes()).collect();
+        let bytes: Vec<u8> = output
+            .iter()
+            .flat_map(|value| value.to_le_bytes())
+            .collect();
         std::fs::write(&path, bytes)?;
         return Ok(());
     }
@@ -46,7 +49,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut milliseconds = Vec::with_capacity(n_iterations);
     for _ in 0..n_iterations {
         let start = Instant::now();
-        let detections = postprocess(std::hint::black_box(&output), fixtures::LAYOUT, &[info], &config)?;
+        let detections = postprocess(
+            std::hint::black_box(&output),
+            fixtures::LAYOUT,
+            &[info],
+            &config,
+        )?;
         milliseconds.push(start.elapsed().as_secs_f64() * 1e3);
         std::hint::black_box(detections);
     }

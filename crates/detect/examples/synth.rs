@@ -45,19 +45,35 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     let out = out.ok_or("--out DIR is required")?;
-    let config = SynthConfig { out, n_images, seed, size, val_every };
+    let config = SynthConfig {
+        out,
+        n_images,
+        seed,
+        size,
+        val_every,
+    };
     let started = std::time::Instant::now();
-    let data_yaml = write_dataset(&config, &mut |done| {
+    let data_yaml = write_dataset(&config, &|done| {
         if done % 500 == 0 || done == n_images {
             eprintln!("synth: {done}/{n_images} images");
         }
     })?;
-    println!("wrote {} ({n_images} images in {:.1} s)", data_yaml.display(), started.elapsed().as_secs_f64());
+    println!(
+        "wrote {} ({n_images} images in {:.1} s)",
+        data_yaml.display(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
 fn parse_size(text: &str) -> Result<(u32, u32), String> {
-    let (width, height) = text.split_once(['x', 'X']).ok_or_else(|| format!("size {text:?} is not WxH"))?;
-    let parse = |part: &str| part.trim().parse::<u32>().map_err(|_| format!("size {text:?} is not WxH"));
+    let (width, height) = text
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("size {text:?} is not WxH"))?;
+    let parse = |part: &str| {
+        part.trim()
+            .parse::<u32>()
+            .map_err(|_| format!("size {text:?} is not WxH"))
+    };
     Ok((parse(width)?, parse(height)?))
 }

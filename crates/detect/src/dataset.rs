@@ -50,7 +50,12 @@ impl YoloLabel {
     /// The box in pixels of an image of `image_size`.
     pub fn to_box(&self, image_size: (u32, u32)) -> BoundingBox {
         let (width, height) = (image_size.0 as f32, image_size.1 as f32);
-        BoundingBox::from_cxcywh(self.cx * width, self.cy * height, self.width * width, self.height * height)
+        BoundingBox::from_cxcywh(
+            self.cx * width,
+            self.cy * height,
+            self.width * width,
+            self.height * height,
+        )
     }
 
     /// `class cx cy w h` (and ` conf` when there is one), six decimals.
@@ -81,10 +86,11 @@ pub fn parse_label_line(line: &str) -> Result<Option<YoloLabel>, String> {
     }
     let class_id = parse_class_id(fields[0])?;
     let mut numbers = [0.0_f32; 5];
-    for (slot, (name, field)) in numbers
-        .iter_mut()
-        .zip(["cx", "cy", "w", "h", "confidence"].iter().zip(&fields[1..]))
-    {
+    for (slot, (name, field)) in numbers.iter_mut().zip(
+        ["cx", "cy", "w", "h", "confidence"]
+            .iter()
+            .zip(&fields[1..]),
+    ) {
         let value: f32 = field
             .parse()
             .map_err(|_| format!("{name} is not a number: {field:?}"))?;
@@ -188,7 +194,10 @@ impl DataYaml {
             }
         };
         let location = self.root.join(relative);
-        if location.extension().is_some_and(|extension| extension == "txt") {
+        if location
+            .extension()
+            .is_some_and(|extension| extension == "txt")
+        {
             let text = std::fs::read_to_string(&location).map_err(|source| Error::Io {
                 path: location.clone(),
                 source,
@@ -229,7 +238,12 @@ pub fn read_data_yaml(path: &Path) -> Result<DataYaml, Error> {
         line,
         reason,
     })?;
-    let get = |key: &str| entries.iter().find(|(k, _)| k == key).map(|(_, value)| value);
+    let get = |key: &str| {
+        entries
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, value)| value)
+    };
     let scalar = |key: &str| -> Result<Option<String>, Error> {
         match get(key) {
             None => Ok(None),
@@ -262,11 +276,14 @@ pub fn read_data_yaml(path: &Path) -> Result<DataYaml, Error> {
         Some(YamlValue::Map(pairs)) => {
             let mut names = vec![None; pairs.len()];
             for (key, name) in pairs {
-                let class_id: usize = key
-                    .parse()
-                    .map_err(|_| yaml_error(format!("class id {key:?} in `names` is not a number")))?;
+                let class_id: usize = key.parse().map_err(|_| {
+                    yaml_error(format!("class id {key:?} in `names` is not a number"))
+                })?;
                 let slot = names.get_mut(class_id).ok_or_else(|| {
-                    yaml_error(format!("class ids in `names` must be 0..{}, got {class_id}", pairs.len()))
+                    yaml_error(format!(
+                        "class ids in `names` must be 0..{}, got {class_id}",
+                        pairs.len()
+                    ))
                 })?;
                 *slot = Some(name.clone());
             }
@@ -279,7 +296,10 @@ pub fn read_data_yaml(path: &Path) -> Result<DataYaml, Error> {
     if let Some(nc) = scalar("nc")?
         && nc.parse::<usize>().ok() != Some(names.len())
     {
-        return Err(yaml_error(format!("`nc` is {nc} but `names` has {} entries", names.len())));
+        return Err(yaml_error(format!(
+            "`nc` is {nc} but `names` has {} entries",
+            names.len()
+        )));
     }
     Ok(DataYaml {
         root,
@@ -316,7 +336,11 @@ pub fn read_dataset(data_yaml: &Path) -> Result<(Dataset, Vec<Diagnostic>), Erro
     Ok((Dataset { data, train, val }, diagnostics))
 }
 
-fn read_split(data: &DataYaml, split: &str, diagnostics: &mut Vec<Diagnostic>) -> Result<Vec<DatasetItem>, Error> {
+fn read_split(
+    data: &DataYaml,
+    split: &str,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Result<Vec<DatasetItem>, Error> {
     let mut items = Vec::new();
     for image_path in data.split_images(split)? {
         match read_item(&image_path, data.names.len()) {
@@ -337,7 +361,10 @@ pub fn read_item(image_path: &Path, n_classes: usize) -> Result<DatasetItem, Err
             return Err(Error::LabelLine {
                 path: label_path,
                 line: label_idx + 1,
-                reason: format!("class {} is not below the {n_classes} names of data.yaml", label.class_id),
+                reason: format!(
+                    "class {} is not below the {n_classes} names of data.yaml",
+                    label.class_id
+                ),
             });
         }
         if label.confidence.is_some() {
@@ -365,7 +392,11 @@ pub struct DatasetWriter {
 impl DatasetWriter {
     /// Creates `root/images/{train,val}` and `root/labels/{train,val}`.
     /// `image_extension` is `png` or `jpg`.
-    pub fn create(root: &Path, names: Vec<String>, image_extension: &'static str) -> Result<DatasetWriter, Error> {
+    pub fn create(
+        root: &Path,
+        names: Vec<String>,
+        image_extension: &'static str,
+    ) -> Result<DatasetWriter, Error> {
         for folder in ["images/train", "images/val", "labels/train", "labels/val"] {
             let path = root.join(folder);
             std::fs::create_dir_all(&path).map_err(|source| Error::Io { path, source })?;
@@ -378,11 +409,21 @@ impl DatasetWriter {
     }
 
     /// Writes `images/<split>/<stem>.<ext>` and its label file.
-    pub fn add(&self, split: &str, stem: &str, image: &RgbImage, labels: &[YoloLabel]) -> Result<PathBuf, Error> {
+    pub fn add(
+        &self,
+        split: &str,
+        stem: &str,
+        image: &RgbImage,
+        labels: &[YoloLabel],
+    ) -> Result<PathBuf, Error> {
         if split != "train" && split != "val" {
             return Err(Error::InvalidArgument(format!("unknown split {split:?}")));
         }
-        let image_path = self.root.join("images").join(split).join(format!("{stem}.{}", self.image_extension));
+        let image_path = self
+            .root
+            .join("images")
+            .join(split)
+            .join(format!("{stem}.{}", self.image_extension));
         image_io::save(image, &image_path)?;
         write_label_file(&label_path_for_image(&image_path), labels)?;
         Ok(image_path)
@@ -456,16 +497,27 @@ mod tests {
                 expected,
                 "{line:?}"
             ),
-            (Err(reason), Err(fragment)) => assert!(reason.contains(fragment), "{line:?}: {reason}"),
+            (Err(reason), Err(fragment)) => {
+                assert!(reason.contains(fragment), "{line:?}: {reason}")
+            }
             (actual, expected) => panic!("{line:?}: got {actual:?}, expected {expected:?}"),
         }
     }
 
     #[test]
     fn label_lines_parse_or_say_why_not() {
-        check("2 0.5 0.5 0.25 0.125", Ok(Some((2, [0.5, 0.5, 0.25, 0.125], None))));
-        check("7 0.1 0.2 0.3 0.4 0.91", Ok(Some((7, [0.1, 0.2, 0.3, 0.4], Some(0.91)))));
-        check("3.0 0.1 0.2 0.3 0.4", Ok(Some((3, [0.1, 0.2, 0.3, 0.4], None))));
+        check(
+            "2 0.5 0.5 0.25 0.125",
+            Ok(Some((2, [0.5, 0.5, 0.25, 0.125], None))),
+        );
+        check(
+            "7 0.1 0.2 0.3 0.4 0.91",
+            Ok(Some((7, [0.1, 0.2, 0.3, 0.4], Some(0.91)))),
+        );
+        check(
+            "3.0 0.1 0.2 0.3 0.4",
+            Ok(Some((3, [0.1, 0.2, 0.3, 0.4], None))),
+        );
         check("   ", Ok(None));
         check("2 0.5 0.5 0.25", Err("got 4 fields"));
         check("car 0.5 0.5 0.25 0.1", Err("class \"car\""));
@@ -480,6 +532,9 @@ mod tests {
             label_path_for_image(Path::new("/d/images/train/images/a.b.jpg")),
             PathBuf::from("/d/images/train/labels/a.b.txt")
         );
-        assert_eq!(label_path_for_image(Path::new("/d/images/val/x.png")), PathBuf::from("/d/labels/val/x.txt"));
+        assert_eq!(
+            label_path_for_image(Path::new("/d/images/val/x.png")),
+            PathBuf::from("/d/labels/val/x.txt")
+        );
     }
 }

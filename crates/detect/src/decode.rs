@@ -116,18 +116,27 @@ pub fn postprocess_image(
     let classes: Vec<usize> = if config.class_agnostic {
         vec![0; candidates.len()]
     } else {
-        candidates.iter().map(|candidate| candidate.class_id).collect()
+        candidates
+            .iter()
+            .map(|candidate| candidate.class_id)
+            .collect()
     };
     let boxes: Vec<BoundingBox> = candidates.iter().map(|candidate| candidate.bbox).collect();
     let scores: Vec<f32> = candidates.iter().map(|candidate| candidate.score).collect();
-    batched_nms(&boxes, &scores, &classes, config.iou_threshold, config.max_detections)
-        .into_iter()
-        .map(|kept| Detection {
-            bbox: info.to_source(&candidates[kept].bbox),
-            class_id: candidates[kept].class_id,
-            confidence: candidates[kept].score,
-        })
-        .collect()
+    batched_nms(
+        &boxes,
+        &scores,
+        &classes,
+        config.iou_threshold,
+        config.max_detections,
+    )
+    .into_iter()
+    .map(|kept| Detection {
+        bbox: info.to_source(&candidates[kept].bbox),
+        class_id: candidates[kept].class_id,
+        confidence: candidates[kept].score,
+    })
+    .collect()
 }
 
 /// A box over the threshold, in network-input pixels.
@@ -139,7 +148,11 @@ struct Candidate {
 }
 
 /// The anchors whose best class score is above the threshold, best class only.
-fn candidates(image_output: &[f32], layout: YoloV8Layout, config: &PostprocessConfig) -> Vec<Candidate> {
+fn candidates(
+    image_output: &[f32],
+    layout: YoloV8Layout,
+    config: &PostprocessConfig,
+) -> Vec<Candidate> {
     let n_anchors = layout.n_anchors;
     let row = |channel: usize| &image_output[channel * n_anchors..(channel + 1) * n_anchors];
     // Class-major scan: every pass reads one contiguous row and updates the running
@@ -148,7 +161,8 @@ fn candidates(image_output: &[f32], layout: YoloV8Layout, config: &PostprocessCo
     let mut best_class = vec![0_u32; n_anchors];
     for class_id in 1..layout.n_classes {
         let scores = row(4 + class_id);
-        for ((best, class), &score) in best_score.iter_mut().zip(best_class.iter_mut()).zip(scores) {
+        for ((best, class), &score) in best_score.iter_mut().zip(best_class.iter_mut()).zip(scores)
+        {
             let better = score > *best;
             *best = if better { score } else { *best };
             *class = if better { class_id as u32 } else { *class };
@@ -177,7 +191,10 @@ mod tests {
     use super::*;
 
     /// Builds an output of `n_anchors` anchors from `(anchor, cx, cy, w, h, class, score)`.
-    fn output(layout: YoloV8Layout, anchors: &[(usize, f32, f32, f32, f32, usize, f32)]) -> Vec<f32> {
+    fn output(
+        layout: YoloV8Layout,
+        anchors: &[(usize, f32, f32, f32, f32, usize, f32)],
+    ) -> Vec<f32> {
         let mut values = vec![0.0; layout.values_per_image()];
         for &(anchor, cx, cy, width, height, class_id, score) in anchors {
             for (channel, value) in [cx, cy, width, height].into_iter().enumerate() {
@@ -193,13 +210,24 @@ mod tests {
         config: PostprocessConfig,
         expected: &[(usize, f32, [f32; 4])],
     ) {
-        let layout = YoloV8Layout { n_classes: 3, n_anchors: 8 };
+        let layout = YoloV8Layout {
+            n_classes: 3,
+            n_anchors: 8,
+        };
         // 200x100 letterboxed to 64x64: scale 0.32, 16 rows of padding on top.
         let info = TransformInfo::new((200, 100), (64, 64)).expect("sizes");
-        let detections = postprocess(&output(layout, anchors), layout, &[info], &config).expect("shape");
+        let detections =
+            postprocess(&output(layout, anchors), layout, &[info], &config).expect("shape");
         let actual: Vec<(usize, f32, [f32; 4])> = detections[0]
             .iter()
-            .map(|d| (d.class_id, d.confidence, [d.bbox.x1, d.bbox.y1, d.bbox.x2, d.bbox.y2].map(|v| (v * 100.0).round() / 100.0)))
+            .map(|d| {
+                (
+                    d.class_id,
+                    d.confidence,
+                    [d.bbox.x1, d.bbox.y1, d.bbox.x2, d.bbox.y2]
+                        .map(|v| (v * 100.0).round() / 100.0),
+                )
+            })
             .collect();
         assert_eq!(actual, expected);
     }
@@ -215,23 +243,39 @@ mod tests {
         check(
             &anchors,
             PostprocessConfig::default(),
-            &[(1, 0.9, [75.0, 25.0, 125.0, 75.0]), (2, 0.7, [80.0, 25.0, 130.0, 75.0])],
+            &[
+                (1, 0.9, [75.0, 25.0, 125.0, 75.0]),
+                (2, 0.7, [80.0, 25.0, 130.0, 75.0]),
+            ],
         );
         check(
             &anchors,
-            PostprocessConfig { class_agnostic: true, ..PostprocessConfig::default() },
+            PostprocessConfig {
+                class_agnostic: true,
+                ..PostprocessConfig::default()
+            },
             &[(1, 0.9, [75.0, 25.0, 125.0, 75.0])],
         );
         check(
             &anchors,
-            PostprocessConfig { confidence_threshold: 0.1, max_detections: 2, ..PostprocessConfig::default() },
-            &[(1, 0.9, [75.0, 25.0, 125.0, 75.0]), (2, 0.7, [80.0, 25.0, 130.0, 75.0])],
+            PostprocessConfig {
+                confidence_threshold: 0.1,
+                max_detections: 2,
+                ..PostprocessConfig::default()
+            },
+            &[
+                (1, 0.9, [75.0, 25.0, 125.0, 75.0]),
+                (2, 0.7, [80.0, 25.0, 130.0, 75.0]),
+            ],
         );
     }
 
     #[test]
     fn a_wrong_output_size_is_an_error() {
-        let layout = YoloV8Layout { n_classes: 80, n_anchors: 8400 };
+        let layout = YoloV8Layout {
+            n_classes: 80,
+            n_anchors: 8400,
+        };
         let info = TransformInfo::new((640, 640), (640, 640)).expect("sizes");
         let error = postprocess(&[0.0; 10], layout, &[info], &PostprocessConfig::default())
             .expect_err("too short");

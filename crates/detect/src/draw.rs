@@ -13,11 +13,26 @@ use crate::geometry::{BoundingBox, Detection};
 
 /// Ultralytics' 20-colour palette; class `c` gets `PALETTE[c % 20]`.
 pub const PALETTE: [[u8; 3]; 20] = [
-    [0x04, 0x2A, 0xFF], [0x0B, 0xDB, 0xEB], [0xF3, 0xF3, 0xF3], [0x00, 0xDF, 0xB7],
-    [0x11, 0x1F, 0x68], [0xFF, 0x6F, 0xDD], [0xFF, 0x44, 0x4F], [0xCC, 0xED, 0x00],
-    [0x00, 0xF3, 0x44], [0xBD, 0x00, 0xFF], [0x00, 0xB4, 0xFF], [0xDD, 0x00, 0xBA],
-    [0x00, 0xFF, 0xFF], [0x26, 0xC0, 0x00], [0x01, 0xFF, 0xB3], [0x7D, 0x24, 0xFF],
-    [0x7B, 0x00, 0x68], [0xFF, 0x1B, 0x6C], [0xFC, 0x6D, 0x2F], [0xA2, 0xFF, 0x0B],
+    [0x04, 0x2A, 0xFF],
+    [0x0B, 0xDB, 0xEB],
+    [0xF3, 0xF3, 0xF3],
+    [0x00, 0xDF, 0xB7],
+    [0x11, 0x1F, 0x68],
+    [0xFF, 0x6F, 0xDD],
+    [0xFF, 0x44, 0x4F],
+    [0xCC, 0xED, 0x00],
+    [0x00, 0xF3, 0x44],
+    [0xBD, 0x00, 0xFF],
+    [0x00, 0xB4, 0xFF],
+    [0xDD, 0x00, 0xBA],
+    [0x00, 0xFF, 0xFF],
+    [0x26, 0xC0, 0x00],
+    [0x01, 0xFF, 0xB3],
+    [0x7D, 0x24, 0xFF],
+    [0x7B, 0x00, 0x68],
+    [0xFF, 0x1B, 0x6C],
+    [0xFC, 0x6D, 0x2F],
+    [0xA2, 0xFF, 0x0B],
 ];
 
 /// The colour of a class.
@@ -42,7 +57,14 @@ pub fn draw_detections(image: &mut RgbImage, detections: &[Detection], names: &[
             class_name(names, detection.class_id),
             detection.confidence
         );
-        draw_labelled_box(image, &detection.bbox, &label, class_color(detection.class_id), line_width, font_px);
+        draw_labelled_box(
+            image,
+            &detection.bbox,
+            &label,
+            class_color(detection.class_id),
+            line_width,
+            font_px,
+        );
     }
 }
 
@@ -61,25 +83,81 @@ pub fn draw_labelled_box(
     let tab_height = text_height + 2.0 * margin;
     let tab_width = text_width + 2.0 * margin;
     let left = bbox.x1.max(0.0);
-    let top = if bbox.y1 - tab_height >= 0.0 { bbox.y1 - tab_height } else { bbox.y1.max(0.0) };
+    let top = if bbox.y1 - tab_height >= 0.0 {
+        bbox.y1 - tab_height
+    } else {
+        bbox.y1.max(0.0)
+    };
     let left = left.min((image.width() as f32 - tab_width).max(0.0));
     fill_rectangle(
         image,
-        &BoundingBox { x1: left, y1: top, x2: left + tab_width, y2: top + tab_height },
+        &BoundingBox {
+            x1: left,
+            y1: top,
+            x2: left + tab_width,
+            y2: top + tab_height,
+        },
         color,
     );
-    let text_color = if luminance(color) > 140.0 { Rgb([0, 0, 0]) } else { Rgb([255, 255, 255]) };
-    draw_text(image, label, left + margin, top + margin, font_px, text_color);
+    let text_color = if luminance(color) > 140.0 {
+        Rgb([0, 0, 0])
+    } else {
+        Rgb([255, 255, 255])
+    };
+    draw_text(
+        image,
+        label,
+        left + margin,
+        top + margin,
+        font_px,
+        text_color,
+    );
 }
 
 /// A rectangle outline `thickness` pixels wide, drawn inside `bbox`.
 pub fn draw_rectangle(image: &mut RgbImage, bbox: &BoundingBox, color: Rgb<u8>, thickness: u32) {
     let thickness = thickness.max(1) as f32;
     let (x1, y1, x2, y2) = (bbox.x1, bbox.y1, bbox.x2, bbox.y2);
-    fill_rectangle(image, &BoundingBox { x1, y1, x2, y2: y1 + thickness }, color);
-    fill_rectangle(image, &BoundingBox { x1, y1: y2 - thickness, x2, y2 }, color);
-    fill_rectangle(image, &BoundingBox { x1, y1, x2: x1 + thickness, y2 }, color);
-    fill_rectangle(image, &BoundingBox { x1: x2 - thickness, y1, x2, y2 }, color);
+    fill_rectangle(
+        image,
+        &BoundingBox {
+            x1,
+            y1,
+            x2,
+            y2: y1 + thickness,
+        },
+        color,
+    );
+    fill_rectangle(
+        image,
+        &BoundingBox {
+            x1,
+            y1: y2 - thickness,
+            x2,
+            y2,
+        },
+        color,
+    );
+    fill_rectangle(
+        image,
+        &BoundingBox {
+            x1,
+            y1,
+            x2: x1 + thickness,
+            y2,
+        },
+        color,
+    );
+    fill_rectangle(
+        image,
+        &BoundingBox {
+            x1: x2 - thickness,
+            y1,
+            x2,
+            y2,
+        },
+        color,
+    );
 }
 
 /// Fills the pixels whose centres fall inside `bbox` (clipped to the image).
@@ -95,7 +173,13 @@ pub fn fill_rectangle(image: &mut RgbImage, bbox: &BoundingBox, color: Rgb<u8>) 
 }
 
 /// A straight line `thickness` pixels wide (round caps), for plots.
-pub fn draw_line(image: &mut RgbImage, from: (f32, f32), to: (f32, f32), color: Rgb<u8>, thickness: f32) {
+pub fn draw_line(
+    image: &mut RgbImage,
+    from: (f32, f32),
+    to: (f32, f32),
+    color: Rgb<u8>,
+    thickness: f32,
+) {
     let length = ((to.0 - from.0).powi(2) + (to.1 - from.1).powi(2)).sqrt();
     let n_steps = (length * 2.0).ceil().max(1.0) as usize;
     let radius = (thickness / 2.0).max(0.5);
@@ -108,8 +192,14 @@ pub fn draw_line(image: &mut RgbImage, from: (f32, f32), to: (f32, f32), color: 
 
 /// A filled disc centred on `(x, y)`.
 pub fn fill_disc(image: &mut RgbImage, x: f32, y: f32, radius: f32, color: Rgb<u8>) {
-    let (x_min, x_max) = ((x - radius).floor().max(0.0) as i64, (x + radius).ceil() as i64);
-    let (y_min, y_max) = ((y - radius).floor().max(0.0) as i64, (y + radius).ceil() as i64);
+    let (x_min, x_max) = (
+        (x - radius).floor().max(0.0) as i64,
+        (x + radius).ceil() as i64,
+    );
+    let (y_min, y_max) = (
+        (y - radius).floor().max(0.0) as i64,
+        (y + radius).ceil() as i64,
+    );
     for pixel_y in y_min..=y_max.min(i64::from(image.height()) - 1) {
         for pixel_x in x_min..=x_max.min(i64::from(image.width()) - 1) {
             let (dx, dy) = (pixel_x as f32 + 0.5 - x, pixel_y as f32 + 0.5 - y);
@@ -140,7 +230,14 @@ pub fn text_size(text: &str, font_px: f32) -> (f32, f32) {
 }
 
 /// Draws `text` with its top-left corner at `(left, top)`, anti-aliased.
-pub fn draw_text(image: &mut RgbImage, text: &str, left: f32, top: f32, font_px: f32, color: Rgb<u8>) {
+pub fn draw_text(
+    image: &mut RgbImage,
+    text: &str,
+    left: f32,
+    top: f32,
+    font_px: f32,
+    color: Rgb<u8>,
+) {
     let Some(font) = label_font() else {
         return;
     };
@@ -153,7 +250,8 @@ pub fn draw_text(image: &mut RgbImage, text: &str, left: f32, top: f32, font_px:
         if let Some(previous) = previous {
             caret += scaled.kern(previous, glyph_id);
         }
-        let glyph = glyph_id.with_scale_and_position(PxScale::from(font_px), ab_glyph::point(caret, baseline));
+        let glyph = glyph_id
+            .with_scale_and_position(PxScale::from(font_px), ab_glyph::point(caret, baseline));
         caret += scaled.h_advance(glyph_id);
         previous = Some(glyph_id);
         let Some(outlined) = font.outline_glyph(glyph) else {
@@ -169,7 +267,8 @@ pub fn draw_text(image: &mut RgbImage, text: &str, left: f32, top: f32, font_px:
             let pixel = image.get_pixel_mut(x as u32, y as u32);
             let coverage = coverage.clamp(0.0, 1.0);
             for channel in 0..3 {
-                let blended = f32::from(pixel.0[channel]) * (1.0 - coverage) + f32::from(color.0[channel]) * coverage;
+                let blended = f32::from(pixel.0[channel]) * (1.0 - coverage)
+                    + f32::from(color.0[channel]) * coverage;
                 pixel.0[channel] = blended.round() as u8;
             }
         });
@@ -192,9 +291,16 @@ mod tests {
 
     fn check(image_size: (u32, u32), expected_line_width: u32, expected_font_px: f32) {
         let (line_width, font_px) = annotation_sizes(image_size.0, image_size.1);
-        assert_eq!((line_width, font_px), (expected_line_width, expected_font_px), "{image_size:?}");
+        assert_eq!(
+            (line_width, font_px),
+            (expected_line_width, expected_font_px),
+            "{image_size:?}"
+        );
         let (text_width, text_height) = text_size("truck 0.87", font_px);
-        assert!(text_height >= font_px * 0.9 && text_width > font_px * 3.0, "{text_width}x{text_height}");
+        assert!(
+            text_height >= font_px * 0.9 && text_width > font_px * 3.0,
+            "{text_width}x{text_height}"
+        );
     }
 
     #[test]
@@ -208,7 +314,12 @@ mod tests {
     fn boxes_and_labels_are_drawn_in_the_class_colour() {
         let mut image = RgbImage::from_pixel(200, 120, Rgb([40, 40, 40]));
         let detection = Detection {
-            bbox: BoundingBox { x1: 50.0, y1: 60.0, x2: 150.0, y2: 110.0 },
+            bbox: BoundingBox {
+                x1: 50.0,
+                y1: 60.0,
+                x2: 150.0,
+                y2: 110.0,
+            },
             class_id: 2,
             confidence: 0.87,
         };
@@ -216,9 +327,15 @@ mod tests {
         // The left edge of the box is the class colour.
         assert_eq!(*image.get_pixel(50, 80), class_color(2));
         // The label tab above the box holds dark text on the (light) class colour.
-        let tab_pixels: Vec<Rgb<u8>> = (50..120).flat_map(|x| (40..58).map(move |y| (x, y))).map(|(x, y)| *image.get_pixel(x, y)).collect();
+        let tab_pixels: Vec<Rgb<u8>> = (50..120)
+            .flat_map(|x| (40..58).map(move |y| (x, y)))
+            .map(|(x, y)| *image.get_pixel(x, y))
+            .collect();
         assert!(tab_pixels.iter().any(|p| *p == class_color(2)));
-        assert!(tab_pixels.iter().any(|p| p.0[0] < 60), "no text pixels in the tab");
+        assert!(
+            tab_pixels.iter().any(|p| p.0[0] < 60),
+            "no text pixels in the tab"
+        );
         // Inside the box is untouched.
         assert_eq!(*image.get_pixel(100, 90), Rgb([40, 40, 40]));
     }

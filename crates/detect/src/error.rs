@@ -67,7 +67,12 @@ pub struct Diagnostic {
 impl std::fmt::Display for Diagnostic {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.line {
-            Some(line) => write!(formatter, "{}:{line}: {}", self.path.display(), self.message),
+            Some(line) => write!(
+                formatter,
+                "{}:{line}: {}",
+                self.path.display(),
+                self.message
+            ),
             None => write!(formatter, "{}: {}", self.path.display(), self.message),
         }
     }

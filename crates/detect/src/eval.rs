@@ -113,7 +113,11 @@ pub fn evaluate(ground_truth: &GroundTruth, predictions: &[PredictedBox]) -> Eva
     let iou_thresholds = iou_thresholds();
     let mut images: Vec<&EvalImage> = ground_truth.images.iter().collect();
     images.sort_by_key(|image| image.id);
-    let image_slot: HashMap<u64, usize> = images.iter().enumerate().map(|(slot, image)| (image.id, slot)).collect();
+    let image_slot: HashMap<u64, usize> = images
+        .iter()
+        .enumerate()
+        .map(|(slot, image)| (image.id, slot))
+        .collect();
     let mut categories: Vec<(usize, String)> = ground_truth.categories.clone();
     categories.sort_by_key(|(id, _)| *id);
     categories.dedup_by_key(|(id, _)| *id);
@@ -121,31 +125,61 @@ pub fn evaluate(ground_truth: &GroundTruth, predictions: &[PredictedBox]) -> Eva
     let mut detections_by_key: HashMap<(usize, usize), Vec<&PredictedBox>> = HashMap::new();
     for prediction in predictions {
         if let Some(&slot) = image_slot.get(&prediction.image_id) {
-            detections_by_key.entry((slot, prediction.category_id)).or_default().push(prediction);
+            detections_by_key
+                .entry((slot, prediction.category_id))
+                .or_default()
+                .push(prediction);
         }
     }
     let mut per_class = Vec::new();
     for (category_id, name) in &categories {
         let mut evaluated = Vec::new();
         for (slot, image) in images.iter().enumerate() {
-            let objects: Vec<&GroundTruthBox> =
-                image.objects.iter().filter(|object| object.category_id == *category_id).collect();
-            let detections = detections_by_key.get(&(slot, *category_id)).cloned().unwrap_or_default();
+            let objects: Vec<&GroundTruthBox> = image
+                .objects
+                .iter()
+                .filter(|object| object.category_id == *category_id)
+                .collect();
+            let detections = detections_by_key
+                .get(&(slot, *category_id))
+                .cloned()
+                .unwrap_or_default();
             if let Some(result) = evaluate_image(&objects, &detections, &iou_thresholds) {
                 evaluated.push(result);
             }
         }
-        let n_ground_truth: usize = evaluated.iter().map(|result| result.n_counted_ground_truth).sum();
+        let n_ground_truth: usize = evaluated
+            .iter()
+            .map(|result| result.n_counted_ground_truth)
+            .sum();
         if n_ground_truth == 0 {
             continue;
         }
         let n_predictions = evaluated.iter().map(|result| result.scores.len()).sum();
-        per_class.push(accumulate(*category_id, name, &evaluated, n_ground_truth, n_predictions));
+        per_class.push(accumulate(
+            *category_id,
+            name,
+            &evaluated,
+            n_ground_truth,
+            n_predictions,
+        ));
     }
-    let mean = |values: Vec<f64>| if values.is_empty() { -1.0 } else { values.iter().sum::<f64>() / values.len() as f64 };
+    let mean = |values: Vec<f64>| {
+        if values.is_empty() {
+            -1.0
+        } else {
+            values.iter().sum::<f64>() / values.len() as f64
+        }
+    };
     let map50 = mean(per_class.iter().map(|class| class.ap50).collect());
     let map50_95 = mean(per_class.iter().map(|class| class.ap50_95).collect());
-    let (precision, recall, score_threshold) = best_mean_f1(&per_class, predictions, ground_truth, &image_slot, &iou_thresholds);
+    let (precision, recall, score_threshold) = best_mean_f1(
+        &per_class,
+        predictions,
+        ground_truth,
+        &image_slot,
+        &iou_thresholds,
+    );
     EvalReport {
         map50,
         map50_95,
@@ -187,7 +221,11 @@ impl EvalReport {
             "{:<16} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9}\n",
             "class", "labels", "preds", "P", "R", "mAP50", "mAP50-95"
         );
-        let n_labels: usize = self.per_class.iter().map(|class| class.n_ground_truth).sum();
+        let n_labels: usize = self
+            .per_class
+            .iter()
+            .map(|class| class.n_ground_truth)
+            .sum();
         let n_predictions: usize = self.per_class.iter().map(|class| class.n_predictions).sum();
         table.push_str(&format!(
             "{:<16} {:>8} {:>8} {:>9.4} {:>9.4} {:>9.4} {:>9.4}\n",
@@ -196,7 +234,13 @@ impl EvalReport {
         for class in &self.per_class {
             table.push_str(&format!(
                 "{:<16} {:>8} {:>8} {:>9.4} {:>9.4} {:>9.4} {:>9.4}\n",
-                class.name, class.n_ground_truth, class.n_predictions, class.precision, class.recall, class.ap50, class.ap50_95
+                class.name,
+                class.n_ground_truth,
+                class.n_predictions,
+                class.precision,
+                class.recall,
+                class.ap50,
+                class.ap50_95
             ));
         }
         table
@@ -206,14 +250,21 @@ impl EvalReport {
 /// Reads a COCO annotations file (`images`, `annotations`, `categories`).
 pub fn read_coco_ground_truth(path: &Path) -> Result<GroundTruth, Error> {
     let json = read_json(path)?;
-    let coco_error = |reason: String| Error::CocoJson { path: path.to_path_buf(), reason };
+    let coco_error = |reason: String| Error::CocoJson {
+        path: path.to_path_buf(),
+        reason,
+    };
     let array = |key: &str| -> Result<&Vec<serde_json::Value>, Error> {
-        json.get(key).and_then(|value| value.as_array()).ok_or_else(|| coco_error(format!("no `{key}` array")))
+        json.get(key)
+            .and_then(|value| value.as_array())
+            .ok_or_else(|| coco_error(format!("no `{key}` array")))
     };
     let mut images = Vec::new();
     let mut slot_of_image = HashMap::new();
     for (index, image) in array("images")?.iter().enumerate() {
-        let id = image["id"].as_u64().ok_or_else(|| coco_error(format!("images[{index}] has no integer `id`")))?;
+        let id = image["id"]
+            .as_u64()
+            .ok_or_else(|| coco_error(format!("images[{index}] has no integer `id`")))?;
         let size = match (image["width"].as_u64(), image["height"].as_u64()) {
             (Some(width), Some(height)) => Some((width as u32, height as u32)),
             _ => None,
@@ -228,24 +279,45 @@ pub fn read_coco_ground_truth(path: &Path) -> Result<GroundTruth, Error> {
     }
     for (index, annotation) in array("annotations")?.iter().enumerate() {
         let context = |what: &str| coco_error(format!("annotations[{index}]: {what}"));
-        let image_id = annotation["image_id"].as_u64().ok_or_else(|| context("no integer `image_id`"))?;
-        let category_id = annotation["category_id"].as_u64().ok_or_else(|| context("no integer `category_id`"))? as usize;
-        let bbox = read_bbox(&annotation["bbox"]).ok_or_else(|| context("`bbox` is not [x, y, w, h]"))?;
-        let iscrowd = annotation["iscrowd"].as_u64().is_some_and(|flag| flag != 0) || annotation["iscrowd"].as_bool() == Some(true);
-        let slot = *slot_of_image.get(&image_id).ok_or_else(|| context(&format!("image {image_id} is not in `images`")))?;
-        images[slot].objects.push(GroundTruthBox { category_id, bbox, iscrowd });
+        let image_id = annotation["image_id"]
+            .as_u64()
+            .ok_or_else(|| context("no integer `image_id`"))?;
+        let category_id = annotation["category_id"]
+            .as_u64()
+            .ok_or_else(|| context("no integer `category_id`"))? as usize;
+        let bbox =
+            read_bbox(&annotation["bbox"]).ok_or_else(|| context("`bbox` is not [x, y, w, h]"))?;
+        let iscrowd = annotation["iscrowd"].as_u64().is_some_and(|flag| flag != 0)
+            || annotation["iscrowd"].as_bool() == Some(true);
+        let slot = *slot_of_image
+            .get(&image_id)
+            .ok_or_else(|| context(&format!("image {image_id} is not in `images`")))?;
+        images[slot].objects.push(GroundTruthBox {
+            category_id,
+            bbox,
+            iscrowd,
+        });
     }
     let mut categories = Vec::new();
     for (index, category) in array("categories")?.iter().enumerate() {
-        let id = category["id"].as_u64().ok_or_else(|| coco_error(format!("categories[{index}] has no integer `id`")))? as usize;
-        categories.push((id, category["name"].as_str().unwrap_or_default().to_string()));
+        let id = category["id"]
+            .as_u64()
+            .ok_or_else(|| coco_error(format!("categories[{index}] has no integer `id`")))?
+            as usize;
+        categories.push((
+            id,
+            category["name"].as_str().unwrap_or_default().to_string(),
+        ));
     }
     Ok(GroundTruth { images, categories })
 }
 
 /// Reads a COCO results file (`[{image_id, category_id, bbox, score}]`). A result on
 /// an image the ground truth lacks is skipped with a diagnostic.
-pub fn read_coco_results(path: &Path, ground_truth: &GroundTruth) -> Result<(Vec<PredictedBox>, Vec<Diagnostic>), Error> {
+pub fn read_coco_results(
+    path: &Path,
+    ground_truth: &GroundTruth,
+) -> Result<(Vec<PredictedBox>, Vec<Diagnostic>), Error> {
     let json = read_json(path)?;
     let results = json.as_array().ok_or_else(|| Error::CocoJson {
         path: path.to_path_buf(),
@@ -282,16 +354,29 @@ pub fn read_coco_results(path: &Path, ground_truth: &GroundTruth) -> Result<(Vec
 
 /// Every `*.txt` of a YOLO label folder by stem. A malformed file is left out with a
 /// diagnostic naming its line.
-pub fn read_yolo_folder(folder: &Path) -> Result<(BTreeMap<String, Vec<YoloLabel>>, Vec<Diagnostic>), Error> {
-    let entries = std::fs::read_dir(folder).map_err(|source| Error::Io { path: folder.to_path_buf(), source })?;
+pub fn read_yolo_folder(
+    folder: &Path,
+) -> Result<(BTreeMap<String, Vec<YoloLabel>>, Vec<Diagnostic>), Error> {
+    let entries = std::fs::read_dir(folder).map_err(|source| Error::Io {
+        path: folder.to_path_buf(),
+        source,
+    })?;
     let mut files = BTreeMap::new();
     let mut diagnostics = Vec::new();
     for entry in entries {
-        let path = entry.map_err(|source| Error::Io { path: folder.to_path_buf(), source })?.path();
+        let path = entry
+            .map_err(|source| Error::Io {
+                path: folder.to_path_buf(),
+                source,
+            })?
+            .path();
         if path.extension().is_none_or(|extension| extension != "txt") {
             continue;
         }
-        let stem = path.file_stem().map(|stem| stem.to_string_lossy().to_string()).unwrap_or_default();
+        let stem = path
+            .file_stem()
+            .map(|stem| stem.to_string_lossy().to_string())
+            .unwrap_or_default();
         match read_label_file(&path) {
             Ok(labels) => {
                 files.insert(stem, labels);
@@ -326,7 +411,10 @@ pub fn load_inputs(
         diagnostics.append(&mut read_diagnostics);
         // Images are the union of both folders: a missing ground-truth file is an
         // image with no objects, as in Ultralytics.
-        let stems: BTreeSet<&String> = ground_truth_files.keys().chain(prediction_files.keys()).collect();
+        let stems: BTreeSet<&String> = ground_truth_files
+            .keys()
+            .chain(prediction_files.keys())
+            .collect();
         let mut ground_truth = GroundTruth::default();
         let mut predictions = Vec::new();
         let mut category_ids = BTreeSet::new();
@@ -339,17 +427,36 @@ pub fn load_inputs(
                         .iter()
                         .map(|label| {
                             category_ids.insert(label.class_id);
-                            GroundTruthBox { category_id: label.class_id, bbox: yolo_to_xywh(label, (1, 1)), iscrowd: false }
+                            GroundTruthBox {
+                                category_id: label.class_id,
+                                bbox: yolo_to_xywh(label, (1, 1)),
+                                iscrowd: false,
+                            }
                         })
                         .collect()
                 })
                 .unwrap_or_default();
-            ground_truth.images.push(EvalImage { id, name: stem.clone(), size: None, objects });
+            ground_truth.images.push(EvalImage {
+                id,
+                name: stem.clone(),
+                size: None,
+                objects,
+            });
             for label in prediction_files.get(stem).into_iter().flatten() {
-                predictions.push(yolo_prediction(id, label, (1, 1), predictions_path, stem, &mut diagnostics));
+                predictions.push(yolo_prediction(
+                    id,
+                    label,
+                    (1, 1),
+                    predictions_path,
+                    stem,
+                    &mut diagnostics,
+                ));
             }
         }
-        ground_truth.categories = category_ids.into_iter().map(|id| (id, class_name(names, id))).collect();
+        ground_truth.categories = category_ids
+            .into_iter()
+            .map(|id| (id, class_name(names, id)))
+            .collect();
         return Ok((ground_truth, predictions, diagnostics));
     }
     let mut ground_truth = read_coco_ground_truth(ground_truth_path)?;
@@ -361,7 +468,8 @@ pub fn load_inputs(
         }
     }
     if !predictions_path.is_dir() {
-        let (predictions, mut read_diagnostics) = read_coco_results(predictions_path, &ground_truth)?;
+        let (predictions, mut read_diagnostics) =
+            read_coco_results(predictions_path, &ground_truth)?;
         diagnostics.append(&mut read_diagnostics);
         return Ok((ground_truth, predictions, diagnostics));
     }
@@ -372,7 +480,10 @@ pub fn load_inputs(
         .images
         .iter()
         .map(|image| {
-            let stem = Path::new(&image.name).file_stem().map(|stem| stem.to_string_lossy().to_string()).unwrap_or_default();
+            let stem = Path::new(&image.name)
+                .file_stem()
+                .map(|stem| stem.to_string_lossy().to_string())
+                .unwrap_or_default();
             (stem, (image.id, image.size))
         })
         .collect();
@@ -380,13 +491,21 @@ pub fn load_inputs(
         match by_stem.get(stem) {
             Some(&(image_id, Some(size))) => {
                 for label in labels {
-                    predictions.push(yolo_prediction(image_id, label, size, predictions_path, stem, &mut diagnostics));
+                    predictions.push(yolo_prediction(
+                        image_id,
+                        label,
+                        size,
+                        predictions_path,
+                        stem,
+                        &mut diagnostics,
+                    ));
                 }
             }
             Some(&(_, None)) => diagnostics.push(Diagnostic {
                 path: predictions_path.join(format!("{stem}.txt")),
                 line: None,
-                message: "the COCO image has no width and height to scale normalised boxes".to_string(),
+                message: "the COCO image has no width and height to scale normalised boxes"
+                    .to_string(),
             }),
             None => diagnostics.push(Diagnostic {
                 path: predictions_path.join(format!("{stem}.txt")),
@@ -403,9 +522,17 @@ pub fn plot_pr_curves(report: &EvalReport, size: (u32, u32)) -> RgbImage {
     let (width, height) = size;
     let mut image = RgbImage::from_pixel(width, height, Rgb([255, 255, 255]));
     let font_px = (height as f32 / 32.0).max(11.0);
-    let (left, right, top, bottom) = (font_px * 4.0, width as f32 - font_px, font_px * 2.5, height as f32 - font_px * 3.5);
+    let (left, right, top, bottom) = (
+        font_px * 4.0,
+        width as f32 - font_px,
+        font_px * 2.5,
+        height as f32 - font_px * 3.5,
+    );
     let to_pixel = |recall: f64, precision: f64| {
-        (left + (right - left) * recall as f32, bottom - (bottom - top) * precision as f32)
+        (
+            left + (right - left) * recall as f32,
+            bottom - (bottom - top) * precision as f32,
+        )
     };
     let grey = Rgb([220, 220, 220]);
     let black = Rgb([0, 0, 0]);
@@ -417,17 +544,52 @@ pub fn plot_pr_curves(report: &EvalReport, size: (u32, u32)) -> RgbImage {
         draw::draw_line(&mut image, (left, y), (right, y), grey, 1.0);
         let label = format!("{value:.1}");
         let (label_width, label_height) = draw::text_size(&label, font_px * 0.8);
-        draw::draw_text(&mut image, &label, x - label_width / 2.0, bottom + font_px * 0.3, font_px * 0.8, black);
-        draw::draw_text(&mut image, &label, left - label_width - font_px * 0.4, y - label_height / 2.0, font_px * 0.8, black);
+        draw::draw_text(
+            &mut image,
+            &label,
+            x - label_width / 2.0,
+            bottom + font_px * 0.3,
+            font_px * 0.8,
+            black,
+        );
+        draw::draw_text(
+            &mut image,
+            &label,
+            left - label_width - font_px * 0.4,
+            y - label_height / 2.0,
+            font_px * 0.8,
+            black,
+        );
     }
     draw::draw_line(&mut image, (left, bottom), (right, bottom), black, 1.5);
     draw::draw_line(&mut image, (left, top), (left, bottom), black, 1.5);
     let (x_label_width, _) = draw::text_size("Recall", font_px);
-    draw::draw_text(&mut image, "Recall", (left + right - x_label_width) / 2.0, bottom + font_px * 1.6, font_px, black);
-    draw::draw_text(&mut image, "Precision", font_px * 0.3, font_px * 0.8, font_px, black);
+    draw::draw_text(
+        &mut image,
+        "Recall",
+        (left + right - x_label_width) / 2.0,
+        bottom + font_px * 1.6,
+        font_px,
+        black,
+    );
+    draw::draw_text(
+        &mut image,
+        "Precision",
+        font_px * 0.3,
+        font_px * 0.8,
+        font_px,
+        black,
+    );
     let title = "Precision-recall at IoU 0.5";
     let (title_width, _) = draw::text_size(title, font_px);
-    draw::draw_text(&mut image, title, (left + right - title_width) / 2.0, font_px * 0.8, font_px, black);
+    draw::draw_text(
+        &mut image,
+        title,
+        (left + right - title_width) / 2.0,
+        font_px * 0.8,
+        font_px,
+        black,
+    );
     let recalls = recall_thresholds();
     let mut legend = Vec::new();
     for class in &report.per_class {
@@ -438,7 +600,14 @@ pub fn plot_pr_curves(report: &EvalReport, size: (u32, u32)) -> RgbImage {
     }
     if !report.per_class.is_empty() {
         let mean_curve: Vec<f64> = (0..recalls.len())
-            .map(|point| report.per_class.iter().map(|class| class.pr_curve[point]).sum::<f64>() / report.per_class.len() as f64)
+            .map(|point| {
+                report
+                    .per_class
+                    .iter()
+                    .map(|class| class.pr_curve[point])
+                    .sum::<f64>()
+                    / report.per_class.len() as f64
+            })
             .collect();
         let blue = Rgb([20, 60, 200]);
         draw_curve(&mut image, &recalls, &mean_curve, blue, 4.0, &to_pixel);
@@ -449,7 +618,13 @@ pub fn plot_pr_curves(report: &EvalReport, size: (u32, u32)) -> RgbImage {
         let (text_width, _) = draw::text_size(text, legend_px);
         let y = top + legend_px * 0.5 + row as f32 * legend_px * 1.4;
         let x = right - text_width - legend_px * 2.5;
-        draw::draw_line(&mut image, (x, y + legend_px * 0.6), (x + legend_px * 1.5, y + legend_px * 0.6), *color, 3.0);
+        draw::draw_line(
+            &mut image,
+            (x, y + legend_px * 0.6),
+            (x + legend_px * 1.5, y + legend_px * 0.6),
+            *color,
+            3.0,
+        );
         draw::draw_text(&mut image, text, x + legend_px * 2.0, y, legend_px, black);
     }
     image
@@ -481,7 +656,11 @@ struct ImageResult {
     n_counted_ground_truth: usize,
 }
 
-fn evaluate_image(objects: &[&GroundTruthBox], detections: &[&PredictedBox], iou_thresholds: &[f64]) -> Option<ImageResult> {
+fn evaluate_image(
+    objects: &[&GroundTruthBox],
+    detections: &[&PredictedBox],
+    iou_thresholds: &[f64],
+) -> Option<ImageResult> {
     if objects.is_empty() && detections.is_empty() {
         return None;
     }
@@ -493,7 +672,12 @@ fn evaluate_image(objects: &[&GroundTruthBox], detections: &[&PredictedBox], iou
     detections.truncate(MAX_DETECTIONS_PER_IMAGE);
     let ious: Vec<Vec<f64>> = detections
         .iter()
-        .map(|detection| objects.iter().map(|object| coco_iou(&detection.bbox, &object.bbox, object.iscrowd)).collect())
+        .map(|detection| {
+            objects
+                .iter()
+                .map(|object| coco_iou(&detection.bbox, &object.bbox, object.iscrowd))
+                .collect()
+        })
         .collect();
     let mut matched = vec![vec![false; detections.len()]; iou_thresholds.len()];
     let mut ignored = vec![vec![false; detections.len()]; iou_thresholds.len()];
@@ -536,7 +720,13 @@ fn evaluate_image(objects: &[&GroundTruthBox], detections: &[&PredictedBox], iou
 }
 
 /// COCOeval's `accumulate` for one category, plus the best-F1 point.
-fn accumulate(category_id: usize, name: &str, evaluated: &[ImageResult], n_ground_truth: usize, n_predictions: usize) -> ClassReport {
+fn accumulate(
+    category_id: usize,
+    name: &str,
+    evaluated: &[ImageResult],
+    n_ground_truth: usize,
+    n_predictions: usize,
+) -> ClassReport {
     let recall_thresholds = recall_thresholds();
     let mut entries: Vec<(f64, usize, usize)> = Vec::new();
     for (result_idx, result) in evaluated.iter().enumerate() {
@@ -549,7 +739,8 @@ fn accumulate(category_id: usize, name: &str, evaluated: &[ImageResult], n_groun
     let n_thresholds = evaluated.first().map_or(0, |result| result.matched.len());
     let mut average_precisions = Vec::with_capacity(n_thresholds);
     let mut pr_curve = vec![0.0; recall_thresholds.len()];
-    let (mut best_f1, mut best_precision, mut best_recall, mut best_threshold) = (0.0, 0.0, 0.0, 0.0);
+    let (mut best_f1, mut best_precision, mut best_recall, mut best_threshold) =
+        (0.0, 0.0, 0.0, 0.0);
     for threshold_idx in 0..n_thresholds {
         let (mut true_positives, mut false_positives) = (0.0_f64, 0.0_f64);
         let mut recalls = Vec::with_capacity(entries.len());
@@ -570,7 +761,8 @@ fn accumulate(category_id: usize, name: &str, evaluated: &[ImageResult], n_groun
             if threshold_idx == 0 && !ignored {
                 let f1 = 2.0 * precision * recall / (precision + recall + f64::EPSILON);
                 if f1 > best_f1 {
-                    (best_f1, best_precision, best_recall, best_threshold) = (f1, precision, recall, score);
+                    (best_f1, best_precision, best_recall, best_threshold) =
+                        (f1, precision, recall, score);
                 }
             }
             recalls.push(recall);
@@ -633,11 +825,20 @@ fn best_mean_f1(
     for class in per_class {
         let mut outcomes = Vec::new();
         for image in &ground_truth.images {
-            let Some(&slot) = image_slot.get(&image.id) else { continue };
-            let objects: Vec<&GroundTruthBox> = image.objects.iter().filter(|object| object.category_id == class.category_id).collect();
+            let Some(&slot) = image_slot.get(&image.id) else {
+                continue;
+            };
+            let objects: Vec<&GroundTruthBox> = image
+                .objects
+                .iter()
+                .filter(|object| object.category_id == class.category_id)
+                .collect();
             let detections: Vec<&PredictedBox> = predictions
                 .iter()
-                .filter(|prediction| image_slot.get(&prediction.image_id) == Some(&slot) && prediction.category_id == class.category_id)
+                .filter(|prediction| {
+                    image_slot.get(&prediction.image_id) == Some(&slot)
+                        && prediction.category_id == class.category_id
+                })
                 .collect();
             if let Some(result) = evaluate_image(&objects, &detections, &iou_thresholds[..1]) {
                 for (detection_idx, &score) in result.scores.iter().enumerate() {
@@ -656,8 +857,15 @@ fn best_mean_f1(
         let (mut sum_f1, mut sum_precision, mut sum_recall) = (0.0, 0.0, 0.0);
         for (outcomes, n_ground_truth) in &class_outcomes {
             let n_kept = outcomes.partition_point(|(score, _)| *score >= threshold);
-            let n_true = outcomes[..n_kept].iter().filter(|(_, is_true)| *is_true).count() as f64;
-            let precision = if n_kept == 0 { 1.0 } else { n_true / n_kept as f64 };
+            let n_true = outcomes[..n_kept]
+                .iter()
+                .filter(|(_, is_true)| *is_true)
+                .count() as f64;
+            let precision = if n_kept == 0 {
+                1.0
+            } else {
+                n_true / n_kept as f64
+            };
             let recall = n_true / *n_ground_truth as f64;
             sum_f1 += 2.0 * precision * recall / (precision + recall + 1e-16);
             sum_precision += precision;
@@ -673,17 +881,23 @@ fn best_mean_f1(
 
 /// pycocotools' `bbIou`: `inter / union`, or `inter / detection area` for a crowd box.
 fn coco_iou(detection: &[f64; 4], object: &[f64; 4], iscrowd: bool) -> f64 {
-    let width = (detection[0] + detection[2]).min(object[0] + object[2]) - detection[0].max(object[0]);
+    let width =
+        (detection[0] + detection[2]).min(object[0] + object[2]) - detection[0].max(object[0]);
     if width <= 0.0 {
         return 0.0;
     }
-    let height = (detection[1] + detection[3]).min(object[1] + object[3]) - detection[1].max(object[1]);
+    let height =
+        (detection[1] + detection[3]).min(object[1] + object[3]) - detection[1].max(object[1]);
     if height <= 0.0 {
         return 0.0;
     }
     let intersection = width * height;
     let detection_area = detection[2] * detection[3];
-    let union = if iscrowd { detection_area } else { detection_area + object[2] * object[3] - intersection };
+    let union = if iscrowd {
+        detection_area
+    } else {
+        detection_area + object[2] * object[3] - intersection
+    };
     intersection / union
 }
 
@@ -699,8 +913,14 @@ fn linspace<const N: usize>(start: f64, stop: f64) -> [f64; N] {
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value, Error> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
-    serde_json::from_str(&text).map_err(|error| Error::CocoJson { path: path.to_path_buf(), reason: error.to_string() })
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|error| Error::CocoJson {
+        path: path.to_path_buf(),
+        reason: error.to_string(),
+    })
 }
 
 fn read_bbox(value: &serde_json::Value) -> Option<[f64; 4]> {
@@ -708,12 +928,22 @@ fn read_bbox(value: &serde_json::Value) -> Option<[f64; 4]> {
     if array.len() != 4 {
         return None;
     }
-    Some([array[0].as_f64()?, array[1].as_f64()?, array[2].as_f64()?, array[3].as_f64()?])
+    Some([
+        array[0].as_f64()?,
+        array[1].as_f64()?,
+        array[2].as_f64()?,
+        array[3].as_f64()?,
+    ])
 }
 
 fn yolo_to_xywh(label: &YoloLabel, size: (u32, u32)) -> [f64; 4] {
     let (width, height) = (f64::from(size.0), f64::from(size.1));
-    let (cx, cy, w, h) = (f64::from(label.cx) * width, f64::from(label.cy) * height, f64::from(label.width) * width, f64::from(label.height) * height);
+    let (cx, cy, w, h) = (
+        f64::from(label.cx) * width,
+        f64::from(label.cy) * height,
+        f64::from(label.width) * width,
+        f64::from(label.height) * height,
+    );
     [cx - w / 2.0, cy - h / 2.0, w, h]
 }
 
@@ -751,31 +981,68 @@ mod tests {
     use super::*;
 
     fn object(category_id: usize, bbox: [f64; 4]) -> GroundTruthBox {
-        GroundTruthBox { category_id, bbox, iscrowd: false }
+        GroundTruthBox {
+            category_id,
+            bbox,
+            iscrowd: false,
+        }
     }
 
     fn prediction(image_id: u64, category_id: usize, bbox: [f64; 4], score: f64) -> PredictedBox {
-        PredictedBox { image_id, category_id, bbox, score }
+        PredictedBox {
+            image_id,
+            category_id,
+            bbox,
+            score,
+        }
     }
 
-    fn check(objects: Vec<GroundTruthBox>, predictions: &[PredictedBox], expected_map50: f64, expected_map50_95: f64) {
+    fn check(
+        objects: Vec<GroundTruthBox>,
+        predictions: &[PredictedBox],
+        expected_map50: f64,
+        expected_map50_95: f64,
+    ) {
         let ground_truth = GroundTruth {
-            images: vec![EvalImage { id: 1, name: "a".into(), size: None, objects }],
+            images: vec![EvalImage {
+                id: 1,
+                name: "a".into(),
+                size: None,
+                objects,
+            }],
             categories: vec![(2, "car".into()), (7, "truck".into())],
         };
         let report = evaluate(&ground_truth, predictions);
-        assert!((report.map50 - expected_map50).abs() < 1e-9, "mAP50 {} != {expected_map50}", report.map50);
-        assert!((report.map50_95 - expected_map50_95).abs() < 1e-9, "mAP50-95 {} != {expected_map50_95}", report.map50_95);
+        assert!(
+            (report.map50 - expected_map50).abs() < 1e-9,
+            "mAP50 {} != {expected_map50}",
+            report.map50
+        );
+        assert!(
+            (report.map50_95 - expected_map50_95).abs() < 1e-9,
+            "mAP50-95 {} != {expected_map50_95}",
+            report.map50_95
+        );
     }
 
     #[test]
     fn perfect_missing_and_half_right_predictions() {
         let car = [10.0, 10.0, 50.0, 30.0];
-        check(vec![object(2, car)], &[prediction(1, 2, car, 0.9)], 1.0, 1.0);
+        check(
+            vec![object(2, car)],
+            &[prediction(1, 2, car, 0.9)],
+            1.0,
+            1.0,
+        );
         check(vec![object(2, car)], &[], 0.0, 0.0);
         // A truck class with no ground truth is left out of the mean; the false
         // positive truck box does not lower the car AP.
-        check(vec![object(2, car)], &[prediction(1, 2, car, 0.9), prediction(1, 7, car, 0.95)], 1.0, 1.0);
+        check(
+            vec![object(2, car)],
+            &[prediction(1, 2, car, 0.9), prediction(1, 7, car, 0.95)],
+            1.0,
+            1.0,
+        );
         // Two cars, one found at the top score: precision 1 up to recall 0.5.
         check(
             vec![object(2, car), object(2, [200.0, 10.0, 50.0, 30.0])],

@@ -121,7 +121,12 @@ mod tests {
     fn detections_serialise_to_json_and_yolo_lines() {
         check(
             Detection {
-                bbox: BoundingBox { x1: 10.0, y1: 20.0, x2: 60.0, y2: 70.0 },
+                bbox: BoundingBox {
+                    x1: 10.0,
+                    y1: 20.0,
+                    x2: 60.0,
+                    y2: 70.0,
+                },
                 class_id: 2,
                 confidence: 0.5,
             },
@@ -132,9 +137,24 @@ mod tests {
 
     #[test]
     fn iou_of_disjoint_nested_and_equal_boxes() {
-        let a = BoundingBox { x1: 0.0, y1: 0.0, x2: 10.0, y2: 10.0 };
-        let b = BoundingBox { x1: 5.0, y1: 0.0, x2: 15.0, y2: 10.0 };
-        let far = BoundingBox { x1: 50.0, y1: 50.0, x2: 60.0, y2: 60.0 };
+        let a = BoundingBox {
+            x1: 0.0,
+            y1: 0.0,
+            x2: 10.0,
+            y2: 10.0,
+        };
+        let b = BoundingBox {
+            x1: 5.0,
+            y1: 0.0,
+            x2: 15.0,
+            y2: 10.0,
+        };
+        let far = BoundingBox {
+            x1: 50.0,
+            y1: 50.0,
+            x2: 60.0,
+            y2: 60.0,
+        };
         assert_eq!(a.iou(&a), 1.0);
         assert_eq!(a.iou(&far), 0.0);
         assert!((a.iou(&b) - 50.0 / 150.0).abs() < 1e-6);

@@ -34,12 +34,11 @@ pub fn decode_rgb(bytes: &[u8], origin: &Path) -> Result<RgbImage, Error> {
             path: origin.to_path_buf(),
         });
     }
-    let decoded = image::load_from_memory_with_format(bytes, format).map_err(|source| {
-        Error::Decode {
+    let decoded =
+        image::load_from_memory_with_format(bytes, format).map_err(|source| Error::Decode {
             path: origin.to_path_buf(),
             source,
-        }
-    })?;
+        })?;
     Ok(decoded.into_rgb8())
 }
 
@@ -60,6 +59,37 @@ pub fn image_size(path: &Path) -> Result<(u32, u32), Error> {
 /// Writes PNG or JPEG (quality 90), chosen by the extension.
 pub fn save(image: &RgbImage, path: &Path) -> Result<(), Error> {
     let bytes = encode(image, path)?;
+    std::fs::write(path, bytes).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes a PNG of at most 256 colours (NeuQuant), a third the size of a full-colour
+/// one for noisy pictures: for documentation, not for datasets.
+pub fn save_png_with_palette(image: &RgbImage, path: &Path) -> Result<(), Error> {
+    let rgba: Vec<u8> = image
+        .pixels()
+        .flat_map(|pixel| [pixel.0[0], pixel.0[1], pixel.0[2], 255])
+        .collect();
+    let quantizer = color_quant::NeuQuant::new(10, 256, &rgba);
+    let indices: Vec<u8> = rgba
+        .chunks_exact(4)
+        .map(|pixel| quantizer.index_of(pixel) as u8)
+        .collect();
+    let mut bytes = Vec::new();
+    let mut encoder = png::Encoder::new(&mut bytes, image.width(), image.height());
+    encoder.set_color(png::ColorType::Indexed);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.set_palette(quantizer.color_map_rgb());
+    encoder.set_compression(png::Compression::High);
+    let encode_error = |error: png::EncodingError| Error::Encode {
+        path: path.to_path_buf(),
+        source: image::ImageError::IoError(std::io::Error::other(error.to_string())),
+    };
+    let mut writer = encoder.write_header().map_err(encode_error)?;
+    writer.write_image_data(&indices).map_err(encode_error)?;
+    writer.finish().map_err(encode_error)?;
     std::fs::write(path, bytes).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,

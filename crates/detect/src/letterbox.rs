@@ -102,11 +102,19 @@ pub struct Batch {
 }
 
 /// The letterboxed image as 8-bit RGB (what OpenCV would show), with its transform.
-pub fn letterbox(image: &RgbImage, dst_size: (u32, u32)) -> Result<(RgbImage, TransformInfo), Error> {
+pub fn letterbox(
+    image: &RgbImage,
+    dst_size: (u32, u32),
+) -> Result<(RgbImage, TransformInfo), Error> {
     let info = TransformInfo::new(image.dimensions(), dst_size)?;
     let resized = resize_bilinear(image, info.resized_size);
     let mut padded = RgbImage::from_pixel(dst_size.0, dst_size.1, image::Rgb([PAD_VALUE; 3]));
-    image::imageops::replace(&mut padded, &resized, i64::from(info.pad.0), i64::from(info.pad.1));
+    image::imageops::replace(
+        &mut padded,
+        &resized,
+        i64::from(info.pad.0),
+        i64::from(info.pad.1),
+    );
     Ok((padded, info))
 }
 
@@ -182,7 +190,8 @@ pub fn resize_bilinear(image: &RgbImage, size: (u32, u32)) -> RgbImage {
             }
             row_cache[slot].0 = src_y;
         }
-        let out_row = &mut output[dst_y * dst_width as usize * 3..(dst_y + 1) * dst_width as usize * 3];
+        let out_row =
+            &mut output[dst_y * dst_width as usize * 3..(dst_y + 1) * dst_width as usize * 3];
         let (top, bottom) = (&row_cache[0].1, &row_cache[1].1);
         let weight1 = tap_y.weight1;
         for ((out, top), bottom) in out_row.iter_mut().zip(top).zip(bottom) {
@@ -253,7 +262,12 @@ mod tests {
     fn check(src_size: (u32, u32), dst_size: (u32, u32), expected: (u32, u32, u32, u32)) {
         let info = TransformInfo::new(src_size, dst_size).expect("valid sizes");
         assert_eq!(
-            (info.resized_size.0, info.resized_size.1, info.pad.0, info.pad.1),
+            (
+                info.resized_size.0,
+                info.resized_size.1,
+                info.pad.0,
+                info.pad.1
+            ),
             expected,
             "{src_size:?} -> {dst_size:?}"
         );
@@ -274,9 +288,19 @@ mod tests {
     #[test]
     fn boxes_round_trip_through_the_transform() {
         let info = TransformInfo::new((333, 517), (640, 640)).expect("valid sizes");
-        let original = BoundingBox { x1: 10.5, y1: 20.25, x2: 300.0, y2: 517.0 };
+        let original = BoundingBox {
+            x1: 10.5,
+            y1: 20.25,
+            x2: 300.0,
+            y2: 517.0,
+        };
         let back = info.to_source(&info.to_input(&original));
-        for (a, b) in [(original.x1, back.x1), (original.y1, back.y1), (original.x2, back.x2), (original.y2, back.y2)] {
+        for (a, b) in [
+            (original.x1, back.x1),
+            (original.y1, back.y1),
+            (original.x2, back.x2),
+            (original.y2, back.y2),
+        ] {
             assert!((a - b).abs() < 1e-3, "{original:?} != {back:?}");
         }
     }

@@ -76,8 +76,11 @@ impl KeptBoxes {
     fn suppresses(&self, candidate: &BoundingBox, iou_threshold: f32) -> bool {
         let area = (candidate.x2 - candidate.x1) * (candidate.y2 - candidate.y1);
         for kept_idx in 0..self.area.len() {
-            let width = (self.x2[kept_idx].min(candidate.x2) - self.x1[kept_idx].max(candidate.x1)).max(0.0);
-            let height = (self.y2[kept_idx].min(candidate.y2) - self.y1[kept_idx].max(candidate.y1)).max(0.0);
+            let width = (self.x2[kept_idx].min(candidate.x2) - self.x1[kept_idx].max(candidate.x1))
+                .max(0.0);
+            let height = (self.y2[kept_idx].min(candidate.y2)
+                - self.y1[kept_idx].max(candidate.y1))
+            .max(0.0);
             let intersection = width * height;
             if intersection / (self.area[kept_idx] + area - intersection) > iou_threshold {
                 return true;
@@ -96,18 +99,30 @@ mod tests {
             .iter()
             .map(|&[x1, y1, x2, y2]| BoundingBox { x1, y1, x2, y2 })
             .collect();
-        assert_eq!(batched_nms(&boxes, scores, classes, 0.5, usize::MAX), expected);
+        assert_eq!(
+            batched_nms(&boxes, scores, classes, 0.5, usize::MAX),
+            expected
+        );
     }
 
     #[test]
     fn overlapping_boxes_of_one_class_are_suppressed() {
-        let boxes = [[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 11.0, 11.0], [20.0, 20.0, 30.0, 30.0]];
+        let boxes = [
+            [0.0, 0.0, 10.0, 10.0],
+            [1.0, 1.0, 11.0, 11.0],
+            [20.0, 20.0, 30.0, 30.0],
+        ];
         check(&boxes, &[0.9, 0.8, 0.7], &[0, 0, 0], &[0, 2]);
         check(&boxes, &[0.7, 0.8, 0.9], &[0, 0, 0], &[2, 1]);
         // Another class is never suppressed.
         check(&boxes, &[0.9, 0.8, 0.7], &[0, 1, 0], &[0, 1, 2]);
         // IoU of exactly the threshold is kept (torchvision suppresses only above it).
-        check(&[[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 5.0]], &[0.9, 0.8], &[0, 0], &[0, 1]);
+        check(
+            &[[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 5.0]],
+            &[0.9, 0.8],
+            &[0, 0],
+            &[0, 1],
+        );
         check(&[], &[], &[], &[]);
     }
 }

@@ -28,16 +28,24 @@ pub fn parse(text: &str) -> Result<Vec<(String, YamlValue)>, (usize, String)> {
             let Some((_, block)) = open_block.as_mut() else {
                 return Err((line_number, "indented line outside a block".to_string()));
             };
-            if let Some(item) = content.strip_prefix("- ").or(if content == "-" { Some("") } else { None }) {
+            if let Some(item) =
+                content
+                    .strip_prefix("- ")
+                    .or(if content == "-" { Some("") } else { None })
+            {
                 match block {
                     YamlValue::List(items) => items.push(unquote(item.trim())),
-                    YamlValue::Scalar(empty) if empty.is_empty() => *block = YamlValue::List(vec![unquote(item.trim())]),
+                    YamlValue::Scalar(empty) if empty.is_empty() => {
+                        *block = YamlValue::List(vec![unquote(item.trim())])
+                    }
                     _ => return Err((line_number, "a list item inside a map".to_string())),
                 }
             } else if let Some((key, value)) = split_key_value(content) {
                 match block {
                     YamlValue::Map(pairs) => pairs.push((key, unquote(value))),
-                    YamlValue::Scalar(empty) if empty.is_empty() => *block = YamlValue::Map(vec![(key, unquote(value))]),
+                    YamlValue::Scalar(empty) if empty.is_empty() => {
+                        *block = YamlValue::Map(vec![(key, unquote(value))])
+                    }
                     _ => return Err((line_number, "a map entry inside a list".to_string())),
                 }
             } else {
@@ -49,14 +57,26 @@ pub fn parse(text: &str) -> Result<Vec<(String, YamlValue)>, (usize, String)> {
             entries.push(finished);
         }
         let Some((key, value)) = split_key_value(content) else {
-            return Err((line_number, format!("expected `key: value`, got {content:?}")));
+            return Err((
+                line_number,
+                format!("expected `key: value`, got {content:?}"),
+            ));
         };
         if value.is_empty() {
             open_block = Some((key, YamlValue::Scalar(String::new())));
-        } else if let Some(inner) = value.strip_prefix('[').and_then(|rest| rest.strip_suffix(']')) {
-            let items = split_inline(inner).into_iter().map(|item| unquote(&item)).collect();
+        } else if let Some(inner) = value
+            .strip_prefix('[')
+            .and_then(|rest| rest.strip_suffix(']'))
+        {
+            let items = split_inline(inner)
+                .into_iter()
+                .map(|item| unquote(&item))
+                .collect();
             entries.push((key, YamlValue::List(items)));
-        } else if let Some(inner) = value.strip_prefix('{').and_then(|rest| rest.strip_suffix('}')) {
+        } else if let Some(inner) = value
+            .strip_prefix('{')
+            .and_then(|rest| rest.strip_suffix('}'))
+        {
             let mut pairs = Vec::new();
             for item in split_inline(inner) {
                 let Some((map_key, map_value)) = split_key_value(&item) else {
@@ -65,8 +85,15 @@ pub fn parse(text: &str) -> Result<Vec<(String, YamlValue)>, (usize, String)> {
                 pairs.push((map_key, unquote(map_value)));
             }
             entries.push((key, YamlValue::Map(pairs)));
-        } else if value.starts_with('[') || value.starts_with('{') || value.starts_with('|') || value.starts_with('>') {
-            return Err((line_number, format!("multi-line values are not supported ({key})")));
+        } else if value.starts_with('[')
+            || value.starts_with('{')
+            || value.starts_with('|')
+            || value.starts_with('>')
+        {
+            return Err((
+                line_number,
+                format!("multi-line values are not supported ({key})"),
+            ));
         } else {
             entries.push((key, YamlValue::Scalar(unquote(value))));
         }
@@ -113,7 +140,12 @@ fn split_key_value(content: &str) -> Option<(String, &str)> {
             Some(open) if character == open => quote = None,
             Some(_) => {}
             None if character == '\'' || character == '"' => quote = Some(character),
-            None if character == ':' && content[index + 1..].chars().next().is_none_or(char::is_whitespace) => {
+            None if character == ':'
+                && content[index + 1..]
+                    .chars()
+                    .next()
+                    .is_none_or(char::is_whitespace) =>
+            {
                 let key = unquote(content[..index].trim());
                 return Some((key, content[index + 1..].trim()));
             }
@@ -166,7 +198,10 @@ mod tests {
     fn check(text: &str, expected: Result<Vec<(&str, YamlValue)>, usize>) {
         let actual = parse(text).map_err(|(line, _)| line);
         let expected = expected.map(|entries| {
-            entries.into_iter().map(|(key, value)| (key.to_string(), value)).collect::<Vec<_>>()
+            entries
+                .into_iter()
+                .map(|(key, value)| (key.to_string(), value))
+                .collect::<Vec<_>>()
         });
         assert_eq!(actual, expected, "{text}");
     }
@@ -183,21 +218,39 @@ mod tests {
                 ("path", scalar("../datasets/coco8")),
                 ("train", scalar("images/train")),
                 ("val", scalar("images/val")),
-                ("names", YamlValue::Map(vec![("0".into(), "person".into()), ("1".into(), "traffic light".into())])),
+                (
+                    "names",
+                    YamlValue::Map(vec![
+                        ("0".into(), "person".into()),
+                        ("1".into(), "traffic light".into()),
+                    ]),
+                ),
             ]),
         );
         check(
             "names: [car, 'bus', \"a, b\"]\nnc: 3\n",
             Ok(vec![
-                ("names", YamlValue::List(vec!["car".into(), "bus".into(), "a, b".into()])),
+                (
+                    "names",
+                    YamlValue::List(vec!["car".into(), "bus".into(), "a, b".into()]),
+                ),
                 ("nc", scalar("3")),
             ]),
         );
         check(
             "names:\n- car\n- truck\nval: v\n",
-            Ok(vec![("names", YamlValue::List(vec!["car".into(), "truck".into()])), ("val", scalar("v"))]),
+            Ok(vec![
+                ("names", YamlValue::List(vec!["car".into(), "truck".into()])),
+                ("val", scalar("v")),
+            ]),
         );
-        check("names: {0: car, 1: bus}", Ok(vec![("names", YamlValue::Map(vec![("0".into(), "car".into()), ("1".into(), "bus".into())]))]));
+        check(
+            "names: {0: car, 1: bus}",
+            Ok(vec![(
+                "names",
+                YamlValue::Map(vec![("0".into(), "car".into()), ("1".into(), "bus".into())]),
+            )]),
+        );
         check("train images/train\n", Err(1));
         check("path: x\n  - a\n", Err(2));
     }

@@ -16,7 +16,12 @@ pub fn run_python(dir: &Path, name: &str, script: &str) -> String {
         .env("YOLO_VERBOSE", "False")
         .env("YOLO_CONFIG_DIR", dir)
         .output()
-        .unwrap_or_else(|error| panic!("cannot run {} (run `cargo xtask setup`): {error}", python.display()));
+        .unwrap_or_else(|error| {
+            panic!(
+                "cannot run {} (run `cargo xtask setup`): {error}",
+                python.display()
+            )
+        });
     assert!(
         output.status.success(),
         "{name} failed:\n{}",
