@@ -11,14 +11,35 @@ use crate::flags;
 
 impl flags::Synth {
     pub fn run(&self, sh: &Shell) -> anyhow::Result<()> {
-        let (n_images, seed, size) = (self.images.to_string(), self.seed.to_string(), self.size.clone());
-        let mut args = vec!["--images".to_string(), n_images, "--seed".to_string(), seed, "--size".to_string(), size];
+        let (n_images, seed, size) = (
+            self.images.to_string(),
+            self.seed.to_string(),
+            self.size.clone(),
+        );
+        let mut args = vec![
+            "--images".to_string(),
+            n_images,
+            "--seed".to_string(),
+            seed,
+            "--size".to_string(),
+            size,
+        ];
         match &self.grid {
-            Some(grid) => args.extend(["--grid".to_string(), std::path::absolute(grid)?.display().to_string()]),
+            Some(grid) => args.extend([
+                "--grid".to_string(),
+                std::path::absolute(grid)?.display().to_string(),
+            ]),
             // Relative to where the user ran it, not to the root xtask works in.
-            None => args.extend(["--out".to_string(), std::path::absolute(&self.out)?.display().to_string()]),
+            None => args.extend([
+                "--out".to_string(),
+                std::path::absolute(&self.out)?.display().to_string(),
+            ]),
         }
-        cmd!(sh, "cargo run --release --quiet --package cardet-detect --example synth -- {args...}").run()?;
+        cmd!(
+            sh,
+            "cargo run --release --quiet --package cardet-detect --example synth -- {args...}"
+        )
+        .run()?;
         Ok(())
     }
 }

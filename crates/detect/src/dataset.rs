@@ -489,7 +489,10 @@ fn parse_class_id(field: &str) -> Result<usize, String> {
 mod tests {
     use super::*;
 
-    fn check(line: &str, expected: Result<Option<(usize, [f32; 4], Option<f32>)>, &str>) {
+    /// `(class, [cx, cy, w, h], confidence)`.
+    type Parsed = Option<(usize, [f32; 4], Option<f32>)>;
+
+    fn check(line: &str, expected: Result<Parsed, &str>) {
         let actual = parse_label_line(line);
         match (actual, expected) {
             (Ok(actual), Ok(expected)) => assert_eq!(

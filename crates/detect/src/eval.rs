@@ -25,6 +25,9 @@ use crate::geometry::BoundingBox;
 /// Detections kept per image and class (COCO's `maxDets[-1]`).
 pub const MAX_DETECTIONS_PER_IMAGE: usize = 100;
 
+/// The label files of a YOLO folder by stem.
+pub type LabelFiles = BTreeMap<String, Vec<YoloLabel>>;
+
 /// One ground-truth object.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GroundTruthBox {
@@ -354,9 +357,7 @@ pub fn read_coco_results(
 
 /// Every `*.txt` of a YOLO label folder by stem. A malformed file is left out with a
 /// diagnostic naming its line.
-pub fn read_yolo_folder(
-    folder: &Path,
-) -> Result<(BTreeMap<String, Vec<YoloLabel>>, Vec<Diagnostic>), Error> {
+pub fn read_yolo_folder(folder: &Path) -> Result<(LabelFiles, Vec<Diagnostic>), Error> {
     let entries = std::fs::read_dir(folder).map_err(|source| Error::Io {
         path: folder.to_path_buf(),
         source,

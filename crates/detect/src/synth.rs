@@ -91,7 +91,10 @@ pub fn render_scene(seed: u64, index: u64, size: (u32, u32)) -> Scene {
 /// Writes a YOLO dataset of `config.n_images` scenes (PNG images, COCO's 80 names)
 /// and returns the path of its `data.yaml`. Scenes render on every core;
 /// `progress` hears the count of images written so far, now and then.
-pub fn write_dataset(config: &SynthConfig, progress: &(dyn Fn(usize) + Sync)) -> Result<PathBuf, Error> {
+pub fn write_dataset(
+    config: &SynthConfig,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Result<PathBuf, Error> {
     if config.n_images == 0 || config.size.0 < 16 || config.size.1 < 16 {
         return Err(Error::InvalidArgument(format!(
             "synth needs at least one image of at least 16x16 pixels, got {} of {}x{}",
@@ -99,7 +102,9 @@ pub fn write_dataset(config: &SynthConfig, progress: &(dyn Fn(usize) + Sync)) ->
         )));
     }
     let writer = DatasetWriter::create(&config.out, coco_names(), "png")?;
-    let n_threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(config.n_images);
+    let n_threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(config.n_images);
     let n_written = std::sync::atomic::AtomicUsize::new(0);
     let results: Vec<Result<(), Error>> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..n_threads)
@@ -119,7 +124,13 @@ pub fn write_dataset(config: &SynthConfig, progress: &(dyn Fn(usize) + Sync)) ->
             .collect();
         workers
             .into_iter()
-            .map(|worker| worker.join().unwrap_or_else(|_| Err(Error::InvalidArgument("a synth worker panicked".to_string()))))
+            .map(|worker| {
+                worker.join().unwrap_or_else(|_| {
+                    Err(Error::InvalidArgument(
+                        "a synth worker panicked".to_string(),
+                    ))
+                })
+            })
             .collect()
     });
     for result in results {
@@ -358,16 +369,8 @@ impl Canvas {
     }
 
     /// A rectangle with rounded corners of radius `radius`.
-    fn rounded_rect(
-        &mut self,
-        x1: f32,
-        y1: f32,
-        x2: f32,
-        y2: f32,
-        radius: f32,
-        color: Color,
-        owner: u16,
-    ) {
+    fn rounded_rect(&mut self, corners: [f32; 4], radius: f32, color: Color, owner: u16) {
+        let [x1, y1, x2, y2] = corners;
         let radius = radius.min((x2 - x1) / 2.0).min((y2 - y1) / 2.0).max(0.0);
         let mut points = Vec::with_capacity(24);
         let corners = [
@@ -914,10 +917,12 @@ fn paint_vehicle(
     match (placement.class_id, placement.view) {
         (MOTORCYCLE, View::Back) => {
             canvas.rounded_rect(
-                placement.center_x - width * 0.14,
-                bottom - height * 0.42,
-                placement.center_x + width * 0.14,
-                bottom,
+                [
+                    placement.center_x - width * 0.14,
+                    bottom - height * 0.42,
+                    placement.center_x + width * 0.14,
+                    bottom,
+                ],
                 width * 0.12,
                 dark,
                 owner,
@@ -1063,10 +1068,7 @@ fn paint_vehicle(
                 owner,
             );
             canvas.rounded_rect(
-                x1,
-                waist,
-                x2,
-                bottom - height * 0.1,
+                [x1, waist, x2, bottom - height * 0.1],
                 width * 0.06,
                 body,
                 owner,
@@ -1176,10 +1178,7 @@ fn paint_vehicle(
                 owner,
             );
             canvas.rounded_rect(
-                x1,
-                waist,
-                x2,
-                bottom - wheel_radius * 0.45,
+                [x1, waist, x2, bottom - wheel_radius * 0.45],
                 height * 0.12,
                 body,
                 owner,
@@ -1239,10 +1238,7 @@ fn paint_vehicle(
         }
         (BUS, View::Back) => {
             canvas.rounded_rect(
-                x1,
-                top,
-                x2,
-                bottom - height * 0.05,
+                [x1, top, x2, bottom - height * 0.05],
                 width * 0.05,
                 body,
                 owner,
@@ -1309,10 +1305,7 @@ fn paint_vehicle(
             let wheel_radius = height * 0.15;
             let (rear, front) = if facing_right { (x1, x2) } else { (x2, x1) };
             canvas.rounded_rect(
-                x1,
-                top,
-                x2,
-                bottom - wheel_radius * 0.6,
+                [x1, top, x2, bottom - wheel_radius * 0.6],
                 height * 0.08,
                 body,
                 owner,
@@ -1454,10 +1447,12 @@ fn paint_vehicle(
             let cab_top = top + height * rng.uniform(0.15, 0.3);
             let cab_back = front - direction * cab_length;
             canvas.rounded_rect(
-                cab_back.min(front),
-                cab_top,
-                cab_back.max(front),
-                bottom - wheel_radius * 0.5,
+                [
+                    cab_back.min(front),
+                    cab_top,
+                    cab_back.max(front),
+                    bottom - wheel_radius * 0.5,
+                ],
                 height * 0.05,
                 body,
                 owner,
@@ -1748,10 +1743,12 @@ fn paint_prop(canvas: &mut Canvas, layout: &SceneLayout, prop: &Prop, _rng: &mut
                 0,
             );
             canvas.rounded_rect(
-                x - person_height * 0.14,
-                y - person_height * 0.85,
-                x + person_height * 0.14,
-                y - person_height * 0.45,
+                [
+                    x - person_height * 0.14,
+                    y - person_height * 0.85,
+                    x + person_height * 0.14,
+                    y - person_height * 0.45,
+                ],
                 person_height * 0.05,
                 clothes,
                 0,

@@ -31,7 +31,7 @@ fn candidates(seed: u64, n_boxes: usize) -> (Vec<BoundingBox>, Vec<f32>, Vec<usi
     let mut boxes = Vec::new();
     let mut scores = Vec::new();
     let mut classes = Vec::new();
-    for box_idx in 0..n_boxes {
+    for &rank in &ladder {
         let (cx, cy, w, h) = objects[rng.below(0, n_objects)];
         let jitter =
             |rng: &mut cardet_detect::synth::Rng, v: f32, s: f32| v + rng.normal() * s * 0.12;
@@ -41,7 +41,7 @@ fn candidates(seed: u64, n_boxes: usize) -> (Vec<BoundingBox>, Vec<f32>, Vec<usi
         );
         let (cx, cy) = (jitter(&mut rng, cx, w), jitter(&mut rng, cy, h));
         boxes.push(BoundingBox::from_cxcywh(cx, cy, w, h));
-        scores.push(0.05 + 0.9 * ladder[box_idx] as f32 / n_boxes as f32);
+        scores.push(0.05 + 0.9 * rank as f32 / n_boxes as f32);
         classes.push(rng.below(0, 3));
     }
     (boxes, scores, classes)
