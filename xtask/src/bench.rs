@@ -34,7 +34,7 @@ pub struct Case {
 }
 
 /// Every area. Each issue that brings a measured goal adds its area here.
-pub const AREAS: &[Area] = &[DETECT];
+pub const AREAS: &[Area] = &[SERVE, DETECT];
 
 /// cardet-detect's post-processing against the same in vectorised numpy
 /// (`crates/detect/examples/postprocess_bench.rs`, `crates/detect/benches/postprocess_numpy.py`),
@@ -59,6 +59,30 @@ const DETECT: Area = Area {
         },
     ],
     criterion_package: Some("cardet-detect"),
+};
+
+/// `serve` against a raw ONNX Runtime session in-process, same model and threads
+/// (`crates/serve/examples/serve_bench.rs`).
+const SERVE: Area = Area {
+    name: "serve",
+    about: "`serve` (REST, binary tensor data, YOLOv8n 640, 2 ORT intra-op threads) against a raw ONNX Runtime session in-process with the same threads.",
+    cases: &[
+        Case {
+            name: "batch 1, one client (images/s)",
+            ours: &["cargo", "run", "--release", "-q", "-p", "cardet-serve", "--example", "serve_bench", "--", "serve", "--clients", "1", "--secs", "10"],
+            baseline_name: "raw ORT session, batch 1",
+            baseline: &["cargo", "run", "--release", "-q", "-p", "cardet-serve", "--example", "serve_bench", "--", "raw", "--batch", "1", "--secs", "10"],
+            gpu: false,
+        },
+        Case {
+            name: "8 concurrent clients, dynamic batching (images/s)",
+            ours: &["cargo", "run", "--release", "-q", "-p", "cardet-serve", "--example", "serve_bench", "--", "serve", "--clients", "8", "--secs", "12"],
+            baseline_name: "raw ORT session, best of batch 1/2/4/8",
+            baseline: &["cargo", "run", "--release", "-q", "-p", "cardet-serve", "--example", "serve_bench", "--", "raw", "--best", "--secs", "4"],
+            gpu: false,
+        },
+    ],
+    criterion_package: None,
 };
 
 impl flags::Bench {

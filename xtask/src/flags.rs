@@ -22,6 +22,7 @@ pub enum Command {
     Bench(Bench),
     Pipeline(Pipeline),
     Synth(Synth),
+    ServeCheck(ServeCheck),
 }
 
 /// Install every part (Python venv with torch and onnxruntime, tansu, the S3
@@ -145,3 +146,31 @@ pub struct Synth {
 /// stage exits 2).
 #[derive(Debug, Parser)]
 pub struct Pipeline {}
+
+/// serve's long checks, on demand: the fuzz loops and the wrk load test.
+#[derive(Debug, Parser)]
+#[command(after_help = "Examples:\n  cargo xtask serve-check fuzz --secs 600\n  cargo xtask serve-check load --secs 60 --connections 32")]
+pub struct ServeCheck {
+    #[command(subcommand)]
+    pub check: ServeCheckKind,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServeCheckKind {
+    /// Fuzz the REST request parser, config.pbtxt and gRPC requests (stable loop).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 600)]
+        secs: u64,
+        /// Only this target: rest, pbtxt or grpc.
+        #[arg(long)]
+        target: Option<String>,
+    },
+    /// wrk against the release serve with YOLOv8n; writes p50/p99 to BENCHMARKS.md.
+    Load {
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+        #[arg(long, default_value_t = 32)]
+        connections: u32,
+    },
+}

@@ -11,6 +11,7 @@ mod env_file;
 mod flags;
 mod home;
 mod pipeline;
+mod serve_checks;
 mod setup;
 mod stack;
 mod synth;
@@ -35,6 +36,7 @@ fn main() -> anyhow::Result<()> {
         flags::Command::Bench(cmd) => cmd.run(&sh),
         flags::Command::Pipeline(cmd) => cmd.run(&sh),
         flags::Command::Synth(cmd) => cmd.run(&sh),
+        flags::Command::ServeCheck(cmd) => cmd.run(&sh),
     }
 }
 

@@ -359,12 +359,7 @@ fn start(home: &CardetHome, config: &StackConfig, service: Service) -> anyhow::R
             let mut command = Command::new(require(home.tool_bin(&home::TANSU))?);
             // The sqlite file is relative to the working directory (see DESIGN.md).
             command.args(["broker", "--storage-engine", "sqlite://tansu.db"]);
-            command.args([
-                "--kafka-listener-url",
-                &url,
-                "--kafka-advertised-listener-url",
-                &url,
-            ]);
+            command.args(["--listener-url", &url, "--advertised-listener-url", &url]);
             command
         }
         Service::Postgres => postgres_command(config)?,

@@ -12,8 +12,18 @@ use crate::stack::{self, Service, StackConfig};
 impl flags::Test {
     pub fn run(&self, sh: &Shell) -> anyhow::Result<()> {
         let started = Instant::now();
+        let home = CardetHome::from_env();
         if !self.no_lint {
             flags::Setup { check: false }.run(sh)?;
+        }
+        // Every clone on this machine shares one target folder in the cache and sees
+        // libtorch and ONNX Runtime at the same absolute paths, so CI's fresh clone
+        // recompiles only the workspace's own crates, not libtorch's glue or the
+        // dependencies.
+        let _target = sh.push_env("CARGO_TARGET_DIR", shared_target_dir(&home));
+        let _libtorch = sh.push_env("LIBTORCH", std::env::var_os("LIBTORCH").unwrap_or(home.libtorch_link().into()));
+        let _ort = sh.push_env("CARDET_ORT_DYLIB_DEFAULT", home.onnxruntime_link());
+        if !self.no_lint {
             step("cargo fmt --check", || {
                 cmd!(sh, "cargo fmt --all --check")
                     .run()
@@ -28,7 +38,6 @@ impl flags::Test {
                 .map_err(Into::into)
             })?;
         }
-        let home = CardetHome::from_env();
         let config = StackConfig::load(&home, true)?;
         // Leave services the developer started alone; stop only those started here.
         let started_here: Vec<Service> = Service::ALL
@@ -52,6 +61,10 @@ impl flags::Test {
         );
         Ok(())
     }
+}
+
+fn shared_target_dir(home: &CardetHome) -> std::ffi::OsString {
+    std::env::var_os("CARGO_TARGET_DIR").unwrap_or_else(|| home.root.join("target").into())
 }
 
 fn step(name: &str, run: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
