@@ -1,0 +1,353 @@
+//! `sink run`: a consumer group member that reads the topic into the store with an
+//! exactly-once effect.
+//!
+//! The loop is one OS thread that owns a `BaseConsumer`; a small tokio runtime
+//! drives PostgreSQL. Each batch is decoded on blocking threads, then written by
+//! [`Store::write_batch`] in one transaction that also advances the offsets stored
+//! in PostgreSQL; only after that commit are the offsets committed to Kafka (for
+//! the next reader's convenience: PostgreSQL is the truth). On every partition
+//! assignment the rebalance callback seeks each partition to its offset stored in
+//! PostgreSQL, and the transaction skips any message below it, so a crash at any
+//! moment, a re-delivery, or two members meeting on a partition across a rebalance
+//! neither loses nor repeats a record.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cardet_store::{Batch, DeadLetter, Message as StoredMessage, Store};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::message::Message;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use serde::Serialize;
+use tokio::runtime::Handle;
+
+use crate::SinkConfig;
+use crate::error::{Error, kafka};
+
+/// What a run did; printed as JSON with `--json`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SinkSummary {
+    pub topic: String,
+    pub group: String,
+    pub schema: String,
+    /// Messages polled from Kafka.
+    pub n_messages: u64,
+    /// Records written to the store by this process.
+    pub n_records: u64,
+    /// Messages skipped because the store already had them.
+    pub n_already_stored: u64,
+    pub n_dead_letters: u64,
+    pub n_batches: u64,
+    /// Partitions this process wrote records or dead letters from.
+    pub partitions: BTreeSet<i32>,
+    pub seconds: f64,
+    /// From the first message polled to the last batch committed.
+    pub busy_seconds: f64,
+    /// Records written per busy second.
+    pub records_per_s: f64,
+}
+
+/// Consumes until `stop` is raised or, with `until_idle`, until no message came
+/// for that long.
+pub fn consume(config: &SinkConfig, stop: &AtomicBool) -> Result<SinkSummary, Error> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(Error::Runtime)?;
+    let store = runtime.block_on(async {
+        let mut store = Store::connect(&config.database_url, &config.schema).await?;
+        store.migrate().await?;
+        Ok::<_, Error>(store)
+    })?;
+    let store = Arc::new(tokio::sync::Mutex::new(store));
+    let context = SinkContext {
+        handle: runtime.handle().clone(),
+        store: Arc::clone(&store),
+        group: config.group.clone(),
+        assigned: Mutex::new(HashSet::new()),
+    };
+    let consumer: BaseConsumer<SinkContext> = ClientConfig::new()
+        .set("bootstrap.servers", &config.bootstrap)
+        .set("group.id", &config.group)
+        .set("client.id", "cardet-sink")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        // Eager assignment: the rebalance callback assigns whole lists with the
+        // offsets it read from PostgreSQL.
+        .set("partition.assignment.strategy", "range")
+        .set(
+            "session.timeout.ms",
+            config.session_timeout.as_millis().to_string(),
+        )
+        .set("socket.connection.setup.timeout.ms", "5000")
+        .set("log_level", "4")
+        .create_with_context(context)
+        .map_err(kafka("creating the consumer"))?;
+    consumer
+        .fetch_metadata(Some(&config.topic), config.connect_timeout)
+        .map_err(|error| Error::Unreachable {
+            bootstrap: config.bootstrap.clone(),
+            seconds: config.connect_timeout.as_secs(),
+            reason: error.to_string(),
+        })?;
+    consumer
+        .subscribe(&[&config.topic])
+        .map_err(kafka(format!("subscribing to {}", config.topic)))?;
+
+    let mut summary = SinkSummary {
+        topic: config.topic.clone(),
+        group: config.group.clone(),
+        schema: config.schema.clone(),
+        ..SinkSummary::default()
+    };
+    let started = Instant::now();
+    let mut first_message: Option<Instant> = None;
+    let mut last_commit = Instant::now();
+    let mut last_message = Instant::now();
+    let mut pending_commit: Option<TopicPartitionList> = None;
+    loop {
+        let mut polled: Vec<Polled> = Vec::new();
+        let batch_started = Instant::now();
+        while polled.len() < config.batch_size && !stop.load(Ordering::Relaxed) {
+            let waited = batch_started.elapsed();
+            if !polled.is_empty() && waited >= config.batch_linger {
+                break;
+            }
+            let timeout = if polled.is_empty() {
+                Duration::from_millis(100)
+            } else {
+                config.batch_linger.saturating_sub(waited)
+            };
+            match consumer.poll(timeout) {
+                Some(Ok(message)) => {
+                    first_message.get_or_insert_with(Instant::now);
+                    last_message = Instant::now();
+                    polled.push(Polled {
+                        partition: message.partition(),
+                        offset: message.offset(),
+                        key: message.key().map(<[u8]>::to_vec),
+                        payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                    });
+                }
+                Some(Err(error)) => tracing::warn!("consumer: {error}"),
+                None if polled.is_empty() => break,
+                None => {}
+            }
+        }
+        if !polled.is_empty() {
+            summary.n_messages += polled.len() as u64;
+            let batch = runtime.block_on(decode_batch(&config.topic, polled));
+            let outcome = runtime
+                .block_on(async { store.lock().await.write_batch(&config.group, &batch).await })?;
+            summary.n_batches += 1;
+            summary.n_records += outcome.n_records as u64;
+            summary.n_already_stored += outcome.n_already_stored as u64;
+            summary.n_dead_letters += outcome.n_dead_letters as u64;
+            summary.partitions.extend(
+                batch
+                    .messages
+                    .iter()
+                    .filter(|message| message.offset >= 0)
+                    .map(|message| message.partition),
+            );
+            summary.busy_seconds = first_message.map_or(0.0, |t| t.elapsed().as_secs_f64());
+            // The transaction committed: now Kafka may learn the offsets too.
+            let assigned = consumer.context().assigned_partitions();
+            let mut offsets = pending_commit.take().unwrap_or_default();
+            for (partition, next) in &outcome.next_offsets {
+                if assigned.contains(partition) {
+                    let _ = offsets.set_partition_offset(
+                        &config.topic,
+                        *partition,
+                        Offset::Offset(*next),
+                    );
+                }
+            }
+            pending_commit = Some(offsets);
+        }
+        if last_commit.elapsed() > Duration::from_millis(500) || stop.load(Ordering::Relaxed) {
+            commit(&consumer, pending_commit.take(), CommitMode::Async);
+            last_commit = Instant::now();
+        }
+        if stop.load(Ordering::Relaxed) {
+            tracing::info!("sink: stopping on signal");
+            break;
+        }
+        if config
+            .until_idle
+            .is_some_and(|idle| last_message.elapsed() >= idle)
+        {
+            tracing::info!("sink: no message for {:?}; done", config.until_idle);
+            break;
+        }
+    }
+    commit(&consumer, pending_commit.take(), CommitMode::Sync);
+    summary.seconds = started.elapsed().as_secs_f64();
+    summary.records_per_s = summary.n_records as f64 / summary.busy_seconds.max(1e-9);
+    drop(consumer);
+    Ok(summary)
+}
+
+struct Polled {
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+}
+
+/// Decodes on blocking threads, two halves in parallel: base64, SHA-256 and label
+/// parsing are CPU work that must not hold up the runtime.
+async fn decode_batch(topic: &str, polled: Vec<Polled>) -> Batch {
+    let mut halves = vec![polled];
+    let half = halves[0].len() / 2;
+    if half > 16 {
+        let second = halves[0].split_off(half);
+        halves.push(second);
+    }
+    let tasks: Vec<_> = halves
+        .into_iter()
+        .map(|part| {
+            tokio::task::spawn_blocking(move || {
+                part.into_iter().map(decode_one).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut messages = Vec::new();
+    for task in tasks {
+        match task.await {
+            Ok(decoded) => messages.extend(decoded),
+            Err(error) => tracing::error!("decoding task failed: {error}"),
+        }
+    }
+    Batch {
+        topic: topic.to_string(),
+        messages,
+    }
+}
+
+fn decode_one(polled: Polled) -> StoredMessage {
+    let content = cardet_record::decode(&polled.payload).map_err(|error| DeadLetter {
+        reason: error.to_string(),
+        key: polled.key.clone(),
+        payload: polled.payload.clone(),
+    });
+    StoredMessage {
+        partition: polled.partition,
+        offset: polled.offset,
+        content,
+    }
+}
+
+fn commit(
+    consumer: &BaseConsumer<SinkContext>,
+    offsets: Option<TopicPartitionList>,
+    mode: CommitMode,
+) {
+    let Some(offsets) = offsets.filter(|offsets| offsets.count() > 0) else {
+        return;
+    };
+    // A failed Kafka commit loses nothing: PostgreSQL holds the offsets.
+    if let Err(error) = consumer.commit(&offsets, mode) {
+        tracing::debug!("kafka commit: {error}");
+    }
+}
+
+/// The consumer's context: on assignment, seeks each partition to the offset
+/// stored in PostgreSQL before the first fetch.
+struct SinkContext {
+    handle: Handle,
+    store: Arc<tokio::sync::Mutex<Store>>,
+    group: String,
+    assigned: Mutex<HashSet<i32>>,
+}
+
+impl SinkContext {
+    fn assigned_partitions(&self) -> HashSet<i32> {
+        self.assigned
+            .lock()
+            .map(|set| set.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl ClientContext for SinkContext {}
+
+impl ConsumerContext for SinkContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let elements: Vec<(String, i32)> = tpl
+                    .elements()
+                    .iter()
+                    .map(|element| (element.topic().to_string(), element.partition()))
+                    .collect();
+                for (topic, partitions) in group_by_topic(&elements) {
+                    // This thread is not a runtime thread, so it may block on one.
+                    let stored = self.handle.block_on(async {
+                        self.store
+                            .lock()
+                            .await
+                            .stored_offsets(&self.group, &topic, &partitions)
+                            .await
+                    });
+                    match stored {
+                        Ok(stored) => {
+                            for (partition, next) in stored {
+                                let _ = tpl.set_partition_offset(
+                                    &topic,
+                                    partition,
+                                    Offset::Offset(next),
+                                );
+                            }
+                        }
+                        // The transaction still skips what is stored; only the seek is lost.
+                        Err(error) => tracing::warn!("reading stored offsets: {error}"),
+                    }
+                }
+                tracing::info!(
+                    "sink: assigned partitions {:?}",
+                    elements.iter().map(|(_, p)| *p).collect::<Vec<_>>()
+                );
+                if let Ok(mut assigned) = self.assigned.lock() {
+                    *assigned = elements.iter().map(|(_, p)| *p).collect();
+                }
+                if let Err(error) = consumer.assign(tpl) {
+                    tracing::error!("assigning partitions: {error}");
+                }
+            }
+            _ => {
+                if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
+                    tracing::warn!("rebalance error: {err:?}");
+                }
+                if let Ok(mut assigned) = self.assigned.lock() {
+                    assigned.clear();
+                }
+                if let Err(error) = consumer.unassign() {
+                    tracing::warn!("unassigning partitions: {error}");
+                }
+            }
+        }
+    }
+}
+
+fn group_by_topic(elements: &[(String, i32)]) -> Vec<(String, Vec<i32>)> {
+    let mut grouped: Vec<(String, Vec<i32>)> = Vec::new();
+    for (topic, partition) in elements {
+        match grouped.iter_mut().find(|(name, _)| name == topic) {
+            Some((_, partitions)) => partitions.push(*partition),
+            None => grouped.push((topic.clone(), vec![*partition])),
+        }
+    }
+    grouped
+}
