@@ -1,35 +1,164 @@
 //! `serve`: a KServe v2 / Triton-compatible inference server on ONNX Runtime.
 //!
-//! Built so far: ONNX Runtime is found and version-checked at start-up, before
-//! any port would be bound (`serve --runtime-info` shows the result). Serving
-//! itself belongs to the serve issue; until then `serve` says so and exits 2.
+//! Glue only: Triton-compatible flags become a [`cardet_serve::Config`], ONNX Runtime
+//! is loaded and version-checked before any port is bound, and
+//! [`cardet_serve::run`] serves until SIGINT or SIGTERM.
 
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 
 /// A KServe v2 / Triton-compatible inference server on ONNX Runtime.
 ///
-/// NOT BUILT YET (the serve issue): only --runtime-info works; anything else exits 2.
+/// Serves a Triton model repository (a folder or s3://bucket/prefix; S3 endpoint and
+/// keys from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION)
+/// over REST and gRPC, with Triton's binary tensor data, model configuration,
+/// statistics and repository extensions, dynamic batching from config.pbtxt, and
+/// KServe ModelMesh's model-runtime service on the gRPC port. Triton's flags keep
+/// their meaning, so scripts written for tritonserver run unchanged.
 #[derive(Debug, Parser)]
 #[command(
     version,
-    after_help = "Examples:\n  serve --runtime-info   # which ONNX Runtime is loaded, and its version"
+    after_help = "Examples:
+  serve --model-repository model_repo
+  serve --model-repository s3://modelmesh-models/cardetect --model-control-mode poll --repository-poll-secs 5
+  serve --model-repository model_repo --model-control-mode explicit --load-model yolov8n_car
+  serve --model-repository model_repo --http-port 8008 --grpc-port 8085 --allow-metrics false
+  serve --runtime-info   # which ONNX Runtime is loaded, and its version
+
+Message sizes: one 640x640 FP32 image is 4.9 MB, so the REST body limit and gRPC's
+message limits (tonic's default is 4 MB) are both raised to --max-message-bytes
+(default 128 MiB, enough for a batch of 8 as binary data or JSON of one image).
+A full queue (--max-queue-size) answers 503 / UNAVAILABLE; bad input answers 400 /
+INVALID_ARGUMENT with {\"error\": ...}."
 )]
 struct Flags {
     /// Load ONNX Runtime, print its version and path as JSON, and exit.
     #[arg(long)]
     runtime_info: bool,
-    /// Triton-style server flags, for when serving lands.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    args: Vec<String>,
+    /// The model repository: a folder or s3://bucket/prefix.
+    #[arg(long, alias = "model-store", value_name = "PATH|URI")]
+    model_repository: Option<String>,
+    /// Address the HTTP and metrics endpoints listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    http_address: String,
+    #[arg(long, default_value_t = 8000)]
+    http_port: u16,
+    /// Address the gRPC endpoint listens on.
+    #[arg(long, default_value = "0.0.0.0")]
+    grpc_address: String,
+    #[arg(long, default_value_t = 8001)]
+    grpc_port: u16,
+    /// Port of Prometheus /metrics.
+    #[arg(long, default_value_t = 8002)]
+    metrics_port: u16,
+    /// Serve /metrics at all.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    allow_metrics: bool,
+    /// none: load everything at start; poll: also follow the repository; explicit:
+    /// load what --load-model and the repository API ask for.
+    #[arg(long, value_enum, default_value_t = Mode::None)]
+    model_control_mode: Mode,
+    /// Seconds between repository polls in poll mode.
+    #[arg(long, default_value_t = 15)]
+    repository_poll_secs: u64,
+    /// A model to load at start in explicit mode (repeat; `*` loads all).
+    #[arg(long = "load-model", value_name = "NAME")]
+    load_models: Vec<String>,
+    /// ONNX Runtime intra-op threads per instance (0: its default, one per core).
+    #[arg(long, default_value_t = 0)]
+    intra_op_threads: usize,
+    /// ONNX Runtime inter-op threads per instance (0: its default).
+    #[arg(long, default_value_t = 0)]
+    inter_op_threads: usize,
+    /// Requests waiting or running per model version; more are refused with 503.
+    #[arg(long, default_value_t = 64)]
+    max_queue_size: usize,
+    /// Largest REST body and gRPC message, in bytes.
+    #[arg(long, alias = "http-max-body-bytes", default_value_t = 128 << 20)]
+    max_message_bytes: usize,
+    /// Memory ModelMesh may fill with models, in bytes.
+    #[arg(long, default_value_t = 4 << 30)]
+    modelmesh_capacity_bytes: u64,
+    /// Where an S3 repository is mirrored (default: a folder in the temp dir).
+    #[arg(long)]
+    cache_dir: Option<std::path::PathBuf>,
+    /// Log lines as JSON objects instead of text.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Triton's verbosity level: above 0 logs at debug.
+    #[arg(long, default_value_t = 0)]
+    log_verbose: u32,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Mode {
+    None,
+    Poll,
+    Explicit,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn main() -> ExitCode {
-    cardet_cli::init_logging();
     let flags = Flags::parse();
+    init_logging(&flags);
     cardet_cli::exit_code("serve", run(&flags))
+}
+
+fn init_logging(flags: &Flags) {
+    let default = if flags.log_verbose > 0 {
+        "debug"
+    } else {
+        "info"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match flags.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+fn config(flags: &Flags) -> anyhow::Result<cardet_serve::Config> {
+    let model_repository = flags
+        .model_repository
+        .clone()
+        .context("--model-repository is required (a folder or s3://bucket/prefix)")?;
+    Ok(cardet_serve::Config {
+        model_repository,
+        http_address: flags.http_address.clone(),
+        http_port: flags.http_port,
+        grpc_address: flags.grpc_address.clone(),
+        grpc_port: flags.grpc_port,
+        metrics_port: flags.allow_metrics.then_some(flags.metrics_port),
+        control_mode: match flags.model_control_mode {
+            Mode::None => cardet_serve::ControlMode::None,
+            Mode::Poll => cardet_serve::ControlMode::Poll,
+            Mode::Explicit => cardet_serve::ControlMode::Explicit,
+        },
+        poll_interval: Duration::from_secs(flags.repository_poll_secs.max(1)),
+        load_models: flags.load_models.clone(),
+        threads: cardet_serve::Threads {
+            intra_op: flags.intra_op_threads,
+            inter_op: flags.inter_op_threads,
+        },
+        max_queue_size: flags.max_queue_size.max(1),
+        max_message_bytes: flags.max_message_bytes,
+        modelmesh_capacity_bytes: flags.modelmesh_capacity_bytes,
+        cache_dir: flags.cache_dir.clone(),
+        ..cardet_serve::Config::default()
+    })
 }
 
 fn run(flags: &Flags) -> anyhow::Result<()> {
@@ -43,5 +172,12 @@ fn run(flags: &Flags) -> anyhow::Result<()> {
         println!("{report}");
         return Ok(());
     }
-    Err(cardet_cli::not_built("serving", "the serve issue"))
+    let config = config(flags)?;
+    let repository = config.model_repository.clone();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(cardet_serve::run(Arc::new(runtime), config))
+        .with_context(|| format!("serving {repository}"))
 }

@@ -1,0 +1,248 @@
+//! Throughput of `serve` against a raw ONNX Runtime session, for `cargo xtask bench serve`.
+//!
+//! ```text
+//! serve_bench raw   --batch 1   [--secs 10] [--threads 2]   # one session in-process
+//! serve_bench raw   --best      ...                         # best of batch 1, 2, 4, 8
+//! serve_bench serve --clients 8 [--secs 10] [--threads 2] [--no-batching]
+//! serve_bench rss                                            # a bare session's resident memory
+//! ```
+//! Both sides run the same YOLOv8n export (random weights, 640x640, made by Ultralytics
+//! in the venv and cached) with the same ONNX Runtime threads. `serve` is started
+//! in-process on a free port and driven over REST with binary tensor data, one
+//! request of one image per client at a time. The last stdout line is
+//! `{"value": images/s, "unit": "images/s", "higher_is_better": true}`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ort::session::Session;
+use ort::value::Tensor;
+
+struct Args {
+    mode: String,
+    batch: usize,
+    best: bool,
+    clients: usize,
+    secs: u64,
+    threads: usize,
+    batching: bool,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        mode: String::new(),
+        batch: 1,
+        best: false,
+        clients: 1,
+        secs: 10,
+        threads: 2,
+        batching: true,
+    };
+    let mut iter = std::env::args().skip(1);
+    args.mode = iter.next().unwrap_or_default();
+    while let Some(flag) = iter.next() {
+        let mut value = || iter.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        match flag.as_str() {
+            "--batch" => args.batch = value() as usize,
+            "--best" => args.best = true,
+            "--clients" => args.clients = value() as usize,
+            "--secs" => args.secs = value(),
+            "--threads" => args.threads = value() as usize,
+            "--no-batching" => args.batching = false,
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    args
+}
+
+/// The YOLOv8n export shared with the tests (`$CARDET_HOME/fixtures/serve`).
+fn model() -> PathBuf {
+    let cache = cardet_testkit::cardet_home().join("fixtures/serve");
+    let path = cache.join("yolov8n-dynamic.onnx");
+    if !path.exists() {
+        std::fs::create_dir_all(&cache).expect("cache");
+        let work = tempfile::tempdir_in(&cache).expect("work");
+        let status = std::process::Command::new(cardet_testkit::venv_python())
+            .current_dir(work.path())
+            .env("YOLO_OFFLINE", "1")
+            .args(["-c", "from ultralytics import YOLO\nYOLO('yolov8n.yaml').export(format='onnx', dynamic=True, simplify=False, imgsz=640)"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("ultralytics");
+        assert!(status.success(), "export failed");
+        std::fs::rename(work.path().join("yolov8n.onnx"), &path).expect("rename");
+    }
+    path
+}
+
+fn image(batch: usize) -> Vec<f32> {
+    (0..batch * 3 * 640 * 640)
+        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0)
+        .collect()
+}
+
+fn report(images_per_second: f64) {
+    println!(
+        "{{\"value\": {images_per_second:.3}, \"unit\": \"images/s\", \"higher_is_better\": true}}"
+    );
+}
+
+fn raw(args: &Args) -> f64 {
+    let runtime = cardet_onnx::load().expect("onnxruntime");
+    let mut session = Session::builder(&runtime.environment)
+        .expect("builder")
+        .with_intra_threads(args.threads)
+        .expect("threads")
+        .with_inter_threads(1)
+        .expect("threads")
+        .commit_from_file(model())
+        .expect("session");
+    let batches: Vec<usize> = if args.best {
+        vec![1, 2, 4, 8]
+    } else {
+        vec![args.batch]
+    };
+    let mut best: f64 = 0.0;
+    for batch in batches {
+        let input = Tensor::from_array(([batch, 3, 640, 640], image(batch))).expect("tensor");
+        // Warm up: the first runs allocate and tune.
+        for _ in 0..2 {
+            session.run(ort::inputs!["images" => &input]).expect("run");
+        }
+        let started = Instant::now();
+        let mut images = 0;
+        while started.elapsed() < Duration::from_secs(args.secs) {
+            session.run(ort::inputs!["images" => &input]).expect("run");
+            images += batch;
+        }
+        let rate = images as f64 / started.elapsed().as_secs_f64();
+        eprintln!("raw batch {batch}: {rate:.2} images/s");
+        best = best.max(rate);
+    }
+    best
+}
+
+async fn serve(args: &Args) -> f64 {
+    let repository = tempfile::tempdir().expect("tempdir");
+    let folder = repository.path().join("yolov8n/1");
+    std::fs::create_dir_all(&folder).expect("folder");
+    std::fs::copy(model(), folder.join("model.onnx")).expect("model");
+    let batching = if args.batching {
+        "dynamic_batching { max_queue_delay_microseconds: 0 }"
+    } else {
+        ""
+    };
+    std::fs::write(
+        repository.path().join("yolov8n/config.pbtxt"),
+        format!(
+            "max_batch_size: 8\ninput [{{ name: \"images\" data_type: TYPE_FP32 dims: [3, 640, 640] }}]\n\
+             output [{{ name: \"output0\" data_type: TYPE_FP32 dims: [-1, -1] }}]\n{batching}\n"
+        ),
+    )
+    .expect("config");
+    let runtime = Arc::new(cardet_onnx::load().expect("onnxruntime"));
+    let config = cardet_serve::Config {
+        model_repository: repository.path().display().to_string(),
+        http_address: "127.0.0.1".into(),
+        http_port: 0,
+        grpc_address: "127.0.0.1".into(),
+        grpc_port: 0,
+        metrics_port: None,
+        threads: cardet_serve::Threads {
+            intra_op: args.threads,
+            inter_op: 1,
+        },
+        ..cardet_serve::Config::default()
+    };
+    let server = cardet_serve::start(runtime, config).await.expect("server");
+    let url = format!("http://{}/v2/models/yolov8n/infer", server.http);
+    let header = br#"{"inputs":[{"name":"images","shape":[1,3,640,640],"datatype":"FP32","parameters":{"binary_data_size":4915200}}],"outputs":[{"name":"output0","parameters":{"binary_data":true}}]}"#;
+    let mut body = header.to_vec();
+    for value in image(1) {
+        body.extend_from_slice(&value.to_le_bytes());
+    }
+    let body = bytes::Bytes::from(body);
+    let client = reqwest::Client::new();
+    let send = |client: reqwest::Client, body: bytes::Bytes, url: String| async move {
+        let response = client
+            .post(&url)
+            .header("Inference-Header-Content-Length", header.len().to_string())
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        assert!(response.status().is_success(), "{}", response.status());
+        response.bytes().await.expect("body");
+    };
+    // Warm up every client's connection and the model.
+    for _ in 0..2 {
+        send(client.clone(), body.clone(), url.clone()).await;
+    }
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.secs);
+    let mut tasks = Vec::new();
+    for _ in 0..args.clients.max(1) {
+        let (client, body, url, done) = (client.clone(), body.clone(), url.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                send(client.clone(), body.clone(), url.clone()).await;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("client");
+    }
+    let rate = done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    eprintln!("serve, {} clients: {rate:.2} images/s", args.clients);
+    server.shutdown().await.expect("shutdown");
+    rate
+}
+
+/// Resident memory of this process holding one session after one inference, in KiB.
+fn rss() -> f64 {
+    let runtime = cardet_onnx::load().expect("onnxruntime");
+    let mut session = Session::builder(&runtime.environment)
+        .expect("builder")
+        .with_intra_threads(2)
+        .expect("threads")
+        .commit_from_file(model())
+        .expect("session");
+    let input = Tensor::from_array(([1usize, 3, 640, 640], image(1))).expect("tensor");
+    for _ in 0..3 {
+        session.run(ort::inputs!["images" => &input]).expect("run");
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    println!("{{\"value\": {kib}, \"unit\": \"KiB\", \"higher_is_better\": false}}");
+    kib
+}
+
+fn main() {
+    let args = parse_args();
+    match args.mode.as_str() {
+        "raw" => report(raw(&args)),
+        "serve" => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("tokio");
+            report(runtime.block_on(serve(&args)));
+        }
+        "rss" => {
+            rss();
+        }
+        other => {
+            eprintln!("unknown mode {other:?}: raw, serve or rss");
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,447 @@
+//! Dynamic batching: a task owns each model version's queue and feeds its instances.
+//!
+//! [`Batcher::append`] takes a permit from a semaphore sized to the queue (no permit:
+//! the queue is full and the caller is told to come back, the queue never grows) and
+//! sends the request over a bounded channel. The batcher task waits for an idle
+//! instance, then calls [`next_batch`]: the oldest request plus whatever compatible
+//! requests arrive until `max_batch_size` rows or the oldest has waited
+//! `max_queue_delay`. Each instance is an OS thread owning one [`Backend`]; it merges
+//! the inputs along the batch dimension, runs them as one call, splits the outputs
+//! back by rows (zero-copy slices) and answers each request over its oneshot.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+
+use crate::backend::{Backend, BackendError, Batch};
+use crate::metrics::ModelStats;
+use crate::tensor::Tensor;
+
+/// How a model version's requests are batched and queued.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatcherConfig {
+    /// Rows per backend call; 0 or 1 turns merging off.
+    pub max_batch_size: usize,
+    /// How long the oldest request may wait for others (`None`: no dynamic batching).
+    pub max_queue_delay: Option<Duration>,
+    /// Requests waiting or running at once; more are refused.
+    pub queue_capacity: usize,
+    /// Whether inputs carry a batch dimension (`max_batch_size > 0` in the config).
+    pub batched_model: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error("the queue is full ({0} requests waiting or running)")]
+    QueueFull(usize),
+    #[error("the model is shutting down")]
+    Closed,
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+/// One request's outputs (every output of the model).
+#[derive(Debug)]
+pub struct Executed {
+    pub outputs: Vec<Tensor>,
+}
+
+/// The handle requests are appended through; cloning shares the queue.
+#[derive(Clone)]
+pub struct Batcher {
+    queue: mpsc::Sender<Pending>,
+    capacity: Arc<Semaphore>,
+    queue_capacity: usize,
+}
+
+struct Pending {
+    inputs: Vec<Tensor>,
+    rows: usize,
+    enqueued: Instant,
+    reply: oneshot::Sender<Result<Executed, BackendError>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Batcher {
+    /// Starts the batcher task (on the current tokio runtime) and one OS thread per backend.
+    pub fn start(
+        name: &str,
+        backends: Vec<Box<dyn Backend>>,
+        config: BatcherConfig,
+        stats: Arc<ModelStats>,
+    ) -> Batcher {
+        let queue_capacity = config.queue_capacity.max(1);
+        let (queue, receiver) = mpsc::channel(queue_capacity);
+        let (idle_sender, idle_receiver) = mpsc::unbounded_channel();
+        let mut instances = Vec::with_capacity(backends.len());
+        for (instance, backend) in backends.into_iter().enumerate() {
+            let (sender, jobs) = std::sync::mpsc::channel::<Vec<Pending>>();
+            let idle = idle_sender.clone();
+            let stats = stats.clone();
+            let batched_model = config.batched_model;
+            let spawned = std::thread::Builder::new()
+                .name(format!("{name}-{instance}"))
+                .spawn(move || {
+                    // Announce this instance idle, then serve one batch per message.
+                    if idle.send(instance).is_err() {
+                        return;
+                    }
+                    while let Ok(batch) = jobs.recv() {
+                        run_batch(backend.as_ref(), batch, batched_model, &stats);
+                        if idle.send(instance).is_err() {
+                            return;
+                        }
+                    }
+                });
+            match spawned {
+                Ok(_) => instances.push(sender),
+                Err(error) => tracing::error!(%error, "starting an instance thread"),
+            }
+        }
+        drop(idle_sender);
+        tokio::spawn(schedule(receiver, idle_receiver, instances, config, stats));
+        Batcher {
+            queue,
+            capacity: Arc::new(Semaphore::new(queue_capacity)),
+            queue_capacity,
+        }
+    }
+
+    /// Queues one request (inputs in the model's order, validated) and waits for its outputs.
+    pub async fn append(&self, inputs: Vec<Tensor>, rows: usize) -> Result<Executed, BatchError> {
+        let permit = self
+            .capacity
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| BatchError::QueueFull(self.queue_capacity))?;
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            inputs,
+            rows,
+            enqueued: Instant::now(),
+            reply,
+            _permit: permit,
+        };
+        self.queue
+            .send(pending)
+            .await
+            .map_err(|_| BatchError::Closed)?;
+        Ok(answer.await.map_err(|_| BatchError::Closed)??)
+    }
+}
+
+/// The batcher task: an idle instance first, then the batch it will run.
+async fn schedule(
+    mut queue: mpsc::Receiver<Pending>,
+    mut idle: mpsc::UnboundedReceiver<usize>,
+    instances: Vec<std::sync::mpsc::Sender<Vec<Pending>>>,
+    config: BatcherConfig,
+    stats: Arc<ModelStats>,
+) {
+    let mut carry = None;
+    while let Some(instance) = idle.recv().await {
+        let Some(batch) = next_batch(&mut queue, &mut carry, &config).await else {
+            break;
+        };
+        let now = Instant::now();
+        for pending in &batch {
+            stats.queue.add(now.duration_since(pending.enqueued));
+        }
+        if let Some(sender) = instances.get(instance)
+            && let Err(std::sync::mpsc::SendError(batch)) = sender.send(batch)
+        {
+            for pending in batch {
+                let _ = pending
+                    .reply
+                    .send(Err(BackendError::Runtime("instance stopped".into())));
+            }
+        }
+    }
+}
+
+/// The next batch: the oldest request, plus compatible ones up to the row limit or delay.
+async fn next_batch(
+    queue: &mut mpsc::Receiver<Pending>,
+    carry: &mut Option<Pending>,
+    config: &BatcherConfig,
+) -> Option<Vec<Pending>> {
+    let first = match carry.take() {
+        Some(first) => first,
+        None => queue.recv().await?,
+    };
+    let Some(delay) = config.max_queue_delay else {
+        return Some(vec![first]);
+    };
+    if !config.batched_model || config.max_batch_size <= 1 {
+        return Some(vec![first]);
+    }
+    let deadline = first.enqueued + delay;
+    let mut rows = first.rows;
+    let mut batch = vec![first];
+    while rows < config.max_batch_size {
+        let next = match queue.try_recv() {
+            Ok(next) => next,
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                match tokio::time::timeout(deadline - now, queue.recv()).await {
+                    Ok(Some(next)) => next,
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        };
+        if rows + next.rows <= config.max_batch_size && compatible(&batch[0], &next) {
+            rows += next.rows;
+            batch.push(next);
+        } else {
+            *carry = Some(next);
+            break;
+        }
+    }
+    Some(batch)
+}
+
+/// Same inputs with the same shapes apart from the batch dimension.
+fn compatible(first: &Pending, other: &Pending) -> bool {
+    first.inputs.len() == other.inputs.len()
+        && first.inputs.iter().zip(&other.inputs).all(|(a, b)| {
+            a.name == b.name
+                && a.datatype == b.datatype
+                && a.shape.len() == b.shape.len()
+                && a.shape.get(1..) == b.shape.get(1..)
+        })
+}
+
+/// Runs on an instance thread: merge, infer, split, answer.
+fn run_batch(backend: &dyn Backend, batch: Vec<Pending>, batched_model: bool, stats: &ModelStats) {
+    let rows: usize = batch.iter().map(|pending| pending.rows).sum();
+    let started = Instant::now();
+    let merged = if batch.len() == 1 {
+        batch[0].inputs.clone()
+    } else {
+        merge(&batch, rows)
+    };
+    stats.compute_input.add(started.elapsed());
+    let started = Instant::now();
+    let result = backend.infer(Batch { inputs: merged });
+    stats.record_batch(if batched_model { rows } else { 1 }, started.elapsed());
+    let outputs = match result {
+        Ok(outputs) => outputs.tensors,
+        Err(error) => {
+            let message = error.to_string();
+            let is_input = matches!(error, BackendError::Input(_));
+            for pending in batch {
+                let error = if is_input {
+                    BackendError::Input(message.clone())
+                } else {
+                    BackendError::Runtime(message.clone())
+                };
+                let _ = pending.reply.send(Err(error));
+            }
+            return;
+        }
+    };
+    let started = Instant::now();
+    if batch.len() == 1 {
+        if let Some(pending) = batch.into_iter().next() {
+            let _ = pending.reply.send(Ok(Executed { outputs }));
+        }
+    } else {
+        let mut offset = 0;
+        for pending in batch {
+            let reply =
+                split(&outputs, offset, pending.rows, rows).map(|outputs| Executed { outputs });
+            offset += pending.rows;
+            let _ = pending.reply.send(reply);
+        }
+    }
+    stats.compute_output.add(started.elapsed());
+}
+
+/// Concatenates each input along the batch dimension.
+fn merge(batch: &[Pending], rows: usize) -> Vec<Tensor> {
+    let first = &batch[0];
+    first
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(index, template)| {
+            let total: usize = batch.iter().map(|p| p.inputs[index].data.len()).sum();
+            let mut data = BytesMut::with_capacity(total);
+            for pending in batch {
+                data.extend_from_slice(&pending.inputs[index].data);
+            }
+            let mut shape = template.shape.clone();
+            if let Some(first_dim) = shape.first_mut() {
+                *first_dim = rows as i64;
+            }
+            Tensor {
+                name: template.name.clone(),
+                datatype: template.datatype,
+                shape,
+                data: data.freeze(),
+            }
+        })
+        .collect()
+}
+
+/// The rows `offset..offset + rows` of every output.
+fn split(
+    outputs: &[Tensor],
+    offset: usize,
+    rows: usize,
+    total_rows: usize,
+) -> Result<Vec<Tensor>, BackendError> {
+    outputs
+        .iter()
+        .map(|output| {
+            if output.shape.first() != Some(&(total_rows as i64)) || total_rows == 0 {
+                return Err(BackendError::Runtime(format!(
+                    "output {} has shape {:?}, not {total_rows} rows: the model cannot be batched",
+                    output.name, output.shape
+                )));
+            }
+            let row_bytes = output.data.len() / total_rows;
+            let mut shape = output.shape.clone();
+            shape[0] = rows as i64;
+            let data: Bytes = output
+                .data
+                .slice(offset * row_bytes..(offset + rows) * row_bytes);
+            Ok(Tensor {
+                name: output.name.clone(),
+                datatype: output.datatype,
+                shape,
+                data,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::backend::Outputs;
+
+    /// Doubles every FP32 value and records the batch sizes it saw.
+    struct Doubler {
+        seen: Arc<Mutex<Vec<i64>>>,
+        delay: Duration,
+    }
+
+    impl Backend for Doubler {
+        fn infer(&self, batch: Batch) -> Result<Outputs, BackendError> {
+            std::thread::sleep(self.delay);
+            let input = &batch.inputs[0];
+            if let Ok(mut seen) = self.seen.lock() {
+                seen.push(input.shape[0]);
+            }
+            let values: Vec<f32> = input.to_f32().unwrap_or_default();
+            let doubled: Vec<f32> = values.iter().map(|v| v * 2.0).collect();
+            Ok(Outputs {
+                tensors: vec![Tensor::from_f32("y", input.shape.clone(), &doubled)],
+            })
+        }
+    }
+
+    fn start(config: BatcherConfig, delay: Duration) -> (Batcher, Arc<Mutex<Vec<i64>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let backend = Doubler {
+            seen: seen.clone(),
+            delay,
+        };
+        let batcher = Batcher::start(
+            "test",
+            vec![Box::new(backend)],
+            config,
+            Arc::new(ModelStats::default()),
+        );
+        (batcher, seen)
+    }
+
+    fn config(max_batch_size: usize, delay_ms: Option<u64>, capacity: usize) -> BatcherConfig {
+        BatcherConfig {
+            max_batch_size,
+            max_queue_delay: delay_ms.map(Duration::from_millis),
+            queue_capacity: capacity,
+            batched_model: true,
+        }
+    }
+
+    /// Sends requests of `rows` rows each at once; checks every answer and the batch sizes.
+    async fn check(batcher: &Batcher, rows: &[usize]) {
+        let mut tasks = Vec::new();
+        for (request, &n) in rows.iter().enumerate() {
+            let batcher = batcher.clone();
+            let values: Vec<f32> = (0..n * 2).map(|i| (request * 100 + i) as f32).collect();
+            tasks.push(tokio::spawn(async move {
+                let input = Tensor::from_f32("x", vec![n as i64, 2], &values);
+                let executed = batcher.append(vec![input], n).await;
+                (values, executed)
+            }));
+        }
+        for task in tasks {
+            let (values, executed) = task.await.expect("task");
+            let executed = executed.expect("executed");
+            let doubled: Vec<f32> = values.iter().map(|v| v * 2.0).collect();
+            assert_eq!(executed.outputs[0].to_f32(), Some(doubled));
+            assert_eq!(executed.outputs[0].shape, vec![values.len() as i64 / 2, 2]);
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_are_merged_and_split_back() {
+        let (batcher, seen) = start(config(8, Some(200), 64), Duration::from_millis(0));
+        check(&batcher, &[1, 2, 1, 3, 1]).await;
+        let seen = seen.lock().expect("lock").clone();
+        assert_eq!(seen.iter().sum::<i64>(), 8, "{seen:?}");
+        assert!(seen.len() < 5, "some requests share a call: {seen:?}");
+    }
+
+    #[tokio::test]
+    async fn batches_never_exceed_the_maximum() {
+        let (batcher, seen) = start(config(4, Some(100), 64), Duration::from_millis(0));
+        check(&batcher, &[3, 3, 2, 1, 4]).await;
+        let seen = seen.lock().expect("lock").clone();
+        assert!(seen.iter().all(|&rows| rows <= 4), "{seen:?}");
+        assert_eq!(seen.iter().sum::<i64>(), 13);
+    }
+
+    #[tokio::test]
+    async fn without_dynamic_batching_each_request_runs_alone() {
+        let (batcher, seen) = start(config(8, None, 64), Duration::from_millis(0));
+        check(&batcher, &[1, 2, 1]).await;
+        let mut seen = seen.lock().expect("lock").clone();
+        seen.sort_unstable();
+        assert_eq!(seen, vec![1, 1, 2]);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_instead_of_growing() {
+        let (batcher, _) = start(config(1, None, 2), Duration::from_millis(300));
+        let mut tasks = Vec::new();
+        for _ in 0..2 {
+            let batcher = batcher.clone();
+            tasks.push(tokio::spawn(async move {
+                let input = Tensor::from_f32("x", vec![1, 2], &[1.0, 2.0]);
+                batcher.append(vec![input], 1).await.map(|_| ())
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let input = Tensor::from_f32("x", vec![1, 2], &[1.0, 2.0]);
+        let refused = batcher.append(vec![input], 1).await;
+        assert!(
+            matches!(refused, Err(BatchError::QueueFull(2))),
+            "{refused:?}"
+        );
+        for task in tasks {
+            task.await.expect("task").expect("the first two run");
+        }
+    }
+}

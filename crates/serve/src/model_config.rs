@@ -1,0 +1,614 @@
+//! `config.pbtxt`: Triton's model configuration in protobuf text format.
+//!
+//! [`parse`] reads the text format generically (fields, nested messages, lists,
+//! comments), then [`ModelConfig::from_text`] picks the fields `serve` acts on:
+//! inputs, outputs, `max_batch_size`, `dynamic_batching`, `instance_group` counts and
+//! the version policy. Fields it does not use are accepted and ignored, as Triton
+//! ignores what a backend does not need; a field it uses with a wrong type is an
+//! error naming the field and line.
+
+use std::time::Duration;
+
+use crate::tensor::DataType;
+
+/// What `serve` takes from a model's `config.pbtxt`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    pub name: String,
+    pub platform: String,
+    pub backend: String,
+    /// 0: the model has no batch dimension and is never batched.
+    pub max_batch_size: u32,
+    pub inputs: Vec<TensorConfig>,
+    pub outputs: Vec<TensorConfig>,
+    pub dynamic_batching: Option<DynamicBatching>,
+    /// Sum of `instance_group[*].count` (each group defaults to 1).
+    pub instance_count: u32,
+    pub version_policy: VersionPolicy,
+    pub default_model_filename: String,
+}
+
+/// An input or output as configured: `dims` exclude the batch dimension when
+/// `max_batch_size > 0`; -1 is a variable dimension.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorConfig {
+    pub name: String,
+    pub datatype: DataType,
+    pub dims: Vec<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DynamicBatching {
+    pub preferred_batch_sizes: Vec<u32>,
+    pub max_queue_delay: Duration,
+}
+
+/// Which versions of a model are served (Triton's `version_policy`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum VersionPolicy {
+    Latest(u32),
+    All,
+    Specific(Vec<i64>),
+}
+
+impl VersionPolicy {
+    /// The versions to serve out of those available.
+    pub fn select(&self, available: &[i64]) -> Vec<i64> {
+        let mut sorted = available.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        match self {
+            VersionPolicy::All => sorted,
+            VersionPolicy::Latest(n) => {
+                let keep = (*n as usize).min(sorted.len());
+                sorted[sorted.len() - keep..].to_vec()
+            }
+            VersionPolicy::Specific(wanted) => sorted
+                .into_iter()
+                .filter(|version| wanted.contains(version))
+                .collect(),
+        }
+    }
+}
+
+/// A parse or meaning error, with the line it was found on (1-based; 0 when none).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("line {line}: {message}")]
+pub struct ConfigError {
+    pub line: usize,
+    pub message: String,
+}
+
+impl ModelConfig {
+    /// A configuration for a model folder without `config.pbtxt`: inputs and outputs
+    /// come from the model file itself.
+    pub fn empty(name: &str) -> ModelConfig {
+        ModelConfig {
+            name: name.to_string(),
+            platform: "onnxruntime_onnx".to_string(),
+            backend: "onnxruntime".to_string(),
+            max_batch_size: 0,
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            dynamic_batching: None,
+            instance_count: 1,
+            version_policy: VersionPolicy::Latest(1),
+            default_model_filename: "model.onnx".to_string(),
+        }
+    }
+
+    /// Parses `config.pbtxt` text; `folder_name` is the name when the text has none.
+    pub fn from_text(text: &str, folder_name: &str) -> Result<ModelConfig, ConfigError> {
+        let root = parse(text)?;
+        let mut config = ModelConfig::empty(folder_name);
+        if let Some(name) = root.string("name")? {
+            config.name = name;
+        }
+        if let Some(platform) = root.string("platform")? {
+            config.platform = platform;
+        }
+        if let Some(backend) = root.string("backend")? {
+            config.backend = backend;
+        }
+        let known = ["onnxruntime", "onnxruntime_onnx", ""];
+        if !known.contains(&config.platform.as_str()) || !known.contains(&config.backend.as_str()) {
+            return Err(ConfigError {
+                line: 0,
+                message: format!(
+                    "platform {:?} / backend {:?}: serve runs ONNX models only (onnxruntime)",
+                    config.platform, config.backend
+                ),
+            });
+        }
+        if let Some(max) = root.integer("max_batch_size")? {
+            config.max_batch_size = u32::try_from(max).map_err(|_| ConfigError {
+                line: root.line_of("max_batch_size"),
+                message: format!("max_batch_size {max} is out of range"),
+            })?;
+        }
+        if let Some(file) = root.string("default_model_filename")? {
+            config.default_model_filename = file;
+        }
+        config.inputs = root
+            .messages("input")?
+            .into_iter()
+            .map(tensor_config)
+            .collect::<Result<_, _>>()?;
+        config.outputs = root
+            .messages("output")?
+            .into_iter()
+            .map(tensor_config)
+            .collect::<Result<_, _>>()?;
+        if let Some(batching) = root.messages("dynamic_batching")?.first() {
+            let preferred = batching
+                .integers("preferred_batch_size")?
+                .into_iter()
+                .map(|size| u32::try_from(size).unwrap_or(0))
+                .collect();
+            let delay = batching
+                .integer("max_queue_delay_microseconds")?
+                .unwrap_or(0);
+            config.dynamic_batching = Some(DynamicBatching {
+                preferred_batch_sizes: preferred,
+                max_queue_delay: Duration::from_micros(u64::try_from(delay).unwrap_or(0)),
+            });
+        }
+        let groups = root.messages("instance_group")?;
+        if !groups.is_empty() {
+            let mut total = 0u32;
+            for group in groups {
+                let count = group.integer("count")?.unwrap_or(1);
+                let count = u32::try_from(count)
+                    .ok()
+                    .filter(|count| (1..=256).contains(count))
+                    .ok_or_else(|| ConfigError {
+                        line: group.line_of("count"),
+                        message: format!("instance_group count {count} is not in 1..=256"),
+                    })?;
+                total = total.saturating_add(count);
+            }
+            config.instance_count = total.min(256);
+        }
+        if let Some(policy) = root.messages("version_policy")?.first() {
+            config.version_policy = if let Some(latest) = policy.messages("latest")?.first() {
+                let n = latest.integer("num_versions")?.unwrap_or(1);
+                VersionPolicy::Latest(u32::try_from(n).unwrap_or(1).max(1))
+            } else if let Some(specific) = policy.messages("specific")?.first() {
+                VersionPolicy::Specific(specific.integers("versions")?)
+            } else if !policy.messages("all")?.is_empty() {
+                VersionPolicy::All
+            } else {
+                VersionPolicy::Latest(1)
+            };
+        }
+        Ok(config)
+    }
+}
+
+fn tensor_config(message: &Message) -> Result<TensorConfig, ConfigError> {
+    let missing = |field: &str| ConfigError {
+        line: message.line,
+        message: format!("input/output without `{field}`"),
+    };
+    let name = message.string("name")?.ok_or_else(|| missing("name"))?;
+    let type_name = message
+        .identifier("data_type")?
+        .ok_or_else(|| missing("data_type"))?;
+    let datatype = DataType::from_config_name(&type_name).ok_or_else(|| ConfigError {
+        line: message.line_of("data_type"),
+        message: format!("{name}: unknown data_type {type_name}"),
+    })?;
+    let dims = message.integers("dims")?;
+    if dims.iter().any(|&dim| dim < -1) {
+        return Err(ConfigError {
+            line: message.line_of("dims"),
+            message: format!("{name}: dims {dims:?} must be -1 or positive"),
+        });
+    }
+    if !message.messages("reshape")?.is_empty() {
+        return Err(ConfigError {
+            line: message.line_of("reshape"),
+            message: format!("{name}: reshape is not supported by serve"),
+        });
+    }
+    Ok(TensorConfig {
+        name,
+        datatype,
+        dims,
+    })
+}
+
+/// A value of the text format.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    String(String),
+    /// Numbers, enum names and `true`/`false`, as written.
+    Word(String),
+    Message(Message),
+}
+
+/// A message: its fields in order, repeated fields appearing once per value.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Message {
+    pub line: usize,
+    pub fields: Vec<(String, Value, usize)>,
+}
+
+impl Message {
+    fn values<'a>(&'a self, field: &'a str) -> impl Iterator<Item = (&'a Value, usize)> + 'a {
+        self.fields
+            .iter()
+            .filter(move |(name, _, _)| name == field)
+            .map(|(_, value, line)| (value, *line))
+    }
+
+    fn line_of(&self, field: &str) -> usize {
+        self.values(field)
+            .next()
+            .map_or(self.line, |(_, line)| line)
+    }
+
+    fn last<'a>(&'a self, field: &'a str) -> Option<(&'a Value, usize)> {
+        self.values(field).last()
+    }
+
+    fn string(&self, field: &str) -> Result<Option<String>, ConfigError> {
+        match self.last(field) {
+            None => Ok(None),
+            Some((Value::String(text), _)) => Ok(Some(text.clone())),
+            Some((_, line)) => Err(wrong_type(field, "a quoted string", line)),
+        }
+    }
+
+    fn identifier(&self, field: &str) -> Result<Option<String>, ConfigError> {
+        match self.last(field) {
+            None => Ok(None),
+            Some((Value::Word(word), _)) => Ok(Some(word.clone())),
+            Some((_, line)) => Err(wrong_type(field, "a name", line)),
+        }
+    }
+
+    fn integer(&self, field: &str) -> Result<Option<i64>, ConfigError> {
+        match self.last(field) {
+            None => Ok(None),
+            Some((value, line)) => as_integer(field, value, line).map(Some),
+        }
+    }
+
+    fn integers(&self, field: &str) -> Result<Vec<i64>, ConfigError> {
+        self.values(field)
+            .map(|(value, line)| as_integer(field, value, line))
+            .collect()
+    }
+
+    fn messages<'a>(&'a self, field: &'a str) -> Result<Vec<&'a Message>, ConfigError> {
+        self.values(field)
+            .map(|(value, line)| match value {
+                Value::Message(message) => Ok(message),
+                _ => Err(wrong_type(field, "a message `{ ... }`", line)),
+            })
+            .collect()
+    }
+}
+
+fn as_integer(field: &str, value: &Value, line: usize) -> Result<i64, ConfigError> {
+    match value {
+        Value::Word(word) => word
+            .parse::<i64>()
+            .map_err(|_| wrong_type(field, "an integer", line)),
+        _ => Err(wrong_type(field, "an integer", line)),
+    }
+}
+
+fn wrong_type(field: &str, expected: &str, line: usize) -> ConfigError {
+    ConfigError {
+        line,
+        message: format!("`{field}` must be {expected}"),
+    }
+}
+
+/// Nesting deeper than this is refused, so hostile input cannot exhaust the stack.
+const MAX_DEPTH: usize = 32;
+
+/// Parses protobuf text format into a generic [`Message`].
+pub fn parse(text: &str) -> Result<Message, ConfigError> {
+    let mut parser = Parser {
+        chars: text.chars().collect(),
+        position: 0,
+        line: 1,
+    };
+    let message = parser.message(0, None)?;
+    Ok(message)
+}
+
+struct Parser {
+    chars: Vec<char>,
+    position: usize,
+    line: usize,
+}
+
+impl Parser {
+    fn error(&self, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            line: self.line,
+            message: message.into(),
+        }
+    }
+
+    fn peek(&self) -> Option<char> {
+        self.chars.get(self.position).copied()
+    }
+
+    fn bump(&mut self) -> Option<char> {
+        let next = self.peek()?;
+        self.position += 1;
+        if next == '\n' {
+            self.line += 1;
+        }
+        Some(next)
+    }
+
+    /// Skips whitespace and `#` comments.
+    fn skip_blank(&mut self) {
+        while let Some(next) = self.peek() {
+            if next == '#' {
+                while self.peek().is_some_and(|c| c != '\n') {
+                    self.bump();
+                }
+            } else if next.is_whitespace() {
+                self.bump();
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// Fields until `close` (or the end of the text for the top level).
+    fn message(&mut self, depth: usize, close: Option<char>) -> Result<Message, ConfigError> {
+        if depth > MAX_DEPTH {
+            return Err(self.error("messages nested too deeply"));
+        }
+        let mut message = Message {
+            line: self.line,
+            fields: Vec::new(),
+        };
+        loop {
+            self.skip_blank();
+            match (self.peek(), close) {
+                (None, None) => return Ok(message),
+                (None, Some(close)) => return Err(self.error(format!("missing `{close}`"))),
+                (Some(next), Some(close)) if next == close => {
+                    self.bump();
+                    return Ok(message);
+                }
+                _ => {}
+            }
+            let line = self.line;
+            let name = self.word();
+            if name.is_empty() || !name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+                let found = self
+                    .peek()
+                    .map_or("end of text".to_string(), |c| format!("`{c}`"));
+                return Err(self.error(format!("expected a field name, found {found}")));
+            }
+            self.skip_blank();
+            let colon = self.peek() == Some(':');
+            if colon {
+                self.bump();
+                self.skip_blank();
+            }
+            match self.peek() {
+                Some('[') => {
+                    self.bump();
+                    loop {
+                        self.skip_blank();
+                        if self.peek() == Some(']') {
+                            self.bump();
+                            break;
+                        }
+                        let value = self.value(depth)?;
+                        message.fields.push((name.clone(), value, line));
+                        self.skip_blank();
+                        match self.peek() {
+                            Some(',') => {
+                                self.bump();
+                            }
+                            Some(']') => {}
+                            _ => return Err(self.error(format!("`{name}`: expected `,` or `]`"))),
+                        }
+                    }
+                }
+                Some('{') | Some('<') => {
+                    let value = self.value(depth)?;
+                    message.fields.push((name, value, line));
+                }
+                _ if colon => {
+                    let value = self.value(depth)?;
+                    message.fields.push((name, value, line));
+                }
+                _ => return Err(self.error(format!("`{name}`: expected `:` or `{{`"))),
+            }
+            self.skip_blank();
+            if matches!(self.peek(), Some(',') | Some(';')) {
+                self.bump();
+            }
+        }
+    }
+
+    fn value(&mut self, depth: usize) -> Result<Value, ConfigError> {
+        match self.peek() {
+            Some('{') => {
+                self.bump();
+                Ok(Value::Message(self.message(depth + 1, Some('}'))?))
+            }
+            Some('<') => {
+                self.bump();
+                Ok(Value::Message(self.message(depth + 1, Some('>'))?))
+            }
+            Some(quote @ ('"' | '\'')) => {
+                self.bump();
+                let mut text = String::new();
+                // Adjacent quoted strings concatenate, as in C and protobuf text.
+                loop {
+                    match self.bump() {
+                        None | Some('\n') => return Err(self.error("unterminated string")),
+                        Some('\\') => match self.bump() {
+                            Some('n') => text.push('\n'),
+                            Some('t') => text.push('\t'),
+                            Some(other) => text.push(other),
+                            None => return Err(self.error("unterminated string")),
+                        },
+                        Some(c) if c == quote => break,
+                        Some(c) => text.push(c),
+                    }
+                }
+                Ok(Value::String(text))
+            }
+            _ => {
+                let word = self.word();
+                if word.is_empty() {
+                    let found = self
+                        .peek()
+                        .map_or("end of text".to_string(), |c| format!("`{c}`"));
+                    return Err(self.error(format!("expected a value, found {found}")));
+                }
+                Ok(Value::Word(word))
+            }
+        }
+    }
+
+    fn word(&mut self) -> String {
+        let mut word = String::new();
+        while let Some(next) = self.peek() {
+            if next.is_ascii_alphanumeric() || matches!(next, '_' | '-' | '+' | '.') {
+                word.push(next);
+                self.bump();
+            } else {
+                break;
+            }
+        }
+        word
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str, expected: Result<ModelConfig, &str>) {
+        let actual = ModelConfig::from_text(text, "folder");
+        match (actual, expected) {
+            (Ok(actual), Ok(expected)) => assert_eq!(actual, expected),
+            (Err(error), Err(expected)) => {
+                let error = error.to_string();
+                assert!(error.contains(expected), "{error:?} lacks {expected:?}");
+            }
+            (actual, expected) => panic!("{actual:?} but expected {expected:?}"),
+        }
+    }
+
+    const ORIGINAL: &str = r#"
+name: "yolov8n_car"
+backend: "onnxruntime"
+max_batch_size : 2
+input [
+  {
+    name: "images"
+    data_type: TYPE_FP32
+    dims: [ 3, 640, 640 ]
+  }
+]
+output [
+  {
+    name: "output0"
+    data_type: TYPE_FP32
+    dims: [ -1, -1 ]
+  }
+]
+instance_group [ { kind: KIND_CPU } ]  # one instance
+"#;
+
+    fn original() -> ModelConfig {
+        ModelConfig {
+            name: "yolov8n_car".into(),
+            max_batch_size: 2,
+            inputs: vec![TensorConfig {
+                name: "images".into(),
+                datatype: DataType::Fp32,
+                dims: vec![3, 640, 640],
+            }],
+            outputs: vec![TensorConfig {
+                name: "output0".into(),
+                datatype: DataType::Fp32,
+                dims: vec![-1, -1],
+            }],
+            ..ModelConfig::empty("folder")
+        }
+    }
+
+    #[test]
+    fn the_original_config_parses() {
+        check(ORIGINAL, Ok(original()));
+    }
+
+    #[test]
+    fn batching_instances_and_policies_parse() {
+        let text = format!(
+            "{ORIGINAL}\ndynamic_batching {{ preferred_batch_size: [4, 8] max_queue_delay_microseconds: 500 }}\n\
+             instance_group {{ count: 2 kind: KIND_CPU }}\nversion_policy: {{ specific {{ versions: [1, 3] }} }}"
+        );
+        let mut expected = original();
+        expected.dynamic_batching = Some(DynamicBatching {
+            preferred_batch_sizes: vec![4, 8],
+            max_queue_delay: Duration::from_micros(500),
+        });
+        expected.instance_count = 3;
+        expected.version_policy = VersionPolicy::Specific(vec![1, 3]);
+        check(&text, Ok(expected));
+        let latest = ModelConfig::from_text("version_policy { latest { num_versions: 2 } }", "m")
+            .expect("parses");
+        assert_eq!(latest.version_policy, VersionPolicy::Latest(2));
+        assert_eq!(latest.version_policy.select(&[3, 1, 2]), vec![2, 3]);
+        assert_eq!(VersionPolicy::All.select(&[2, 1]), vec![1, 2]);
+        assert_eq!(VersionPolicy::Specific(vec![1, 7]).select(&[2, 1]), vec![1]);
+    }
+
+    #[test]
+    fn errors_name_the_field_and_line() {
+        check(
+            "max_batch_size: \"two\"",
+            Err("line 1: `max_batch_size` must be an integer"),
+        );
+        check(
+            "name: \"m\"\ninput [ { name: \"x\" } ]",
+            Err("line 2: input/output without `data_type`"),
+        );
+        check(
+            "input { name: \"x\" data_type: TYPE_FLOAT }",
+            Err("unknown data_type TYPE_FLOAT"),
+        );
+        check("input [ { name: \"x\" ", Err("missing `}`"));
+        check("name: \"unterminated", Err("unterminated string"));
+        check(
+            "platform: \"tensorflow_savedmodel\"",
+            Err("ONNX models only"),
+        );
+        check(
+            "instance_group [{ count: 0 }]",
+            Err("instance_group count 0"),
+        );
+        check("max_batch_size: -1", Err("out of range"));
+        check(": 3", Err("expected a field name"));
+        check(&"a {".repeat(100), Err("nested too deeply"));
+    }
+
+    #[test]
+    fn unknown_fields_and_angle_brackets_are_accepted() {
+        let config = ModelConfig::from_text(
+            "optimization < execution_accelerators { cpu_execution_accelerator: [ { name: 'openvino' } ] } >\nmodel_warmup []; max_batch_size: 8",
+            "m",
+        )
+        .expect("parses");
+        assert_eq!(config.max_batch_size, 8);
+    }
+}

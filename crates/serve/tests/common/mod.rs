@@ -1,0 +1,151 @@
+//! Fixtures for serve's tests, generated at test time: a tiny ONNX model written by
+//! the venv's `onnx` package, a YOLOv8n exported by Ultralytics (random weights,
+//! cached between runs), and model repositories around them.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// `y = x * factor` and `sum = ReduceSum(x, axis 1)`, input `x` FP32 `[batch, 4]`.
+pub const TINY_MODEL_SCRIPT: &str = r#"
+import sys, onnx
+from onnx import helper, TensorProto
+factor = float(sys.argv[2])
+x = helper.make_tensor_value_info('x', TensorProto.FLOAT, ['batch', 4])
+y = helper.make_tensor_value_info('y', TensorProto.FLOAT, ['batch', 4])
+s = helper.make_tensor_value_info('sum', TensorProto.FLOAT, ['batch', 1])
+graph = helper.make_graph(
+    [helper.make_node('Mul', ['x', 'factor'], ['y']),
+     helper.make_node('ReduceSum', ['x', 'axes'], ['sum'], keepdims=1)],
+    'tiny', [x], [y, s],
+    [helper.make_tensor('factor', TensorProto.FLOAT, [1], [factor]),
+     helper.make_tensor('axes', TensorProto.INT64, [1], [1])])
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 13)])
+model.ir_version = 8
+onnx.save(model, sys.argv[1])
+"#;
+
+pub const TINY_CONFIG: &str = r#"
+name: "tiny"
+backend: "onnxruntime"
+max_batch_size: 8
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] } ]
+output [
+  { name: "y" data_type: TYPE_FP32 dims: [ 4 ] },
+  { name: "sum" data_type: TYPE_FP32 dims: [ 1 ] }
+]
+dynamic_batching { max_queue_delay_microseconds: 2000 }
+"#;
+
+pub fn python() -> PathBuf {
+    cardet_testkit::venv_python()
+}
+
+/// Writes the tiny model to `path`.
+pub fn write_tiny_model(path: &Path, factor: f32) {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).expect("model folder");
+    }
+    let output = Command::new(python())
+        .args(["-c", TINY_MODEL_SCRIPT])
+        .arg(path)
+        .arg(factor.to_string())
+        .output()
+        .expect("running the venv's python");
+    assert!(
+        output.status.success(),
+        "writing the tiny model: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A repository with `tiny` (versions 1 and 2: factors 2 and 3), in `root`.
+pub fn tiny_repository(root: &Path) {
+    let model = root.join("tiny");
+    std::fs::create_dir_all(&model).expect("folder");
+    std::fs::write(model.join("config.pbtxt"), TINY_CONFIG).expect("config");
+    write_tiny_model(&model.join("1/model.onnx"), 2.0);
+}
+
+/// A YOLOv8n ONNX export (dynamic batch and size, random weights), made once per
+/// machine and reused: Ultralytics takes about 20 s to export.
+pub fn yolov8n_onnx() -> PathBuf {
+    let cache = cardet_testkit::cardet_home().join("fixtures/serve");
+    let path = cache.join("yolov8n-dynamic.onnx");
+    if path.exists() {
+        return path;
+    }
+    std::fs::create_dir_all(&cache).expect("fixture cache");
+    let work = tempfile::tempdir_in(&cache).expect("export folder");
+    let output = Command::new(python())
+        .current_dir(work.path())
+        .env("YOLO_OFFLINE", "1")
+        .args([
+            "-c",
+            "from ultralytics import YOLO\n\
+             YOLO('yolov8n.yaml').export(format='onnx', dynamic=True, simplify=False, imgsz=640)",
+        ])
+        .output()
+        .expect("running ultralytics");
+    assert!(
+        output.status.success(),
+        "exporting yolov8n: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Rename into place: a concurrent test either sees the whole file or none.
+    std::fs::rename(work.path().join("yolov8n.onnx"), &path).expect("placing the export");
+    path
+}
+
+/// `yolov8n` at 640 and `yolov8n_small` at 160 (the same dynamic export), batching to 8.
+pub fn yolo_repository(root: &Path) {
+    let onnx = yolov8n_onnx();
+    for (name, size) in [("yolov8n", 640), ("yolov8n_small", 160)] {
+        let model = root.join(name);
+        std::fs::create_dir_all(model.join("1")).expect("folder");
+        std::fs::write(
+            model.join("config.pbtxt"),
+            format!(
+                "name: \"{name}\"\nbackend: \"onnxruntime\"\nmax_batch_size: 8\n\
+                 input [ {{ name: \"images\" data_type: TYPE_FP32 dims: [ 3, {size}, {size} ] }} ]\n\
+                 output [ {{ name: \"output0\" data_type: TYPE_FP32 dims: [ -1, -1 ] }} ]\n\
+                 dynamic_batching {{ max_queue_delay_microseconds: 1000 }}\n\
+                 instance_group [ {{ count: 1 kind: KIND_CPU }} ]\n"
+            ),
+        )
+        .expect("config");
+        let target = model.join("1/model.onnx");
+        if std::fs::hard_link(&onnx, &target).is_err() {
+            std::fs::copy(&onnx, &target).expect("model");
+        }
+    }
+}
+
+/// A test server on free ports, in this process.
+pub async fn start(
+    repository: &Path,
+    mode: cardet_serve::ControlMode,
+    max_message_bytes: usize,
+) -> cardet_serve::Server {
+    let runtime = std::sync::Arc::new(cardet_onnx::load().expect("onnxruntime"));
+    let config = cardet_serve::Config {
+        model_repository: repository.display().to_string(),
+        http_address: "127.0.0.1".into(),
+        http_port: 0,
+        grpc_address: "127.0.0.1".into(),
+        grpc_port: 0,
+        metrics_port: Some(0),
+        control_mode: mode,
+        load_models: vec!["*".into()],
+        threads: cardet_serve::Threads {
+            intra_op: 2,
+            inter_op: 1,
+        },
+        max_message_bytes,
+        ..cardet_serve::Config::default()
+    };
+    cardet_serve::start(runtime, config)
+        .await
+        .expect("server starts")
+}
