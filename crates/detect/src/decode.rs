@@ -155,17 +155,10 @@ fn candidates(
 ) -> Vec<Candidate> {
     let n_anchors = layout.n_anchors;
     let row = |channel: usize| &image_output[channel * n_anchors..(channel + 1) * n_anchors];
-    // Class-major scan: every pass reads one contiguous row and updates the running
-    // best, which the compiler turns into vector compares and blends.
     let mut best_score = row(4).to_vec();
-    let mut best_class = vec![0_u32; n_anchors];
     for class_id in 1..layout.n_classes {
-        let scores = row(4 + class_id);
-        for ((best, class), &score) in best_score.iter_mut().zip(best_class.iter_mut()).zip(scores)
-        {
-            let better = score > *best;
-            *best = if better { score } else { *best };
-            *class = if better { class_id as u32 } else { *class };
+        for (best, &score) in best_score.iter_mut().zip(row(4 + class_id)) {
+            *best = if score > *best { score } else { *best };
         }
     }
     let (cx, cy, width, height) = (row(0), row(1), row(2), row(3));
@@ -175,7 +168,9 @@ fn candidates(
         .filter(|&(_, &score)| score > config.confidence_threshold)
         .map(|(anchor, &score)| Candidate {
             bbox: BoundingBox::from_cxcywh(cx[anchor], cy[anchor], width[anchor], height[anchor]),
-            class_id: best_class[anchor] as usize,
+            class_id: (0..layout.n_classes)
+                .find(|&class_id| image_output[(4 + class_id) * n_anchors + anchor] == score)
+                .unwrap_or(0),
             score,
         })
         .collect();
