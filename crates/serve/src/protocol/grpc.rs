@@ -294,11 +294,11 @@ impl GrpcInferenceService for GrpcService {
         request: Request<v2::ModelReadyRequest>,
     ) -> Result<Response<v2::ModelReadyResponse>, Status> {
         let request = request.into_inner();
-        let ready = match self.infer.model(&request.name, Some(&request.version)) {
-            Ok(_) => true,
-            Err(error) if error.kind == ErrorKind::NotFound => return Err(error.into()),
-            Err(_) => false,
-        };
+        // As Triton: an unknown or unloaded model is simply not ready.
+        let ready = self
+            .infer
+            .model(&request.name, Some(&request.version))
+            .is_ok();
         Ok(Response::new(v2::ModelReadyResponse { ready }))
     }
 
