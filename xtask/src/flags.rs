@@ -23,6 +23,7 @@ pub enum Command {
     Pipeline(Pipeline),
     Synth(Synth),
     ServeCheck(ServeCheck),
+    ImportWeights(ImportWeights),
 }
 
 /// Install every part (Python venv with torch and onnxruntime, tansu, the S3
@@ -122,7 +123,9 @@ pub struct Bench {
 /// motorcycles with COCO class ids 2, 5, 7, 3), deterministic from the seed; every
 /// fifth image goes to `val`.
 #[derive(Debug, Parser)]
-#[command(after_help = "Example:\n  cargo xtask synth --out target/synth --images 2000 --seed 1 --size 640x640")]
+#[command(
+    after_help = "Example:\n  cargo xtask synth --out target/synth --images 2000 --seed 1 --size 640x640"
+)]
 pub struct Synth {
     /// The dataset folder (gets data.yaml, images/{train,val}, labels/{train,val}).
     #[arg(long, default_value = "target/synth")]
@@ -149,7 +152,9 @@ pub struct Pipeline {}
 
 /// serve's long checks, on demand: the fuzz loops and the wrk load test.
 #[derive(Debug, Parser)]
-#[command(after_help = "Examples:\n  cargo xtask serve-check fuzz --secs 600\n  cargo xtask serve-check load --secs 60 --connections 32")]
+#[command(
+    after_help = "Examples:\n  cargo xtask serve-check fuzz --secs 600\n  cargo xtask serve-check load --secs 60 --connections 32"
+)]
 pub struct ServeCheck {
     #[command(subcommand)]
     pub check: ServeCheckKind,
@@ -173,4 +178,23 @@ pub enum ServeCheckKind {
         #[arg(long, default_value_t = 32)]
         connections: u32,
     },
+}
+
+/// Convert an Ultralytics YOLOv8 detection checkpoint (.pt) you already have into
+/// safetensors with its class names and scale in the metadata, with the venv's
+/// Python (offline). `mwt export`, `mwt predict` and `mwt train` read the result.
+#[derive(Debug, Parser)]
+#[command(
+    after_help = "Examples:\n  cargo xtask import-weights --pt yolov8n.pt                 # writes yolov8n.safetensors\n  cargo xtask import-weights --pt best.pt --out car.safetensors --scale s"
+)]
+pub struct ImportWeights {
+    /// The Ultralytics checkpoint.
+    #[arg(long)]
+    pub pt: std::path::PathBuf,
+    /// The safetensors file to write (default: beside the .pt, `.safetensors`).
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+    /// The scale (n, s, m, l, x) when the checkpoint does not record it.
+    #[arg(long)]
+    pub scale: Option<String>,
 }

@@ -10,6 +10,7 @@ mod doctor;
 mod env_file;
 mod flags;
 mod home;
+mod import_weights;
 mod pipeline;
 mod serve_checks;
 mod setup;
@@ -37,6 +38,7 @@ fn main() -> anyhow::Result<()> {
         flags::Command::Pipeline(cmd) => cmd.run(&sh),
         flags::Command::Synth(cmd) => cmd.run(&sh),
         flags::Command::ServeCheck(cmd) => cmd.run(&sh),
+        flags::Command::ImportWeights(cmd) => cmd.run(&sh),
     }
 }
 

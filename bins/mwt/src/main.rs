@@ -6,6 +6,8 @@
 //! land they say so and exit 2.
 
 mod eval;
+mod export;
+mod predict;
 
 use std::process::ExitCode;
 
@@ -34,10 +36,10 @@ enum Command {
     Train(Unbuilt),
     /// NOT BUILT YET (the training issue): evaluate a checkpoint or ONNX model.
     Val(Unbuilt),
-    /// NOT BUILT YET (the model issue): export ONNX into a Triton model repository.
-    Export(Unbuilt),
-    /// NOT BUILT YET (the model issue): run a model on images.
-    Predict(Unbuilt),
+    /// Export a checkpoint to ONNX in a Triton model repository.
+    Export(export::ExportFlags),
+    /// Run a checkpoint (tch) or an ONNX model on images; JSON and annotated images out.
+    Predict(predict::PredictFlags),
     /// COCO mAP@0.5 and mAP@0.5:0.95 of predictions against ground truth (COCO JSON
     /// or YOLO label folders).
     Eval(eval::EvalFlags),
@@ -59,10 +61,8 @@ fn main() -> ExitCode {
         Command::Train(_) | Command::Val(_) => {
             Err(cardet_cli::not_built("mwt train/val", "the training issue"))
         }
-        Command::Export(_) | Command::Predict(_) => Err(cardet_cli::not_built(
-            "mwt export/predict",
-            "the model issue",
-        )),
+        Command::Export(flags) => export::run(&flags),
+        Command::Predict(flags) => predict::run(&flags),
         Command::Eval(flags) => eval::run(&flags),
         Command::Launch(_) => Err(cardet_cli::not_built("mwt launch", "the distributed issue")),
     };

@@ -8,7 +8,8 @@
 
 use std::path::{Path, PathBuf};
 
-use cardet_onnx_export::triton::{InstanceKind, TensorConfig, TritonConfig};
+pub use cardet_onnx_export::triton::InstanceKind;
+use cardet_onnx_export::triton::{TensorConfig, TritonConfig};
 use cardet_onnx_export::{
     Dim, GraphBuilder, ModelInfo, attr_float, attr_int, attr_ints, attr_string, proto,
 };
@@ -272,6 +273,62 @@ pub fn python_str_repr(text: &str) -> String {
     }
     out.push(quote);
     out
+}
+
+/// Reads `names` back from the metadata: `{0: 'car', 1: "it's"}` to `["car", "it's"]`.
+/// Keys must be 0, 1, 2, ... in order; anything else is `None`.
+pub fn parse_python_names(text: &str) -> Option<Vec<String>> {
+    let mut chars = text.trim().chars().peekable();
+    let mut names = Vec::new();
+    if chars.next()? != '{' {
+        return None;
+    }
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace() || *c == ',') {
+            chars.next();
+        }
+        if chars.peek() == Some(&'}') {
+            chars.next();
+            break;
+        }
+        let mut key = String::new();
+        while let Some(c) = chars.peek().copied().filter(char::is_ascii_digit) {
+            key.push(c);
+            chars.next();
+        }
+        if key.parse::<usize>().ok()? != names.len() {
+            return None;
+        }
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.next()? != ':' {
+            return None;
+        }
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let quote = chars.next().filter(|c| *c == '\'' || *c == '"')?;
+        let mut name = String::new();
+        loop {
+            match chars.next()? {
+                '\\' => match chars.next()? {
+                    'n' => name.push('\n'),
+                    'r' => name.push('\r'),
+                    't' => name.push('\t'),
+                    'x' => {
+                        let hex: String = [chars.next()?, chars.next()?].iter().collect();
+                        name.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+                    }
+                    other => name.push(other),
+                },
+                c if c == quote => break,
+                c => name.push(c),
+            }
+        }
+        names.push(name);
+    }
+    chars.next().is_none().then_some(names)
 }
 
 struct Emitter {
@@ -635,6 +692,21 @@ mod tests {
     fn check(names: &[&str], expected: &str) {
         let names: Vec<String> = names.iter().map(|s| (*s).to_string()).collect();
         assert_eq!(python_names(&names), expected);
+        assert_eq!(parse_python_names(expected), Some(names), "{expected}");
+    }
+
+    #[test]
+    fn names_that_are_not_a_dict_of_indices_do_not_parse() {
+        for text in [
+            "",
+            "[0, 1]",
+            "{1: 'a'}",
+            "{0: 'a', 0: 'b'}",
+            "{0: 'a'",
+            "{0: a}",
+        ] {
+            assert_eq!(parse_python_names(text), None, "{text}");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ use cardet_onnx_export::triton::InstanceKind;
 use tch::{Device, Tensor};
 
 const FIXTURE: &str = include_str!("ultralytics_fixture.py");
+const IMPORT_WEIGHTS: &str = include_str!("../python/import_weights.py");
 const TOLERANCE: f64 = 1e-4;
 
 #[test]
@@ -186,6 +187,31 @@ fn run_onnx(path: &Path, images: &Tensor) -> Tensor {
 }
 
 #[test]
+fn imported_ultralytics_checkpoints_give_ultralytics_outputs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    python(dir.path(), &["checkpoints", path_str(dir.path())]);
+    let inputs = read(&dir.path().join("inputs.safetensors"));
+    let expected = read(&dir.path().join("expected.safetensors"));
+    for checkpoint in ["trainer", "fused"] {
+        let weights = dir.path().join(format!("{checkpoint}.safetensors"));
+        run_script(
+            dir.path(),
+            "import_weights.py",
+            IMPORT_WEIGHTS,
+            &[
+                path_str(&dir.path().join(format!("{checkpoint}.pt"))),
+                path_str(&weights),
+            ],
+        );
+        let detector = Detector::load(&weights, Device::Cpu).expect("loads the import");
+        assert_eq!(detector.names, ["car", "bus", "it's"]);
+        assert_eq!(detector.net.config.scale, Scale::N);
+        let predict = tch::no_grad(|| detector.net.predict(&inputs["images"]));
+        assert_close(checkpoint, &predict, &expected[checkpoint]);
+    }
+}
+
+#[test]
 fn a_mismatched_state_dict_names_the_first_bad_tensor_and_both_shapes() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("coco.safetensors");
@@ -282,8 +308,12 @@ fn path_str(path: &Path) -> &str {
 
 /// Runs the fixture script with the venv's Python; panics with its stderr on failure.
 fn python(dir: &Path, args: &[&str]) {
-    let script = dir.join("ultralytics_fixture.py");
-    std::fs::write(&script, FIXTURE).expect("writes the fixture script");
+    run_script(dir, "ultralytics_fixture.py", FIXTURE, args);
+}
+
+fn run_script(dir: &Path, name: &str, text: &str, args: &[&str]) {
+    let script = dir.join(name);
+    std::fs::write(&script, text).expect("writes the script");
     let output = Command::new(cardet_testkit::venv_python())
         .arg(&script)
         .args(args)
@@ -294,7 +324,7 @@ fn python(dir: &Path, args: &[&str]) {
         .expect("runs the venv's python");
     assert!(
         output.status.success(),
-        "fixture {args:?} failed:\n{}",
+        "{name} {args:?} failed:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
 }

@@ -6,6 +6,7 @@ models are built from Ultralytics' own yaml files and randomised here.
   keys OUT.json                       state-dict keys and shapes of yolov8{n,s,m,l,x}, 3 classes
   forward SCALE NC H W BATCH OUT_DIR  weights, inputs, eval output and train-mode raw outputs
   export H W OUT_DIR                  yolov8n (80 classes) weights and Ultralytics' ONNX export
+  checkpoints OUT_DIR                 Ultralytics-style .pt files (trainer EMA in half, fused) and outputs
   check_onnx OURS THEIRS H W OUT.json CONFIG
                                       onnx.checker (full) on ours, both run in ORT at batch 1 and 4,
                                       CONFIG (config.pbtxt) parsed with tritonclient's ModelConfig
@@ -104,6 +105,26 @@ def export(h, w, out_dir):
     os.replace(path, os.path.join(out_dir, "ultralytics.onnx"))
 
 
+def checkpoints(out_dir):
+    """What users bring: a trainer checkpoint (EMA, half precision) and a fused model."""
+    from copy import deepcopy
+
+    model = detection_model("n", 3)
+    model.names = {0: "car", 1: "bus", 2: "it's"}
+    torch.manual_seed(9)
+    images = torch.rand(1, 3, 256, 320)
+    save_file({"images": images}, os.path.join(out_dir, "inputs.safetensors"))
+    trainer = {"epoch": 3, "model": None, "ema": deepcopy(model).half(), "updates": 10, "optimizer": None}
+    torch.save(trainer, os.path.join(out_dir, "trainer.pt"))
+    fused = deepcopy(model).eval().fuse(verbose=False)
+    torch.save({"model": deepcopy(fused).half(), "ema": None}, os.path.join(out_dir, "fused.pt"))
+    expected = {}
+    with torch.no_grad():
+        expected["trainer"] = deepcopy(model).half().float().eval()(images)[0].contiguous()
+        expected["fused"] = deepcopy(fused).half().float().eval()(images)[0].contiguous()
+    save_file(expected, os.path.join(out_dir, "expected.safetensors"))
+
+
 def triton_config(path):
     from google.protobuf import json_format, text_format
     from tritonclient.grpc import model_config_pb2
@@ -144,4 +165,10 @@ def check_onnx(ours, theirs, h, w, out, config):
 
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
-    {"keys": keys, "forward": forward, "export": export, "check_onnx": check_onnx}[command](*args)
+    {
+        "keys": keys,
+        "forward": forward,
+        "export": export,
+        "checkpoints": checkpoints,
+        "check_onnx": check_onnx,
+    }[command](*args)

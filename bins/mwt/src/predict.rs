@@ -1,0 +1,307 @@
+//! `mwt predict`: a checkpoint (tch, CPU or CUDA) or an ONNX model (ONNX Runtime) on
+//! images or folders; detections as JSON and annotated images out. Glue only: the
+//! network is `cardet_model`, letterbox, decode, NMS and drawing are `cardet_detect`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use cardet_detect::{PostprocessConfig, YoloV8Layout, draw, image_io, letterbox, postprocess};
+use cardet_model::{Detector, Scale};
+
+/// The flags of `mwt predict`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  mwt predict --model yolov8n.safetensors --source street.jpg\n  mwt predict --model model_repo/yolov8n_car/1/model.onnx --source data/images/val --out runs/predict\n  mwt predict --model best.safetensors --source imgs/ --device cuda --conf 0.4 --json"
+)]
+pub struct PredictFlags {
+    /// A safetensors checkpoint (run with tch) or an `.onnx` model (run with ONNX Runtime).
+    #[arg(long)]
+    model: PathBuf,
+    /// Images or folders of images.
+    #[arg(long, required = true, num_args = 1..)]
+    source: Vec<PathBuf>,
+    /// Where annotated images and `predictions.json` go.
+    #[arg(long, default_value = "runs/predict")]
+    out: PathBuf,
+    /// Network input size for checkpoints (ONNX models with a fixed input use theirs).
+    #[arg(long, default_value_t = 640)]
+    imgsz: u32,
+    /// Confidence threshold.
+    #[arg(long, default_value_t = 0.25)]
+    conf: f32,
+    /// NMS IoU threshold.
+    #[arg(long, default_value_t = 0.45)]
+    iou: f32,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// cpu, cuda or cuda:N (checkpoints only).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Model scale when a checkpoint's metadata does not say.
+    #[arg(long)]
+    scale: Option<String>,
+    /// Class names, comma separated, when the model's metadata does not say.
+    #[arg(long, value_delimiter = ',')]
+    names: Option<Vec<String>>,
+    /// Only the JSON, no annotated images.
+    #[arg(long)]
+    no_draw: bool,
+    /// Print the detections as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(flags: &PredictFlags) -> anyhow::Result<()> {
+    let images = collect_images(&flags.source)?;
+    if images.is_empty() {
+        bail!("no images under {:?}", flags.source);
+    }
+    let mut backend = Backend::open(flags)?;
+    let config = PostprocessConfig {
+        confidence_threshold: flags.conf,
+        iou_threshold: flags.iou,
+        ..PostprocessConfig::default()
+    };
+    std::fs::create_dir_all(&flags.out)
+        .with_context(|| format!("creating {}", flags.out.display()))?;
+    let names = backend.names().to_vec();
+    let mut results = Vec::new();
+    for chunk in images.chunks(flags.batch.max(1)) {
+        let decoded = chunk
+            .iter()
+            .map(|path| image_io::load_rgb(path))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (width, height) = backend.input_size();
+        let batch = letterbox::letterbox_batch(&decoded, (width, height))?;
+        let (output, shape) = backend.run(&batch.data, batch.shape)?;
+        let (_, layout) = YoloV8Layout::from_shape(&shape)?;
+        let detections = postprocess(&output, layout, &batch.infos, &config)?;
+        for ((path, mut image), found) in chunk.iter().zip(decoded).zip(detections) {
+            let annotated = if flags.no_draw {
+                None
+            } else {
+                draw::draw_detections(&mut image, &found, &names);
+                let file_name = path.file_stem().map_or_else(
+                    || "image".to_string(),
+                    |stem| stem.to_string_lossy().into_owned(),
+                );
+                let target = flags.out.join(format!("{file_name}.jpg"));
+                image_io::save(&image, &target)?;
+                Some(target.display().to_string())
+            };
+            results.push(serde_json::json!({
+                "image": path.display().to_string(),
+                "annotated": annotated,
+                "detections": cardet_detect::geometry::detections_to_json(&found, &names),
+            }));
+        }
+    }
+    let report = serde_json::json!({
+        "model": flags.model.display().to_string(),
+        "backend": backend.describe(),
+        "images": results,
+    });
+    let json_path = flags.out.join("predictions.json");
+    std::fs::write(&json_path, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    let mut stdout = std::io::stdout().lock();
+    if flags.json {
+        writeln!(stdout, "{report}")?;
+    } else {
+        for result in &results {
+            let count = result["detections"].as_array().map_or(0, Vec::len);
+            writeln!(
+                stdout,
+                "{}: {count} objects",
+                result["image"].as_str().unwrap_or("")
+            )?;
+        }
+        writeln!(stdout, "wrote {}", json_path.display())?;
+    }
+    Ok(())
+}
+
+/// The model, run either with tch or with ONNX Runtime.
+enum Backend {
+    Torch {
+        detector: Box<Detector>,
+        device: tch::Device,
+        size: (u32, u32),
+    },
+    Onnx {
+        session: Box<cardet_onnx::ort::session::Session>,
+        names: Vec<String>,
+        size: (u32, u32),
+        provider: String,
+    },
+}
+
+impl Backend {
+    fn open(flags: &PredictFlags) -> anyhow::Result<Backend> {
+        let is_onnx = flags
+            .model
+            .extension()
+            .is_some_and(|ext| ext.eq_ignore_ascii_case("onnx"));
+        if is_onnx {
+            return Backend::open_onnx(flags);
+        }
+        let device = parse_device(&flags.device)?;
+        let metadata = cardet_model::weights::read_metadata(&flags.model)
+            .with_context(|| format!("reading {}", flags.model.display()))?;
+        let scale = match &flags.scale {
+            Some(letter) => Scale::from_letter(letter)
+                .with_context(|| format!("--scale {letter:?} is none of n, s, m, l, x"))?,
+            None => metadata
+                .scale
+                .context("the checkpoint's metadata has no scale: pass --scale")?,
+        };
+        let names = match (&flags.names, metadata.names) {
+            (Some(names), _) => names.clone(),
+            (None, Some(names)) => names,
+            (None, None) => bail!("the checkpoint's metadata has no class names: pass --names"),
+        };
+        let detector = Detector::load_as(&flags.model, scale, names, device)
+            .with_context(|| format!("loading {}", flags.model.display()))?;
+        if !flags.imgsz.is_multiple_of(32) {
+            bail!("--imgsz {} is not a multiple of 32", flags.imgsz);
+        }
+        Ok(Backend::Torch {
+            detector: Box::new(detector),
+            device,
+            size: (flags.imgsz, flags.imgsz),
+        })
+    }
+
+    fn open_onnx(flags: &PredictFlags) -> anyhow::Result<Backend> {
+        let bytes = std::fs::read(&flags.model)
+            .with_context(|| format!("reading {}", flags.model.display()))?;
+        let model = cardet_onnx_export::decode(&bytes)
+            .with_context(|| format!("reading {}", flags.model.display()))?;
+        let names = match &flags.names {
+            Some(names) => names.clone(),
+            None => model
+                .metadata_props
+                .iter()
+                .find(|entry| entry.key.as_deref() == Some("names"))
+                .and_then(|entry| entry.value.as_deref())
+                .and_then(cardet_model::export::parse_python_names)
+                .context("the ONNX metadata has no `names`: pass --names")?,
+        };
+        let size = onnx_input_size(&model).unwrap_or((flags.imgsz, flags.imgsz));
+        let runtime = cardet_onnx::load()?;
+        let session = cardet_onnx::ort::session::Session::builder(&runtime.environment)?
+            .commit_from_memory(&bytes)?;
+        Ok(Backend::Onnx {
+            session: Box::new(session),
+            names,
+            size,
+            provider: format!("onnxruntime {} (CPU)", runtime.version),
+        })
+    }
+
+    fn names(&self) -> &[String] {
+        match self {
+            Backend::Torch { detector, .. } => &detector.names,
+            Backend::Onnx { names, .. } => names,
+        }
+    }
+
+    /// (width, height) of the network input.
+    fn input_size(&self) -> (u32, u32) {
+        match self {
+            Backend::Torch { size, .. } | Backend::Onnx { size, .. } => *size,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Backend::Torch { device, .. } => format!("tch on {device:?}"),
+            Backend::Onnx { provider, .. } => provider.clone(),
+        }
+    }
+
+    /// Runs a `[n, 3, h, w]` batch; returns the output values and their shape.
+    fn run(&mut self, data: &[f32], shape: [usize; 4]) -> anyhow::Result<(Vec<f32>, Vec<usize>)> {
+        match self {
+            Backend::Torch {
+                detector, device, ..
+            } => {
+                let dims: Vec<i64> = shape.iter().map(|d| *d as i64).collect();
+                let images = tch::Tensor::from_slice(data)
+                    .view(dims.as_slice())
+                    .to_device(*device);
+                let output = tch::no_grad(|| detector.net.predict(&images))
+                    .to_device(tch::Device::Cpu)
+                    .contiguous();
+                let out_shape: Vec<usize> = output.size().iter().map(|d| *d as usize).collect();
+                let values = Vec::<f32>::try_from(&output.view([-1]))?;
+                Ok((values, out_shape))
+            }
+            Backend::Onnx { session, .. } => {
+                let input = cardet_onnx::ort::value::Tensor::from_array((shape, data.to_vec()))?;
+                let outputs = session.run(cardet_onnx::ort::inputs!["images" => input])?;
+                let (out_shape, values) = outputs["output0"].try_extract_tensor::<f32>()?;
+                let out_shape: Vec<usize> = out_shape.iter().map(|d| *d as usize).collect();
+                Ok((values.to_vec(), out_shape))
+            }
+        }
+    }
+}
+
+fn parse_device(text: &str) -> anyhow::Result<tch::Device> {
+    match text {
+        "cpu" => Ok(tch::Device::Cpu),
+        "cuda" => Ok(tch::Device::cuda_if_available()),
+        _ => {
+            let index = text
+                .strip_prefix("cuda:")
+                .and_then(|index| index.parse::<usize>().ok())
+                .with_context(|| format!("--device {text:?} is none of cpu, cuda, cuda:N"))?;
+            if !tch::Cuda::is_available() {
+                bail!("--device {text}: this libtorch sees no CUDA device");
+            }
+            Ok(tch::Device::Cuda(index))
+        }
+    }
+}
+
+/// (width, height) when the ONNX input `images` has fixed spatial dims.
+fn onnx_input_size(model: &cardet_onnx_export::proto::ModelProto) -> Option<(u32, u32)> {
+    use cardet_onnx_export::proto::{tensor_shape_proto::dimension::Value, type_proto};
+    let input = model.graph.as_ref()?.input.first()?;
+    let Some(type_proto::Value::TensorType(tensor)) = input.r#type.as_ref()?.value.as_ref() else {
+        return None;
+    };
+    let dims = &tensor.shape.as_ref()?.dim;
+    let fixed = |index: usize| match dims.get(index)?.value {
+        Some(Value::DimValue(value)) if value > 0 => u32::try_from(value).ok(),
+        _ => None,
+    };
+    Some((fixed(3)?, fixed(2)?))
+}
+
+fn collect_images(sources: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut images = Vec::new();
+    for source in sources {
+        if source.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(source)
+                .with_context(|| format!("listing {}", source.display()))?
+                .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+                .filter(|path| image_io::is_image_path(path))
+                .collect();
+            found.sort();
+            images.extend(found);
+        } else if source.is_file() {
+            images.push(source.clone());
+        } else {
+            bail!("{} is neither an image nor a folder", display(source));
+        }
+    }
+    Ok(images)
+}
+
+fn display(path: &Path) -> String {
+    path.display().to_string()
+}
