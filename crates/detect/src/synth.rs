@@ -53,7 +53,7 @@ pub struct SynthConfig {
 }
 
 /// Objects hidden more than this are not labelled.
-pub const MIN_VISIBLE_FRACTION: f32 = 0.3;
+pub const MIN_VISIBLE_FRACTION: f32 = 0.25;
 /// Objects smaller than this (visible width or height, pixels) are not labelled.
 pub const MIN_VISIBLE_SIDE: f32 = 5.0;
 
@@ -1905,13 +1905,23 @@ fn labelled_objects(canvas: &Canvas, placements: &[Placement]) -> Vec<SceneObjec
             x2: x2 as f32 / scale,
             y2: y2 as f32 / scale,
         };
-        // The full silhouette's area, from the class's rough fill of its box.
-        let full_area = placement.length
-            * placement.height
-            * placement.pixels_per_metre.powi(2)
-            * scale
-            * scale
-            * fill_ratio(placement);
+        // The silhouette's area inside the frame, from the class's rough fill of its
+        // rectangle: an object cut by the frame edge is judged on its in-frame part,
+        // as COCO labels truncated objects; only other objects hide it.
+        let (width, height) = (
+            placement.length * placement.pixels_per_metre,
+            placement.height * placement.pixels_per_metre,
+        );
+        let rectangle = BoundingBox {
+            x1: placement.center_x - width / 2.0,
+            y1: placement.ground_y - height,
+            x2: placement.center_x + width / 2.0,
+            y2: placement.ground_y,
+        };
+        let in_frame = rectangle
+            .clipped(canvas.width as f32, canvas.height as f32)
+            .area();
+        let full_area = in_frame * scale * scale * fill_ratio(placement);
         let visible_fraction = (visible[owner] as f32 / full_area.max(1.0)).min(1.0);
         if visible_fraction >= MIN_VISIBLE_FRACTION
             && bbox.width() >= MIN_VISIBLE_SIDE

@@ -104,6 +104,7 @@ fn check(
         .map(|(&a, &b)| a.abs_diff(b))
         .max()
         .unwrap_or(0);
+    println!("{size:?}: mean abs diff {mean_abs_diff:.4}, max {max_diff}");
     assert!(
         mean_abs_diff < 1.0,
         "case {case_idx} {size:?}: mean abs diff {mean_abs_diff} (max {max_diff})"
