@@ -11,7 +11,7 @@
 //! moment, a re-delivery, or two members meeting on a partition across a rebalance
 //! neither loses nor repeats a record.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -110,7 +110,7 @@ pub fn consume(config: &SinkConfig, stop: &AtomicBool) -> Result<SinkSummary, Er
     let mut first_message: Option<Instant> = None;
     let mut last_commit = Instant::now();
     let mut last_message = Instant::now();
-    let mut pending_commit: Option<TopicPartitionList> = None;
+    let mut pending_commit: BTreeMap<i32, i64> = BTreeMap::new();
     loop {
         let mut polled: Vec<Polled> = Vec::new();
         let batch_started = Instant::now();
@@ -159,20 +159,19 @@ pub fn consume(config: &SinkConfig, stop: &AtomicBool) -> Result<SinkSummary, Er
             summary.busy_seconds = first_message.map_or(0.0, |t| t.elapsed().as_secs_f64());
             // The transaction committed: now Kafka may learn the offsets too.
             let assigned = consumer.context().assigned_partitions();
-            let mut offsets = pending_commit.take().unwrap_or_default();
             for (partition, next) in &outcome.next_offsets {
                 if assigned.contains(partition) {
-                    let _ = offsets.set_partition_offset(
-                        &config.topic,
-                        *partition,
-                        Offset::Offset(*next),
-                    );
+                    pending_commit.insert(*partition, *next);
                 }
             }
-            pending_commit = Some(offsets);
         }
         if last_commit.elapsed() > Duration::from_millis(500) || stop.load(Ordering::Relaxed) {
-            commit(&consumer, pending_commit.take(), CommitMode::Async);
+            commit(
+                &consumer,
+                &config.topic,
+                std::mem::take(&mut pending_commit),
+                CommitMode::Async,
+            );
             last_commit = Instant::now();
         }
         if stop.load(Ordering::Relaxed) {
@@ -187,7 +186,12 @@ pub fn consume(config: &SinkConfig, stop: &AtomicBool) -> Result<SinkSummary, Er
             break;
         }
     }
-    commit(&consumer, pending_commit.take(), CommitMode::Sync);
+    commit(
+        &consumer,
+        &config.topic,
+        std::mem::take(&mut pending_commit),
+        CommitMode::Sync,
+    );
     summary.seconds = started.elapsed().as_secs_f64();
     summary.records_per_s = summary.n_records as f64 / summary.busy_seconds.max(1e-9);
     drop(consumer);
@@ -246,14 +250,21 @@ fn decode_one(polled: Polled) -> StoredMessage {
 
 fn commit(
     consumer: &BaseConsumer<SinkContext>,
-    offsets: Option<TopicPartitionList>,
+    topic: &str,
+    offsets: BTreeMap<i32, i64>,
     mode: CommitMode,
 ) {
-    let Some(offsets) = offsets.filter(|offsets| offsets.count() > 0) else {
+    if offsets.is_empty() {
         return;
-    };
+    }
+    let mut list = TopicPartitionList::new();
+    for (partition, next) in offsets {
+        if let Err(error) = list.add_partition_offset(topic, partition, Offset::Offset(next)) {
+            tracing::debug!("kafka commit list: {error}");
+        }
+    }
     // A failed Kafka commit loses nothing: PostgreSQL holds the offsets.
-    if let Err(error) = consumer.commit(&offsets, mode) {
+    if let Err(error) = consumer.commit(&list, mode) {
         tracing::debug!("kafka commit: {error}");
     }
 }
