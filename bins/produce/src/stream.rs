@@ -45,7 +45,8 @@ pub struct StreamSummary {
     pub n_resent: u64,
     /// Records never delivered after every attempt.
     pub n_undelivered: u64,
-    /// Times the producer was replaced after a fatal error.
+    /// Times the producer was replaced (a fatal error, or the broker refusing its
+    /// records after a restart).
     pub n_producer_restarts: u64,
     /// Delivery errors by message, with their counts.
     pub delivery_errors: BTreeMap<String, u64>,
@@ -214,6 +215,24 @@ struct Failed {
     key: Vec<u8>,
     value: Vec<u8>,
     error: String,
+    /// The broker refused the record (not a local timeout): after a broker restart
+    /// the idempotent producer's id and sequence numbers may be what it refuses,
+    /// so the next attempt goes through a new producer.
+    refused_by_broker: bool,
+}
+
+fn refused_by_broker(code: Option<RDKafkaErrorCode>) -> bool {
+    !matches!(
+        code,
+        None | Some(
+            RDKafkaErrorCode::MessageTimedOut
+                | RDKafkaErrorCode::QueueFull
+                | RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::PurgeQueue
+                | RDKafkaErrorCode::PurgeInflight
+        )
+    )
 }
 
 /// Counts delivery reports and keeps the failed records for another attempt.
@@ -267,6 +286,7 @@ impl ProducerContext for DeliveryContext {
                     key: message.key().map(<[u8]>::to_vec).unwrap_or_default(),
                     value: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
                     error: text,
+                    refused_by_broker: refused_by_broker(error.rdkafka_error_code()),
                 };
                 let list =
                     if error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) {
@@ -335,6 +355,7 @@ impl<'a> Sender<'a> {
                         key,
                         value,
                         error: error.to_string(),
+                        refused_by_broker: false,
                     };
                     let list = if error.rdkafka_error_code()
                         == Some(RDKafkaErrorCode::MessageSizeTooLarge)
@@ -358,7 +379,14 @@ impl<'a> Sender<'a> {
         if self.context.0.n_failed_waiting() == 0 {
             return Ok(());
         }
-        if self.producer.client().fatal_error().is_some() {
+        let refused = self
+            .context
+            .0
+            .failed
+            .lock()
+            .map(|failed| failed.iter().any(|failed| failed.refused_by_broker))
+            .unwrap_or(false);
+        if refused || self.producer.client().fatal_error().is_some() {
             self.restart(summary)?;
         }
         let (retry, give_up): (Vec<Failed>, Vec<Failed>) = self
@@ -413,6 +441,7 @@ impl<'a> Sender<'a> {
             }
             if retryable {
                 // Give a broker that just came back a moment before the next round.
+                std::thread::sleep(Duration::from_millis(500));
                 let _ = check_reachable(&self.config.bootstrap, self.config.connect_timeout);
                 self.resend_failed(summary)?;
             }
@@ -426,9 +455,9 @@ impl<'a> Sender<'a> {
             .producer
             .client()
             .fatal_error()
-            .map(|(code, text)| format!("{code:?}: {text}"))
-            .unwrap_or_default();
-        tracing::warn!("producer hit a fatal error ({reason}); replacing it");
+            .map(|(code, text)| format!("fatal error {code:?}: {text}"))
+            .unwrap_or_else(|| "the broker refused its records".into());
+        tracing::warn!("replacing the producer ({reason})");
         self.producer
             .purge(PurgeConfig::default().queue().inflight());
         let _ = self.producer.flush(Duration::from_secs(1));
