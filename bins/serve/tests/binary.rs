@@ -25,7 +25,7 @@ struct Serve {
 }
 
 impl Serve {
-    fn start(args: &[&str], envs: &[(&str, &str)]) -> Serve {
+    fn start(args: &[&str], envs: &[(&str, String)]) -> Serve {
         let (http, grpc, metrics) = (free_port(), free_port(), free_port());
         let child = Command::new(env!("CARGO_BIN_EXE_serve"))
             .args(["--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1"])
@@ -42,7 +42,7 @@ impl Serve {
                 "2",
             ])
             .args(args)
-            .envs(envs.iter().copied())
+            .envs(envs.iter().map(|(name, value)| (*name, value.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -216,10 +216,10 @@ async fn a_new_s3_version_is_picked_up_while_requests_run() {
 
     let repository = format!("s3://{bucket}/repo");
     let envs = [
-        ("AWS_ENDPOINT_URL", stack.s3_endpoint.as_str()),
-        ("AWS_ACCESS_KEY_ID", stack.s3_access_key.as_str()),
-        ("AWS_SECRET_ACCESS_KEY", stack.s3_secret_key.as_str()),
-        ("AWS_REGION", stack.s3_region.as_str()),
+        ("AWS_ENDPOINT_URL", stack.s3_endpoint.clone()),
+        ("AWS_ACCESS_KEY_ID", stack.s3_access_key.clone()),
+        ("AWS_SECRET_ACCESS_KEY", stack.s3_secret_key.clone()),
+        ("AWS_REGION", stack.s3_region.clone()),
     ];
     let cache = tempfile::tempdir().expect("cache");
     let serve = tokio::task::spawn_blocking({
