@@ -298,14 +298,19 @@ pub fn up(home: &CardetHome, config: &StackConfig, services: &[Service]) -> anyh
     for &service in services {
         let started = Instant::now();
         if let Some(pid) = running_pid(config, service) {
-            if probe(config, service).is_ok() {
-                println!(
-                    "stack: {} already running (pid {pid}) on {}",
-                    service.name(),
-                    config.endpoint(service)
-                );
-                continue;
-            }
+            // Ours and alive: it may still be starting (an earlier `up` that was interrupted).
+            wait_until_ready(config, service, pid).with_context(|| {
+                format!(
+                    "{} is running (pid {pid}) but does not answer",
+                    service.name()
+                )
+            })?;
+            println!(
+                "stack: {} already running (pid {pid}) on {}",
+                service.name(),
+                config.endpoint(service)
+            );
+            continue;
         }
         let endpoint = config.endpoint(service);
         if TcpStream::connect_timeout(&socket_addr(endpoint)?, Duration::from_millis(300)).is_ok() {
@@ -527,6 +532,7 @@ fn wait_until_ready(config: &StackConfig, service: Service, pid: u32) -> anyhow:
             Ok(()) => return Ok(()),
             Err(error) => error,
         };
+        reap(Pid::from_raw(i32::try_from(pid)?));
         if !group_alive(pid) {
             bail!(
                 "{} exited during start-up; the end of {}:\n{}",
@@ -669,19 +675,32 @@ pub fn down(config: &StackConfig, services: &[Service]) -> anyhow::Result<()> {
 fn stop_group(pid: u32, signal: Signal, grace: Duration) -> anyhow::Result<()> {
     let group = Pid::from_raw(i32::try_from(pid)?);
     let _ = killpg(group, signal);
-    let deadline = Instant::now() + grace;
-    while group_alive(pid) {
+    let mut deadline = Instant::now() + grace;
+    let mut killed = false;
+    loop {
+        reap(group);
+        if !group_alive(pid) {
+            return Ok(());
+        }
         if Instant::now() > deadline {
-            let _ = killpg(group, Signal::SIGKILL);
-            std::thread::sleep(Duration::from_millis(200));
-            if group_alive(pid) {
+            if killed {
                 bail!("process group {pid} survived SIGKILL");
             }
-            break;
+            let _ = killpg(group, Signal::SIGKILL);
+            killed = true;
+            deadline = Instant::now() + Duration::from_secs(5);
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Ok(())
+}
+
+/// When the service is our own child (a test that runs `up` and `down` in one
+/// process), its exit leaves a zombie that still counts as a group member until it
+/// is reaped. From the `cargo xtask` command line it is init's child instead, and
+/// this does nothing.
+fn reap(leader: Pid) {
+    use nix::sys::wait::{WaitPidFlag, waitpid};
+    let _ = waitpid(leader, Some(WaitPidFlag::WNOHANG));
 }
 
 fn status(config: &StackConfig, json: bool) -> anyhow::Result<()> {

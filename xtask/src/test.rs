@@ -21,7 +21,10 @@ impl flags::Test {
         // recompiles only the workspace's own crates, not libtorch's glue or the
         // dependencies.
         let _target = sh.push_env("CARGO_TARGET_DIR", shared_target_dir(&home));
-        let _libtorch = sh.push_env("LIBTORCH", std::env::var_os("LIBTORCH").unwrap_or(home.libtorch_link().into()));
+        let _libtorch = sh.push_env(
+            "LIBTORCH",
+            std::env::var_os("LIBTORCH").unwrap_or(home.libtorch_link().into()),
+        );
         let _ort = sh.push_env("CARDET_ORT_DYLIB_DEFAULT", home.onnxruntime_link());
         if !self.no_lint {
             step("cargo fmt --check", || {
