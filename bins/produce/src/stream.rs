@@ -85,20 +85,34 @@ pub fn stream(config: &StreamConfig, stop: &AtomicBool) -> Result<StreamSummary,
     let progress = progress_bar(config, &items);
     let mut sender = Sender::new(config)?;
     let started = Instant::now();
-    let mut bad: HashSet<usize> = HashSet::new();
     let mut last_draw = Instant::now();
-    'passes: loop {
-        for (index, item) in items.iter().enumerate() {
+    // Reading, checking and encoding run on a thread of their own, a few records
+    // ahead, so that the files and the producer are busy at the same time.
+    std::thread::scope(|scope| -> Result<(), Error> {
+        let (prepared_tx, prepared_rx) = std::sync::mpsc::sync_channel::<Prepared>(64);
+        let items = &items;
+        scope.spawn(move || prepare_records(items, config, &prepared_tx));
+        for prepared in prepared_rx {
             if stop.load(Ordering::Relaxed)
                 || config
                     .max_records
                     .is_some_and(|max| summary.n_records >= max)
             {
-                break 'passes;
+                break;
             }
-            if bad.contains(&index) {
-                continue;
-            }
+            let (key, value) = match prepared.content {
+                Ok(message) => message,
+                Err(Rejected::Skipped(skipped)) => {
+                    tracing::warn!("skipping {}: {}", skipped.path.display(), skipped.reason);
+                    summary.skipped.push(skipped);
+                    continue;
+                }
+                Err(Rejected::TooLarge(skipped)) => {
+                    tracing::error!("not sent {}: {}", skipped.path.display(), skipped.reason);
+                    summary.too_large.push(skipped);
+                    continue;
+                }
+            };
             sender.resend_failed(&mut summary)?;
             if let Some(rate) = config.rate {
                 let due = started + Duration::from_secs_f64(summary.n_records as f64 / rate);
@@ -106,45 +120,16 @@ pub fn stream(config: &StreamConfig, stop: &AtomicBool) -> Result<StreamSummary,
                     std::thread::sleep(wait);
                 }
             }
-            let record = match source::load(item, config.verify) {
-                Ok(record) => record,
-                Err(reason) => {
-                    tracing::warn!("skipping {}: {reason}", item.path.display());
-                    summary.skipped.push(Skipped {
-                        path: item.path.clone(),
-                        reason,
-                    });
-                    bad.insert(index);
-                    continue;
-                }
-            };
-            let key = record.image_id.to_hex().into_bytes();
-            let value = encode(&record, config.format);
-            if key.len() + value.len() + MESSAGE_OVERHEAD > config.max_message_bytes {
-                let reason = format!(
-                    "record of {} bytes exceeds the message limit of {} bytes (raise --max-message-bytes and the broker's limit)",
-                    value.len(),
-                    config.max_message_bytes
-                );
-                tracing::error!("not sent {}: {reason}", item.path.display());
-                summary.too_large.push(Skipped {
-                    path: item.path.clone(),
-                    reason,
-                });
-                bad.insert(index);
-                continue;
-            }
-            sender.send(index, 1, key, value, &mut summary)?;
+            sender.send(prepared.index, 1, key, value, &mut summary)?;
             summary.n_records += 1;
             if last_draw.elapsed() > Duration::from_millis(200) {
                 last_draw = Instant::now();
                 draw(&progress, &sender, &summary, started);
             }
         }
-        if !config.repeat_forever {
-            break;
-        }
-    }
+        // Dropping the receiver ends the preparing thread at its next record.
+        Ok(())
+    })?;
     sender.finish(&mut summary)?;
     for failed in sender
         .context()
@@ -197,6 +182,68 @@ impl StreamSummary {
             return Err(Error::TooLarge(self.too_large.len()));
         }
         Ok(())
+    }
+}
+
+/// One source file, read and encoded, or why it will not be sent.
+struct Prepared {
+    index: usize,
+    content: Result<(Vec<u8>, Vec<u8>), Rejected>,
+}
+
+enum Rejected {
+    Skipped(Skipped),
+    TooLarge(Skipped),
+}
+
+/// Reads and encodes the files in order (again and again with `repeat_forever`)
+/// until the receiver hangs up. A rejected file is reported once and not read again.
+fn prepare_records(
+    items: &[SourceItem],
+    config: &StreamConfig,
+    prepared_tx: &std::sync::mpsc::SyncSender<Prepared>,
+) {
+    let mut bad: HashSet<usize> = HashSet::new();
+    loop {
+        let mut n_sendable = 0;
+        for (index, item) in items.iter().enumerate() {
+            if bad.contains(&index) {
+                continue;
+            }
+            let content = match source::load(item, config.verify) {
+                Err(reason) => Err(Rejected::Skipped(Skipped {
+                    path: item.path.clone(),
+                    reason,
+                })),
+                Ok(record) => {
+                    let key = record.image_id.to_hex().into_bytes();
+                    let value = encode(&record, config.format);
+                    if key.len() + value.len() + MESSAGE_OVERHEAD > config.max_message_bytes {
+                        Err(Rejected::TooLarge(Skipped {
+                            path: item.path.clone(),
+                            reason: format!(
+                                "record of {} bytes exceeds the message limit of {} bytes (raise --max-message-bytes and the broker's limit)",
+                                value.len(),
+                                config.max_message_bytes
+                            ),
+                        }))
+                    } else {
+                        Ok((key, value))
+                    }
+                }
+            };
+            if content.is_err() {
+                bad.insert(index);
+            } else {
+                n_sendable += 1;
+            }
+            if prepared_tx.send(Prepared { index, content }).is_err() {
+                return;
+            }
+        }
+        if !config.repeat_forever || n_sendable == 0 {
+            return;
+        }
     }
 }
 
