@@ -34,7 +34,32 @@ pub struct Case {
 }
 
 /// Every area. Each issue that brings a measured goal adds its area here.
-pub const AREAS: &[Area] = &[SERVE, DETECT, MODEL];
+pub const AREAS: &[Area] = &[SERVE, DETECT, MODEL, STREAMING];
+
+/// `produce` against PyPI confluent-kafka on the same librdkafka sending the same
+/// records, and `sink`'s batched transactions against one INSERT per row, both on
+/// the stack's broker and database (`streaming/bench/bench.sh`).
+const STREAMING: Area = Area {
+    name: "streaming",
+    about: "`produce` MB/s against a Python confluent-kafka producer (same librdkafka, idempotent, acks=all, the same 2,000 640x480 JPEGs as the same JSON records) and `sink` rows/s against one autocommitted INSERT per row from the same topic (5,000 64x48 JPEGs). Needs `cargo xtask stack up kafka postgres`.",
+    cases: &[
+        Case {
+            name: "produce MB/s",
+            ours: &["bash", "streaming/bench/bench.sh", "produce-ours"],
+            baseline_name: "confluent-kafka 2.16.1 (Python)",
+            baseline: &["bash", "streaming/bench/bench.sh", "produce-python"],
+            gpu: false,
+        },
+        Case {
+            name: "sink rows/s",
+            ours: &["bash", "streaming/bench/bench.sh", "sink-ours"],
+            baseline_name: "one INSERT per row",
+            baseline: &["bash", "streaming/bench/bench.sh", "sink-row-insert"],
+            gpu: false,
+        },
+    ],
+    criterion_package: None,
+};
 
 /// cardet-detect's post-processing against the same in vectorised numpy
 /// (`crates/detect/examples/postprocess_bench.rs`, `crates/detect/benches/postprocess_numpy.py`),
