@@ -281,12 +281,8 @@ async fn a_new_s3_version_is_picked_up_while_requests_run() {
                         .map(|o| o["data"][0].as_f64())
                 });
                 match (json["model_version"].as_str(), y.flatten()) {
-                    (Some("1"), Some(y)) if y == 2.0 => {
-                        by_version[0].fetch_add(1, Ordering::Relaxed)
-                    }
-                    (Some("2"), Some(y)) if y == 3.0 => {
-                        by_version[1].fetch_add(1, Ordering::Relaxed)
-                    }
+                    (Some("1"), Some(2.0)) => by_version[0].fetch_add(1, Ordering::Relaxed),
+                    (Some("2"), Some(3.0)) => by_version[1].fetch_add(1, Ordering::Relaxed),
                     _ => failures.fetch_add(1, Ordering::Relaxed),
                 };
             }

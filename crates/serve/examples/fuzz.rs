@@ -202,27 +202,19 @@ fn run_grpc(input: &[u8]) {
     }
 }
 
-fn main() {
-    let mut args = std::env::args().skip(1);
-    let target = args.next().unwrap_or_else(|| "rest".into());
-    let seconds: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(10);
-    let (corpus, run): (Vec<Vec<u8>>, fn(&[u8])) = match target.as_str() {
+/// A target's entry point.
+type Runner = fn(&[u8]);
+
+/// Runs one target for `duration`; `Ok(executions)`, or the input that panicked.
+pub fn fuzz(target: &str, duration: Duration, seed: u64) -> Result<u64, Vec<u8>> {
+    let (corpus, run): (Vec<Vec<u8>>, Runner) = match target {
         "rest" => (rest_corpus(), run_rest),
         "pbtxt" => (pbtxt_corpus(), run_pbtxt),
         "grpc" => (grpc_corpus(), run_grpc),
-        other => {
-            eprintln!("unknown target {other}: rest, pbtxt or grpc");
-            std::process::exit(2);
-        }
+        _ => return Err(format!("unknown target {target}").into_bytes()),
     };
-    // Panics are what we look for: keep their messages short.
-    std::panic::set_hook(Box::new(|info| eprintln!("panic: {info}")));
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64)
-        | 1;
-    let mut rng = Rng(seed);
-    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut rng = Rng(seed | 1);
+    let deadline = Instant::now() + duration;
     let mut executions: u64 = 0;
     for input in &corpus {
         run(input);
@@ -235,20 +227,38 @@ fn main() {
             }
             executions += 1;
             if std::panic::catch_unwind(AssertUnwindSafe(|| run(&input))).is_err() {
-                let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join("../../target/fuzz-crashes");
-                let _ = std::fs::create_dir_all(&dir);
-                let path = dir.join(format!("{target}-{seed:x}-{executions}"));
-                let _ = std::fs::write(&path, &input);
-                eprintln!("crash saved to {}", path.display());
-                println!(
-                    "{{\"target\":\"{target}\",\"executions\":{executions},\"seconds\":{seconds},\"crashes\":1}}"
-                );
-                std::process::exit(1);
+                return Err(input);
             }
         }
     }
-    println!(
-        "{{\"target\":\"{target}\",\"executions\":{executions},\"seconds\":{seconds},\"crashes\":0,\"seed\":{seed}}}"
-    );
+    Ok(executions)
+}
+
+#[allow(dead_code)]
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let target = args.next().unwrap_or_else(|| "rest".into());
+    let seconds: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(10);
+    // Panics are what we look for: keep their messages short.
+    std::panic::set_hook(Box::new(|info| eprintln!("panic: {info}")));
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64);
+    match fuzz(&target, Duration::from_secs(seconds), seed) {
+        Ok(executions) => println!(
+            "{{\"target\":\"{target}\",\"executions\":{executions},\"seconds\":{seconds},\"crashes\":0,\"seed\":{seed}}}"
+        ),
+        Err(input) => {
+            let dir =
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/fuzz-crashes");
+            let _ = std::fs::create_dir_all(&dir);
+            let path = dir.join(format!("{target}-{seed:x}"));
+            let _ = std::fs::write(&path, &input);
+            eprintln!("crash saved to {}", path.display());
+            println!(
+                "{{\"target\":\"{target}\",\"seconds\":{seconds},\"crashes\":1,\"seed\":{seed}}}"
+            );
+            std::process::exit(1);
+        }
+    }
 }

@@ -165,16 +165,20 @@ async fn serve(args: &Args) -> f64 {
     }
     let body = bytes::Bytes::from(body);
     let client = reqwest::Client::new();
-    let send = |client: reqwest::Client, body: bytes::Bytes, url: String| async move {
-        let response = client
-            .post(&url)
-            .header("Inference-Header-Content-Length", header.len().to_string())
-            .body(body)
-            .send()
-            .await
-            .expect("request");
-        assert!(response.status().is_success(), "{}", response.status());
-        response.bytes().await.expect("body");
+    let header_length = header.len().to_string();
+    let send = move |client: reqwest::Client, body: bytes::Bytes, url: String| {
+        let header_length = header_length.clone();
+        async move {
+            let response = client
+                .post(&url)
+                .header("Inference-Header-Content-Length", header_length)
+                .body(body)
+                .send()
+                .await
+                .expect("request");
+            assert!(response.status().is_success(), "{}", response.status());
+            response.bytes().await.expect("body");
+        }
     };
     // Warm up every client's connection and the model.
     for _ in 0..2 {
@@ -185,7 +189,13 @@ async fn serve(args: &Args) -> f64 {
     let deadline = started + Duration::from_secs(args.secs);
     let mut tasks = Vec::new();
     for _ in 0..args.clients.max(1) {
-        let (client, body, url, done) = (client.clone(), body.clone(), url.clone(), done.clone());
+        let (client, body, url, done, send) = (
+            client.clone(),
+            body.clone(),
+            url.clone(),
+            done.clone(),
+            send.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
                 send(client.clone(), body.clone(), url.clone()).await;

@@ -88,10 +88,18 @@ impl ModelStats {
     }
 }
 
+/// A metric family: name, type, help, and how to read it from the stats.
+type Family = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ModelStats) -> u64,
+);
+
 /// Prometheus text for every `(model, version, stats)`.
 pub fn render(models: &[(String, i64, std::sync::Arc<ModelStats>)]) -> String {
     let mut text = String::new();
-    let families: [(&str, &str, &str, fn(&ModelStats) -> u64); 8] = [
+    let families: [Family; 8] = [
         (
             "nv_inference_request_success",
             "counter",

@@ -10,6 +10,9 @@ use v2::grpc_inference_service_client::GrpcInferenceServiceClient;
 
 const LIMIT: usize = 1 << 20;
 
+/// Path, body, binary header length, and the expected status and message part.
+type RestCase = (&'static str, Vec<u8>, Option<usize>, (u16, &'static str));
+
 fn body(name: &str, datatype: &str, shape: &[i64], data: Value) -> Vec<u8> {
     serde_json::to_vec(&json!({
         "inputs": [{ "name": name, "datatype": datatype, "shape": shape, "data": data }]
@@ -54,7 +57,7 @@ async fn bad_requests_are_400_or_404_over_rest() {
     let client = reqwest::Client::new();
     let infer = "/v2/models/tiny/infer";
     let good = || body("x", "FP32", &[1, 4], json!([1, 2, 3, 4]));
-    let cases: Vec<(&str, Vec<u8>, Option<usize>, (u16, &str))> = vec![
+    let cases: Vec<RestCase> = vec![
         (infer, good(), None, (200, "")),
         ("/v2/models/nope/infer", good(), None, (404, "unknown model 'nope'")),
         ("/v2/models/tiny/versions/9/infer", good(), None, (404, "has no version '9'")),
