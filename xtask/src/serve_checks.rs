@@ -105,7 +105,7 @@ fn load(sh: &Shell, secs: u64, connections: u32) -> anyhow::Result<()> {
     }
     cmd!(
         sh,
-        "cargo build --release -p serve -p cardet-serve --example serve_bench"
+        "cargo build --release -p serve -p cardet-serve --bins --example serve_bench"
     )
     .run()?;
     let release = target_dir().join("release");
