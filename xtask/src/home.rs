@@ -31,8 +31,12 @@ pub const S3S_FS: CargoTool = CargoTool {
 pub const CARGO_TOOLS: [&CargoTool; 2] = [&TANSU, &S3S_FS];
 
 /// Debian packages the build and the stack need, as (package, why).
-pub const APT_PACKAGES: [(&str, &str); 3] = [
+pub const APT_PACKAGES: [(&str, &str); 4] = [
     ("postgresql-15", "the stack's PostgreSQL server"),
+    (
+        "wrk",
+        "the HTTP load generator of `cargo xtask serve-check load`",
+    ),
     ("libgloo-dev", "gloo headers for the c10d bridge"),
     (
         "protobuf-compiler",

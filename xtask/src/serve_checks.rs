@@ -95,7 +95,7 @@ fn wrk_count(output: &str, prefix: &str) -> u64 {
         .lines()
         .map(str::trim)
         .find_map(|line| line.strip_prefix(prefix))
-        .and_then(|rest| rest.trim().split_whitespace().next()?.parse().ok())
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
 }
 

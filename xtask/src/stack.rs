@@ -136,12 +136,22 @@ impl StackConfig {
     pub fn load(home: &CardetHome, write_env: bool) -> anyhow::Result<StackConfig> {
         let env_path = env_file::path();
         let mut file = env_file::read(&env_path)?;
-        if write_env {
-            let mut generated = BTreeMap::new();
-            if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
-                generated.insert("AWS_ACCESS_KEY_ID".to_string(), random_key("cardet", 12));
-                generated.insert("AWS_SECRET_ACCESS_KEY".to_string(), random_key("", 40));
-            }
+        if write_env && std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+            // The stack lives in $CARDET_HOME, shared by every clone: a clone whose
+            // `.env` has no keys yet takes those the S3 server was first started with,
+            // so a second clone (CI's) signs with the keys the running server checks.
+            let recorded = env_file::read(&s3_credentials_file(&home.stack_dir()))?;
+            let generated: BTreeMap<String, String> = if recorded.contains_key("AWS_ACCESS_KEY_ID")
+            {
+                recorded
+            } else {
+                [
+                    ("AWS_ACCESS_KEY_ID".to_string(), random_key("cardet", 12)),
+                    ("AWS_SECRET_ACCESS_KEY".to_string(), random_key("", 40)),
+                ]
+                .into_iter()
+                .collect()
+            };
             env_file::add_missing(&env_path, &generated)?;
             file = env_file::read(&env_path)?;
         }
@@ -245,6 +255,11 @@ impl std::fmt::Display for HostPort {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}:{}", self.host, self.port)
     }
+}
+
+/// The keys the stack's S3 server was started with (owner-readable only).
+fn s3_credentials_file(stack_dir: &Path) -> PathBuf {
+    stack_dir.join("s3/credentials")
 }
 
 fn random_key(prefix: &str, n_chars: usize) -> String {
@@ -371,6 +386,21 @@ fn start(home: &CardetHome, config: &StackConfig, service: Service) -> anyhow::R
         Service::S3 => {
             let data = dir.join("data");
             std::fs::create_dir_all(&data)?;
+            let credentials: BTreeMap<String, String> = [
+                (
+                    "AWS_ACCESS_KEY_ID".to_string(),
+                    config.s3_access_key.clone(),
+                ),
+                (
+                    "AWS_SECRET_ACCESS_KEY".to_string(),
+                    config.s3_secret_key.clone(),
+                ),
+            ]
+            .into_iter()
+            .collect();
+            let credentials_file = s3_credentials_file(&config.dir);
+            let _ = std::fs::remove_file(&credentials_file);
+            env_file::add_missing(&credentials_file, &credentials)?;
             let mut command = Command::new(require(home.tool_bin(&home::S3S_FS))?);
             command.args(["--host", &host, "--port", &port]);
             command.args([
