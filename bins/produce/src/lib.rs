@@ -22,8 +22,6 @@ pub mod stream;
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 pub use cardet_record::Format;
@@ -111,7 +109,8 @@ pub fn run(command: &Command) -> Result<(), Error> {
         Command::Setup(config) => kafka::setup(config),
         Command::Teardown(config) => kafka::teardown(config),
         Command::Stream(config) => {
-            let stop = stop_on_signal();
+            let stop =
+                cardet_cli::stop_flag_on_signal("stopping: finishing the records already sent");
             let summary = stream::stream(config, &stop)?;
             if config.json {
                 let mut stdout = std::io::stdout().lock();
@@ -134,33 +133,4 @@ pub fn run(command: &Command) -> Result<(), Error> {
             summary.check()
         }
     }
-}
-
-/// A flag raised by SIGINT or SIGTERM, so that a looping stream ends cleanly
-/// (every record handed over is still flushed and counted).
-fn stop_on_signal() -> Arc<AtomicBool> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&stop);
-    std::thread::spawn(move || {
-        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        runtime.block_on(async {
-            let Ok(mut terminate) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            else {
-                return;
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminate.recv() => {}
-            }
-        });
-        tracing::info!("stopping: finishing the records already sent");
-        flag.store(true, Ordering::Relaxed);
-    });
-    stop
 }

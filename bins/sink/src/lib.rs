@@ -19,8 +19,6 @@ pub mod consume;
 mod error;
 
 use std::io::Write;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 pub use cardet_store::{ExportOptions, ExportSummary, SplitRule};
@@ -89,7 +87,9 @@ pub struct ExportConfig {
 pub fn run(command: &Command) -> Result<(), Error> {
     match command {
         Command::Run(config) => {
-            let stop = stop_on_signal();
+            let stop = cardet_cli::stop_flag_on_signal(
+                "stopping: finishing and committing the batch in hand",
+            );
             let summary = consume::consume(config, &stop)?;
             if config.json {
                 print_json(&summary)?;
@@ -148,31 +148,4 @@ fn print_json(value: &impl serde::Serialize) -> Result<(), Error> {
     serde_json::to_writer(&mut stdout, value).map_err(std::io::Error::from)?;
     writeln!(stdout)?;
     Ok(())
-}
-
-/// A flag raised by SIGINT or SIGTERM: the batch in hand is finished and committed.
-fn stop_on_signal() -> Arc<AtomicBool> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&stop);
-    std::thread::spawn(move || {
-        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        runtime.block_on(async {
-            let Ok(mut terminate) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            else {
-                return;
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminate.recv() => {}
-            }
-        });
-        flag.store(true, Ordering::Relaxed);
-    });
-    stop
 }

@@ -14,6 +14,8 @@
 //! ```
 
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// `RUST_LOG`-style filtering on stderr (default `info`), so stdout stays for data.
 pub fn init_logging() {
@@ -40,6 +42,36 @@ pub fn exit_code(binary: &str, result: anyhow::Result<()>) -> ExitCode {
 /// The error for a stage that a later issue builds.
 pub fn not_built(stage: &str, issue: &str) -> anyhow::Error {
     anyhow::anyhow!("{stage} is not built yet ({issue})")
+}
+
+/// A flag raised by the first SIGINT or SIGTERM, so a long-running command can end
+/// cleanly (finish what it holds, commit, report) instead of dying mid-write.
+/// `on_stop` is logged when the signal arrives.
+pub fn stop_flag_on_signal(on_stop: &'static str) -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async {
+            let Ok(mut terminate) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+        });
+        tracing::info!("{on_stop}");
+        flag.store(true, Ordering::Relaxed);
+    });
+    stop
 }
 
 fn is_broken_pipe(error: &anyhow::Error) -> bool {
