@@ -673,7 +673,27 @@ pub fn running_pid(config: &StackConfig, service: Service) -> Option<u32> {
         .trim()
         .parse()
         .ok()?;
-    group_alive(pid).then_some(pid)
+    (group_alive(pid) && leader_is(pid, service)).then_some(pid)
+}
+
+/// PIDs wrap (pid_max is often 32768), so a PID file left by a stack that died with
+/// its machine may name someone else's process: the leader, if it still exists,
+/// must be the service's program. A group whose leader is gone is still ours: the
+/// kernel does not reuse a PID while a process group of that id exists.
+fn leader_is(pid: u32, service: Service) -> bool {
+    let program = match service {
+        Service::Kafka => "tansu",
+        Service::Postgres => "postgres",
+        Service::S3 => "s3s-fs",
+        Service::Mlflow => "mlflow",
+    };
+    match std::fs::read(format!("/proc/{pid}/cmdline")) {
+        Ok(cmdline) => cmdline
+            .split(|byte| *byte == 0)
+            .take(3)
+            .any(|arg| String::from_utf8_lossy(arg).contains(program)),
+        Err(_) => true,
+    }
 }
 
 pub fn group_alive(pid: u32) -> bool {
@@ -791,6 +811,14 @@ fn tail(path: &Path, lines: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reused_pid_is_not_taken_for_a_service() {
+        // This test's own process is alive and leads no stack service.
+        let own = std::process::id();
+        assert!(!leader_is(own, Service::Kafka));
+        assert!(!leader_is(own, Service::Mlflow));
+    }
 
     #[test]
     fn urls_give_host_and_port() {
