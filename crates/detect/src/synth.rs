@@ -364,6 +364,12 @@ impl Canvas {
         self.polygon(&Canvas::ellipse_points(cx, cy, rx, ry), color, owner);
     }
 
+    /// A tyre with its hub, the same for every vehicle kind.
+    fn wheel(&mut self, cx: f32, cy: f32, radius: f32, tyre: Color, hub: Color, owner: u16) {
+        self.ellipse(cx, cy, radius, radius, tyre, owner);
+        self.ellipse(cx, cy, radius * 0.45, radius * 0.45, hub, owner);
+    }
+
     fn shade_ellipse(&mut self, cx: f32, cy: f32, rx: f32, ry: f32, factor: f32) {
         self.shade_polygon(&Canvas::ellipse_points(cx, cy, rx, ry), factor);
     }
@@ -971,19 +977,11 @@ fn paint_vehicle(
                 placement.center_x + direction * width * 0.32,
             );
             for wheel_x in [rear_x, front_x] {
-                canvas.ellipse(
+                canvas.wheel(
                     wheel_x,
                     bottom - wheel_radius,
-                    wheel_radius,
                     wheel_radius,
                     dark,
-                    owner,
-                );
-                canvas.ellipse(
-                    wheel_x,
-                    bottom - wheel_radius,
-                    wheel_radius * 0.45,
-                    wheel_radius * 0.45,
                     [150.0 * light, 150.0 * light, 155.0 * light],
                     owner,
                 );
@@ -1355,19 +1353,11 @@ fn paint_vehicle(
                 rear + direction * width * 0.17,
                 front - direction * width * 0.2,
             ] {
-                canvas.ellipse(
+                canvas.wheel(
                     wheel_x,
                     bottom - wheel_radius,
-                    wheel_radius,
                     wheel_radius,
                     dark,
-                    owner,
-                );
-                canvas.ellipse(
-                    wheel_x,
-                    bottom - wheel_radius,
-                    wheel_radius * 0.45,
-                    wheel_radius * 0.45,
                     [150.0 * light, 150.0 * light, 150.0 * light],
                     owner,
                 );
@@ -1515,19 +1505,11 @@ fn paint_vehicle(
                 axles.push(rear + direction * (width * 0.12 + wheel_radius * 2.3));
             }
             for wheel_x in axles {
-                canvas.ellipse(
+                canvas.wheel(
                     wheel_x,
                     bottom - wheel_radius,
-                    wheel_radius,
                     wheel_radius,
                     dark,
-                    owner,
-                );
-                canvas.ellipse(
-                    wheel_x,
-                    bottom - wheel_radius,
-                    wheel_radius * 0.45,
-                    wheel_radius * 0.45,
                     [150.0 * light, 150.0 * light, 150.0 * light],
                     owner,
                 );
