@@ -1,0 +1,792 @@
+//! The augmentations, one function per Ultralytics transform, on an 8-bit RGB image
+//! and its boxes in pixels, so that pixels and boxes always move together.
+//!
+//! Each random transform is split into a pure function of its parameters (tested
+//! directly) and a `random_*` wrapper that draws the parameters as Ultralytics does.
+
+use cardet_detect::BoundingBox;
+use cardet_detect::dataset::DatasetItem;
+use cardet_detect::image_io;
+use cardet_detect::letterbox::{PAD_VALUE, TransformInfo, resize_bilinear};
+use image::{Rgb, RgbImage};
+use rand::Rng;
+
+use crate::config::AugmentConfig;
+
+/// One object: its class and its box in the pixels of the image it belongs to.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LabeledBox {
+    pub class_id: usize,
+    pub bbox: BoundingBox,
+}
+
+/// An image with its objects.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LabeledImage {
+    pub image: RgbImage,
+    pub boxes: Vec<LabeledBox>,
+}
+
+/// A dataset image as Ultralytics' `load_image` returns it: decoded and resized so
+/// its long side is `imgsz`, with its labels in the resized pixels.
+#[derive(Clone, Debug)]
+pub struct LoadedImage {
+    pub labeled: LabeledImage,
+    /// `(width, height)` of the file.
+    pub original_size: (u32, u32),
+}
+
+/// Ultralytics' `load_image(rect_mode=True)`: decode, then resize (bilinear) so the
+/// long side is `imgsz`, each side `min(ceil(side * r), imgsz)`.
+pub fn load_resized(item: &DatasetItem, imgsz: u32) -> Result<LoadedImage, cardet_detect::Error> {
+    let decoded = image_io::load_rgb(&item.image_path)?;
+    let original_size = decoded.dimensions();
+    let resized_size = long_side_size(original_size, imgsz);
+    let image = if resized_size == original_size {
+        decoded
+    } else {
+        resize_bilinear(&decoded, resized_size)
+    };
+    // Labels are normalised to the file's size, so they scale with whatever size the
+    // image is now; the file's own dimensions win over the scanned ones.
+    let (width, height) = (resized_size.0 as f32, resized_size.1 as f32);
+    let boxes = item
+        .labels
+        .iter()
+        .map(|label| LabeledBox {
+            class_id: label.class_id,
+            bbox: BoundingBox::from_cxcywh(
+                label.cx * width,
+                label.cy * height,
+                label.width * width,
+                label.height * height,
+            ),
+        })
+        .collect();
+    Ok(LoadedImage {
+        labeled: LabeledImage { image, boxes },
+        original_size,
+    })
+}
+
+/// The size `load_image` resizes `(width, height)` to.
+pub fn long_side_size(size: (u32, u32), imgsz: u32) -> (u32, u32) {
+    let (width, height) = size;
+    let ratio = f64::from(imgsz) / f64::from(width.max(height).max(1));
+    if ratio == 1.0 {
+        return size;
+    }
+    let scaled = |side: u32| ((f64::from(side) * ratio).ceil() as u32).clamp(1, imgsz);
+    (scaled(width), scaled(height))
+}
+
+/// The 4-image mosaic on a `2 * imgsz` canvas of grey 114 with its centre at
+/// `centre` (Ultralytics draws it in `[imgsz / 2, 3 * imgsz / 2)`): tile 0 ends at
+/// the centre from the top left, 1 top right, 2 bottom left, 3 bottom right. Boxes
+/// are shifted with their tile, clipped to the canvas, and dropped at zero area.
+pub fn mosaic_at(tiles: [&LabeledImage; 4], imgsz: u32, centre: (i64, i64)) -> LabeledImage {
+    let side = i64::from(imgsz) * 2;
+    let mut canvas = RgbImage::from_pixel(side as u32, side as u32, Rgb([PAD_VALUE; 3]));
+    let (xc, yc) = centre;
+    let mut boxes = Vec::new();
+    for (tile_idx, tile) in tiles.iter().enumerate() {
+        let (w, h) = (
+            i64::from(tile.image.width()),
+            i64::from(tile.image.height()),
+        );
+        // Destination rectangle `a` on the canvas and source rectangle `b` in the tile.
+        let (x1a, y1a, x2a, y2a, x1b, y1b) = match tile_idx {
+            0 => {
+                let (x1a, y1a) = ((xc - w).max(0), (yc - h).max(0));
+                (x1a, y1a, xc, yc, w - (xc - x1a), h - (yc - y1a))
+            }
+            1 => {
+                let (y1a, x2a) = ((yc - h).max(0), (xc + w).min(side));
+                (xc, y1a, x2a, yc, 0, h - (yc - y1a))
+            }
+            2 => {
+                let (x1a, y2a) = ((xc - w).max(0), (yc + h).min(side));
+                (x1a, yc, xc, y2a, w - (xc - x1a), 0)
+            }
+            _ => {
+                let (x2a, y2a) = ((xc + w).min(side), (yc + h).min(side));
+                (xc, yc, x2a, y2a, 0, 0)
+            }
+        };
+        copy_region(
+            &tile.image,
+            (x1b, y1b),
+            &mut canvas,
+            (x1a, y1a),
+            (x2a - x1a, y2a - y1a),
+        );
+        let (shift_x, shift_y) = ((x1a - x1b) as f32, (y1a - y1b) as f32);
+        for labeled in &tile.boxes {
+            let bbox = BoundingBox {
+                x1: labeled.bbox.x1 + shift_x,
+                y1: labeled.bbox.y1 + shift_y,
+                x2: labeled.bbox.x2 + shift_x,
+                y2: labeled.bbox.y2 + shift_y,
+            }
+            .clipped(side as f32, side as f32);
+            if bbox.width() > 0.0 && bbox.height() > 0.0 {
+                boxes.push(LabeledBox {
+                    class_id: labeled.class_id,
+                    bbox,
+                });
+            }
+        }
+    }
+    LabeledImage {
+        image: canvas,
+        boxes,
+    }
+}
+
+/// [`mosaic_at`] with Ultralytics' random centre: `int(uniform(imgsz / 2, 3 * imgsz / 2))`
+/// for y, then x.
+pub fn random_mosaic(tiles: [&LabeledImage; 4], imgsz: u32, rng: &mut impl Rng) -> LabeledImage {
+    let low = f64::from(imgsz) / 2.0;
+    let high = f64::from(imgsz) * 1.5;
+    let yc = rng.random_range(low..high) as i64;
+    let xc = rng.random_range(low..high) as i64;
+    mosaic_at(tiles, imgsz, (xc, yc))
+}
+
+/// The parameters `RandomPerspective` draws, in the units its hyper-parameters use.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PerspectiveParams {
+    /// Perspective terms of the projective row (x, y).
+    pub perspective: (f64, f64),
+    /// Rotation, degrees (counter-clockwise, as `cv2.getRotationMatrix2D`).
+    pub angle: f64,
+    pub scale: f64,
+    /// Shear, degrees (x, y).
+    pub shear: (f64, f64),
+    /// Where the input's centre lands, as fractions of the output size (x, y).
+    pub translate: (f64, f64),
+}
+
+impl PerspectiveParams {
+    /// No rotation, scale 1, centred: the image is only centred in the output.
+    pub fn identity() -> PerspectiveParams {
+        PerspectiveParams {
+            perspective: (0.0, 0.0),
+            angle: 0.0,
+            scale: 1.0,
+            shear: (0.0, 0.0),
+            translate: (0.5, 0.5),
+        }
+    }
+
+    /// Drawn in Ultralytics' order: perspective x, y; angle; scale; shear x, y;
+    /// translation x, y.
+    pub fn random(config: &AugmentConfig, rng: &mut impl Rng) -> PerspectiveParams {
+        let mut symmetric = |range: f32| -> f64 {
+            let range = f64::from(range);
+            if range > 0.0 {
+                rng.random_range(-range..range)
+            } else {
+                0.0
+            }
+        };
+        let perspective = (symmetric(config.perspective), symmetric(config.perspective));
+        let angle = symmetric(config.degrees);
+        let scale = 1.0 + symmetric(config.scale);
+        let shear = (symmetric(config.shear), symmetric(config.shear));
+        let translate = (
+            0.5 + symmetric(config.translate),
+            0.5 + symmetric(config.translate),
+        );
+        PerspectiveParams {
+            perspective,
+            angle,
+            scale,
+            shear,
+            translate,
+        }
+    }
+
+    /// `M = T @ S @ R @ P @ C` for an input of `input_size` and an output of `output_size`.
+    pub fn matrix(&self, input_size: (u32, u32), output_size: (u32, u32)) -> Matrix3 {
+        let centre = [
+            [1.0, 0.0, -f64::from(input_size.0) / 2.0],
+            [0.0, 1.0, -f64::from(input_size.1) / 2.0],
+            [0.0, 0.0, 1.0],
+        ];
+        let perspective = [
+            [1.0, 0.0, 0.0],
+            [0.0, 1.0, 0.0],
+            [self.perspective.0, self.perspective.1, 1.0],
+        ];
+        let (sin, cos) = self.angle.to_radians().sin_cos();
+        let (alpha, beta) = (self.scale * cos, self.scale * sin);
+        let rotation = [[alpha, beta, 0.0], [-beta, alpha, 0.0], [0.0, 0.0, 1.0]];
+        let shear = [
+            [1.0, self.shear.0.to_radians().tan(), 0.0],
+            [self.shear.1.to_radians().tan(), 1.0, 0.0],
+            [0.0, 0.0, 1.0],
+        ];
+        let translation = [
+            [1.0, 0.0, self.translate.0 * f64::from(output_size.0)],
+            [0.0, 1.0, self.translate.1 * f64::from(output_size.1)],
+            [0.0, 0.0, 1.0],
+        ];
+        let m = multiply(&translation, &shear);
+        let m = multiply(&m, &rotation);
+        let m = multiply(&m, &perspective);
+        Matrix3(multiply(&m, &centre))
+    }
+}
+
+/// A 3x3 projective transform of pixel coordinates, row-major.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Matrix3(pub [[f64; 3]; 3]);
+
+impl Matrix3 {
+    pub fn apply(&self, x: f64, y: f64) -> (f64, f64) {
+        let m = &self.0;
+        let w = m[2][0] * x + m[2][1] * y + m[2][2];
+        (
+            (m[0][0] * x + m[0][1] * y + m[0][2]) / w,
+            (m[1][0] * x + m[1][1] * y + m[1][2]) / w,
+        )
+    }
+
+    /// Whether the last row is `[0, 0, 1]` (an affine map, no division per pixel).
+    pub fn is_affine(&self) -> bool {
+        self.0[2] == [0.0, 0.0, 1.0]
+    }
+
+    /// The inverse, or `None` for a singular matrix.
+    pub fn inverse(&self) -> Option<Matrix3> {
+        let m = &self.0;
+        let cofactor = |r0: usize, r1: usize, c0: usize, c1: usize| {
+            m[r0][c0] * m[r1][c1] - m[r0][c1] * m[r1][c0]
+        };
+        let det = m[0][0] * cofactor(1, 2, 1, 2) - m[0][1] * cofactor(1, 2, 0, 2)
+            + m[0][2] * cofactor(1, 2, 0, 1);
+        if det.abs() < 1e-12 || !det.is_finite() {
+            return None;
+        }
+        let adjugate = [
+            [
+                cofactor(1, 2, 1, 2),
+                -cofactor(0, 2, 1, 2),
+                cofactor(0, 1, 1, 2),
+            ],
+            [
+                -cofactor(1, 2, 0, 2),
+                cofactor(0, 2, 0, 2),
+                -cofactor(0, 1, 0, 2),
+            ],
+            [
+                cofactor(1, 2, 0, 1),
+                -cofactor(0, 2, 0, 1),
+                cofactor(0, 1, 0, 1),
+            ],
+        ];
+        Some(Matrix3(adjugate.map(|row| row.map(|value| value / det))))
+    }
+}
+
+/// Ultralytics' `RandomPerspective` with drawn parameters: the warp into
+/// `output_size`, each box's four corners through the same matrix (their extent,
+/// clipped), then `box_candidates` against the box scaled by `scale`.
+pub fn perspective(
+    input: &LabeledImage,
+    params: &PerspectiveParams,
+    output_size: (u32, u32),
+) -> LabeledImage {
+    let matrix = params.matrix(input.image.dimensions(), output_size);
+    let image = warp(&input.image, &matrix, output_size);
+    let (width, height) = (output_size.0 as f32, output_size.1 as f32);
+    let boxes = input
+        .boxes
+        .iter()
+        .filter_map(|labeled| {
+            let moved = transform_box(&labeled.bbox, &matrix).clipped(width, height);
+            let scale = params.scale as f32;
+            let before = BoundingBox {
+                x1: labeled.bbox.x1 * scale,
+                y1: labeled.bbox.y1 * scale,
+                x2: labeled.bbox.x2 * scale,
+                y2: labeled.bbox.y2 * scale,
+            };
+            box_candidate(&before, &moved).then_some(LabeledBox {
+                class_id: labeled.class_id,
+                bbox: moved,
+            })
+        })
+        .collect();
+    LabeledImage { image, boxes }
+}
+
+/// [`perspective`] with parameters drawn from `config`.
+pub fn random_perspective(
+    input: &LabeledImage,
+    config: &AugmentConfig,
+    output_size: (u32, u32),
+    rng: &mut impl Rng,
+) -> LabeledImage {
+    let params = PerspectiveParams::random(config, rng);
+    perspective(input, &params, output_size)
+}
+
+/// The extent of the box's four corners through `matrix`.
+pub fn transform_box(bbox: &BoundingBox, matrix: &Matrix3) -> BoundingBox {
+    let corners = [
+        (bbox.x1, bbox.y1),
+        (bbox.x2, bbox.y2),
+        (bbox.x1, bbox.y2),
+        (bbox.x2, bbox.y1),
+    ]
+    .map(|(x, y)| matrix.apply(f64::from(x), f64::from(y)));
+    let xs = corners.map(|corner| corner.0);
+    let ys = corners.map(|corner| corner.1);
+    let min = |values: [f64; 4]| values.into_iter().fold(f64::INFINITY, f64::min) as f32;
+    let max = |values: [f64; 4]| values.into_iter().fold(f64::NEG_INFINITY, f64::max) as f32;
+    BoundingBox {
+        x1: min(xs),
+        y1: min(ys),
+        x2: max(xs),
+        y2: max(ys),
+    }
+}
+
+/// Ultralytics' `box_candidates(wh_thr=2, ar_thr=100, area_thr=0.1)`: the warped box
+/// is wider and taller than 2 px, keeps more than a tenth of its (scaled) area, and
+/// is not thinner than 1:100.
+pub fn box_candidate(before: &BoundingBox, after: &BoundingBox) -> bool {
+    const WH_THRESHOLD: f32 = 2.0;
+    const ASPECT_THRESHOLD: f32 = 100.0;
+    const AREA_THRESHOLD: f32 = 0.1;
+    const EPS: f32 = 1e-16;
+    let (w1, h1) = (before.width(), before.height());
+    let (w2, h2) = (after.width(), after.height());
+    let aspect = (w2 / (h2 + EPS)).max(h2 / (w2 + EPS));
+    w2 > WH_THRESHOLD
+        && h2 > WH_THRESHOLD
+        && w2 * h2 / (w1 * h1 + EPS) > AREA_THRESHOLD
+        && aspect < ASPECT_THRESHOLD
+}
+
+/// `cv2.warpAffine` / `cv2.warpPerspective` with bilinear sampling and a constant
+/// grey 114 border: each output pixel `(x, y)` samples the input at `M⁻¹ (x, y)`,
+/// pixel centres at integer coordinates. One pass over output rows, no allocation
+/// per pixel. A singular matrix gives a grey image.
+pub fn warp(input: &RgbImage, matrix: &Matrix3, output_size: (u32, u32)) -> RgbImage {
+    let (out_width, out_height) = (output_size.0 as usize, output_size.1 as usize);
+    let mut output = vec![PAD_VALUE; out_width * out_height * 3];
+    let Some(inverse) = matrix.inverse() else {
+        return RgbImage::from_raw(output_size.0, output_size.1, output)
+            .unwrap_or_else(|| RgbImage::new(output_size.0, output_size.1));
+    };
+    let m = inverse.0;
+    let affine = matrix.is_affine();
+    let sampler = Sampler::new(input);
+    for (y, row) in output.chunks_exact_mut(out_width * 3).enumerate() {
+        let y = y as f64;
+        // Source coordinates at x = 0 and their step per output pixel.
+        let (mut sx, mut sy, mut sw) = (
+            m[0][1] * y + m[0][2],
+            m[1][1] * y + m[1][2],
+            m[2][1] * y + m[2][2],
+        );
+        for pixel in row.chunks_exact_mut(3) {
+            let (px, py) = if affine {
+                (sx, sy)
+            } else if sw.abs() > 1e-12 {
+                (sx / sw, sy / sw)
+            } else {
+                (-2.0, -2.0)
+            };
+            sampler.sample(px as f32, py as f32, pixel);
+            sx += m[0][0];
+            sy += m[1][0];
+            sw += m[2][0];
+        }
+    }
+    RgbImage::from_raw(output_size.0, output_size.1, output)
+        .unwrap_or_else(|| RgbImage::new(output_size.0, output_size.1))
+}
+
+/// Ultralytics' `RandomHSV` with the gains already drawn (`r` in `[-1, 1] * gain`):
+/// RGB to OpenCV's 8-bit HSV (hue in `0..180`), through the three lookup tables
+/// (`(h + r_h * 180) mod 180`, `s * (1 + r_s)`, `v * (1 + r_v)`, clipped and
+/// truncated), and back.
+pub fn apply_hsv_gains(image: &mut RgbImage, gains: [f64; 3]) {
+    let mut lut_hue = [0_u8; 256];
+    let mut lut_saturation = [0_u8; 256];
+    let mut lut_value = [0_u8; 256];
+    for x in 0..256 {
+        let value = x as f64;
+        lut_hue[x] = (value + gains[0] * 180.0).rem_euclid(180.0) as u8;
+        lut_saturation[x] = (value * (gains[1] + 1.0)).clamp(0.0, 255.0) as u8;
+        lut_value[x] = (value * (gains[2] + 1.0)).clamp(0.0, 255.0) as u8;
+    }
+    lut_saturation[0] = 0;
+    let tables = HsvTables::new();
+    for pixel in image.pixels_mut() {
+        let [hue, saturation, value] = tables.rgb_to_hsv(pixel.0);
+        pixel.0 = hsv_to_rgb([
+            lut_hue[usize::from(hue)],
+            lut_saturation[usize::from(saturation)],
+            lut_value[usize::from(value)],
+        ]);
+    }
+}
+
+/// [`apply_hsv_gains`] with gains drawn uniformly in `[-1, 1] * (hsv_h, hsv_s, hsv_v)`;
+/// all gains zero leaves the image untouched, as in Ultralytics.
+pub fn random_hsv(image: &mut RgbImage, config: &AugmentConfig, rng: &mut impl Rng) {
+    if config.hsv_h == 0.0 && config.hsv_s == 0.0 && config.hsv_v == 0.0 {
+        return;
+    }
+    let mut draw = |gain: f32| rng.random_range(-1.0..1.0) * f64::from(gain);
+    let gains = [draw(config.hsv_h), draw(config.hsv_s), draw(config.hsv_v)];
+    apply_hsv_gains(image, gains);
+}
+
+/// Mirrors the image left to right, and its boxes with it.
+pub fn flip_horizontal(labeled: &mut LabeledImage) {
+    image::imageops::flip_horizontal_in_place(&mut labeled.image);
+    let width = labeled.image.width() as f32;
+    for labeled_box in &mut labeled.boxes {
+        let bbox = labeled_box.bbox;
+        labeled_box.bbox.x1 = width - bbox.x2;
+        labeled_box.bbox.x2 = width - bbox.x1;
+    }
+}
+
+/// Mirrors the image top to bottom, and its boxes with it.
+pub fn flip_vertical(labeled: &mut LabeledImage) {
+    image::imageops::flip_vertical_in_place(&mut labeled.image);
+    let height = labeled.image.height() as f32;
+    for labeled_box in &mut labeled.boxes {
+        let bbox = labeled_box.bbox;
+        labeled_box.bbox.y1 = height - bbox.y2;
+        labeled_box.bbox.y2 = height - bbox.y1;
+    }
+}
+
+/// Ultralytics' transforms after the warp: `RandomHSV`, then `RandomFlip` vertical
+/// (`flipud`), then horizontal (`fliplr`).
+pub fn random_colour_and_flips(
+    labeled: &mut LabeledImage,
+    config: &AugmentConfig,
+    rng: &mut impl Rng,
+) {
+    random_hsv(&mut labeled.image, config, rng);
+    if rng.random::<f32>() < config.flipud {
+        flip_vertical(labeled);
+    }
+    if rng.random::<f32>() < config.fliplr {
+        flip_horizontal(labeled);
+    }
+}
+
+/// Ultralytics' `LetterBox(scaleup=False, center=True)` of an image `load_image`
+/// already resized: shrink only if it does not fit `dst_size`, then pad with grey
+/// 114 split evenly. The transform maps from the *original* file's pixels
+/// (`original_size`) to the padded image.
+pub fn letterbox_loaded(
+    loaded: &LoadedImage,
+    dst_size: (u32, u32),
+) -> (LabeledImage, TransformInfo) {
+    let image = &loaded.labeled.image;
+    let (width, height) = image.dimensions();
+    let ratio = (f64::from(dst_size.0) / f64::from(width))
+        .min(f64::from(dst_size.1) / f64::from(height))
+        .min(1.0);
+    let unpadded = (
+        ((f64::from(width) * ratio).round_ties_even() as u32).clamp(1, dst_size.0),
+        ((f64::from(height) * ratio).round_ties_even() as u32).clamp(1, dst_size.1),
+    );
+    let resized = if unpadded == (width, height) {
+        image.clone()
+    } else {
+        resize_bilinear(image, unpadded)
+    };
+    let half_width = f64::from(dst_size.0 - unpadded.0) / 2.0;
+    let half_height = f64::from(dst_size.1 - unpadded.1) / 2.0;
+    let pad = (
+        (half_width - 0.1).round_ties_even().max(0.0) as u32,
+        (half_height - 0.1).round_ties_even().max(0.0) as u32,
+    );
+    let mut padded = RgbImage::from_pixel(dst_size.0, dst_size.1, Rgb([PAD_VALUE; 3]));
+    image::imageops::replace(&mut padded, &resized, i64::from(pad.0), i64::from(pad.1));
+    let info = TransformInfo {
+        src_size: loaded.original_size,
+        dst_size,
+        resized_size: unpadded,
+        pad,
+    };
+    let boxes = loaded
+        .labeled
+        .boxes
+        .iter()
+        .map(|labeled| {
+            let sx = unpadded.0 as f32 / width as f32;
+            let sy = unpadded.1 as f32 / height as f32;
+            LabeledBox {
+                class_id: labeled.class_id,
+                bbox: BoundingBox {
+                    x1: labeled.bbox.x1 * sx + pad.0 as f32,
+                    y1: labeled.bbox.y1 * sy + pad.1 as f32,
+                    x2: labeled.bbox.x2 * sx + pad.0 as f32,
+                    y2: labeled.bbox.y2 * sy + pad.1 as f32,
+                },
+            }
+        })
+        .collect();
+    (
+        LabeledImage {
+            image: padded,
+            boxes,
+        },
+        info,
+    )
+}
+
+/// Copies a `size` rectangle from `source` at `from` into `target` at `to`.
+fn copy_region(
+    source: &RgbImage,
+    from: (i64, i64),
+    target: &mut RgbImage,
+    to: (i64, i64),
+    size: (i64, i64),
+) {
+    let (width, height) = size;
+    if width <= 0 || height <= 0 {
+        return;
+    }
+    let source_stride = source.width() as usize * 3;
+    let target_stride = target.width() as usize * 3;
+    let source_raw = source.as_raw();
+    let target_raw: &mut [u8] = target;
+    let row_bytes = width as usize * 3;
+    for row in 0..height as usize {
+        let source_start = (from.1 as usize + row) * source_stride + from.0 as usize * 3;
+        let target_start = (to.1 as usize + row) * target_stride + to.0 as usize * 3;
+        target_raw[target_start..target_start + row_bytes]
+            .copy_from_slice(&source_raw[source_start..source_start + row_bytes]);
+    }
+}
+
+fn multiply(a: &[[f64; 3]; 3], b: &[[f64; 3]; 3]) -> [[f64; 3]; 3] {
+    let mut product = [[0.0; 3]; 3];
+    for (row, product_row) in product.iter_mut().enumerate() {
+        for (column, cell) in product_row.iter_mut().enumerate() {
+            *cell = (0..3).map(|k| a[row][k] * b[k][column]).sum();
+        }
+    }
+    product
+}
+
+/// Bilinear reads with a constant border, as OpenCV's `BORDER_CONSTANT`.
+struct Sampler<'a> {
+    raw: &'a [u8],
+    width: i64,
+    height: i64,
+}
+
+impl<'a> Sampler<'a> {
+    fn new(image: &'a RgbImage) -> Sampler<'a> {
+        Sampler {
+            raw: image.as_raw(),
+            width: i64::from(image.width()),
+            height: i64::from(image.height()),
+        }
+    }
+
+    #[inline]
+    fn sample(&self, x: f32, y: f32, out: &mut [u8]) {
+        // Far outside (or NaN): the border, without touching the image.
+        if !(x > -1.0 && y > -1.0 && x < self.width as f32 && y < self.height as f32) {
+            return;
+        }
+        let (x0, y0) = (x.floor(), y.floor());
+        let (fx, fy) = (x - x0, y - y0);
+        let (x0, y0) = (x0 as i64, y0 as i64);
+        let stride = self.width as usize * 3;
+        if x0 >= 0 && y0 >= 0 && x0 + 1 < self.width && y0 + 1 < self.height {
+            let top = y0 as usize * stride + x0 as usize * 3;
+            let bottom = top + stride;
+            for (channel, value) in out.iter_mut().enumerate() {
+                let p00 = f32::from(self.raw[top + channel]);
+                let p01 = f32::from(self.raw[top + 3 + channel]);
+                let p10 = f32::from(self.raw[bottom + channel]);
+                let p11 = f32::from(self.raw[bottom + 3 + channel]);
+                let upper = p00 + (p01 - p00) * fx;
+                let lower = p10 + (p11 - p10) * fx;
+                *value = (upper + (lower - upper) * fy + 0.5) as u8;
+            }
+            return;
+        }
+        let fetch = |xi: i64, yi: i64, channel: usize| -> f32 {
+            if xi < 0 || yi < 0 || xi >= self.width || yi >= self.height {
+                f32::from(PAD_VALUE)
+            } else {
+                f32::from(self.raw[yi as usize * stride + xi as usize * 3 + channel])
+            }
+        };
+        for (channel, value) in out.iter_mut().enumerate() {
+            let upper =
+                fetch(x0, y0, channel) + (fetch(x0 + 1, y0, channel) - fetch(x0, y0, channel)) * fx;
+            let lower = fetch(x0, y0 + 1, channel)
+                + (fetch(x0 + 1, y0 + 1, channel) - fetch(x0, y0 + 1, channel)) * fx;
+            *value = (upper + (lower - upper) * fy + 0.5).clamp(0.0, 255.0) as u8;
+        }
+    }
+}
+
+/// OpenCV's fixed-point tables for 8-bit RGB to HSV (`hsv_shift` 12).
+struct HsvTables {
+    saturation_div: [i32; 256],
+    hue_div: [i32; 256],
+}
+
+const HSV_SHIFT: i32 = 12;
+
+impl HsvTables {
+    fn new() -> HsvTables {
+        let mut saturation_div = [0; 256];
+        let mut hue_div = [0; 256];
+        for i in 1..256 {
+            saturation_div[i] = (f64::from(255 << HSV_SHIFT) / i as f64).round_ties_even() as i32;
+            hue_div[i] = (f64::from(180 << HSV_SHIFT) / (6.0 * i as f64)).round_ties_even() as i32;
+        }
+        HsvTables {
+            saturation_div,
+            hue_div,
+        }
+    }
+
+    /// OpenCV's `RGB2HSV_b`: hue in `0..180`, saturation and value in `0..=255`.
+    fn rgb_to_hsv(&self, [red, green, blue]: [u8; 3]) -> [u8; 3] {
+        let (r, g, b) = (i32::from(red), i32::from(green), i32::from(blue));
+        let value = r.max(g).max(b);
+        let diff = value - r.min(g).min(b);
+        let round = 1 << (HSV_SHIFT - 1);
+        let saturation = (diff * self.saturation_div[value as usize] + round) >> HSV_SHIFT;
+        let hue_numerator = if value == r {
+            g - b
+        } else if value == g {
+            b - r + 2 * diff
+        } else {
+            r - g + 4 * diff
+        };
+        let mut hue = (hue_numerator * self.hue_div[diff as usize] + round) >> HSV_SHIFT;
+        if hue < 0 {
+            hue += 180;
+        }
+        [hue as u8, saturation as u8, value as u8]
+    }
+}
+
+/// OpenCV's `HSV2RGB_b` (through floats, hue range 180), rounded to nearest even.
+fn hsv_to_rgb([hue, saturation, value]: [u8; 3]) -> [u8; 3] {
+    let s = f32::from(saturation) / 255.0;
+    let v = f32::from(value) / 255.0;
+    let (r, g, b) = if s == 0.0 {
+        (v, v, v)
+    } else {
+        let mut h = f32::from(hue) * (6.0 / 180.0);
+        while h >= 6.0 {
+            h -= 6.0;
+        }
+        let sector = h.floor();
+        let fraction = h - sector;
+        let tab = [
+            v,
+            v * (1.0 - s),
+            v * (1.0 - s * fraction),
+            v * (1.0 - s * (1.0 - fraction)),
+        ];
+        // OpenCV's table gives (b, g, r) per sector.
+        const SECTORS: [[usize; 3]; 6] = [
+            [1, 3, 0],
+            [1, 0, 2],
+            [3, 0, 1],
+            [0, 2, 1],
+            [0, 1, 3],
+            [2, 1, 0],
+        ];
+        let [bi, gi, ri] = SECTORS[(sector as usize).min(5)];
+        (tab[ri], tab[gi], tab[bi])
+    };
+    [r, g, b].map(|channel| (channel * 255.0).round_ties_even().clamp(0.0, 255.0) as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_long_side(size: (u32, u32), imgsz: u32, expected: (u32, u32)) {
+        assert_eq!(long_side_size(size, imgsz), expected, "{size:?} at {imgsz}");
+    }
+
+    #[test]
+    fn load_image_resizes_the_long_side_with_ceil() {
+        check_long_side((1280, 720), 640, (640, 360));
+        // 333 * 640 / 517 = 412.2 rounds up.
+        check_long_side((333, 517), 640, (413, 640));
+        check_long_side((640, 480), 640, (640, 480));
+        check_long_side((100, 50), 320, (320, 160));
+    }
+
+    #[test]
+    fn inverse_undoes_the_matrix() {
+        let params = PerspectiveParams {
+            perspective: (0.0004, -0.0003),
+            angle: 12.0,
+            scale: 0.8,
+            shear: (3.0, -2.0),
+            translate: (0.45, 0.55),
+        };
+        let matrix = params.matrix((640, 640), (320, 320));
+        let inverse = matrix.inverse().expect("invertible");
+        let (x, y) = matrix.apply(100.0, 250.0);
+        let (bx, by) = inverse.apply(x, y);
+        assert!((bx - 100.0).abs() < 1e-6 && (by - 250.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn identity_params_only_centre_the_image() {
+        let matrix = PerspectiveParams::identity().matrix((100, 60), (128, 128));
+        assert_eq!(matrix.apply(0.0, 0.0), (14.0, 34.0));
+        assert!(matrix.is_affine());
+    }
+
+    #[test]
+    fn box_candidates_follow_ultralytics_thresholds() {
+        let before = BoundingBox {
+            x1: 0.0,
+            y1: 0.0,
+            x2: 100.0,
+            y2: 100.0,
+        };
+        let kept = BoundingBox {
+            x1: 10.0,
+            y1: 10.0,
+            x2: 90.0,
+            y2: 90.0,
+        };
+        let too_small = BoundingBox {
+            x1: 0.0,
+            y1: 0.0,
+            x2: 2.0,
+            y2: 50.0,
+        };
+        let mostly_cut = BoundingBox {
+            x1: 0.0,
+            y1: 0.0,
+            x2: 30.0,
+            y2: 30.0,
+        };
+        assert!(box_candidate(&before, &kept));
+        assert!(!box_candidate(&before, &too_small));
+        assert!(!box_candidate(&before, &mostly_cut));
+    }
+}
