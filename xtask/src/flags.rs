@@ -24,6 +24,9 @@ pub enum Command {
     Synth(Synth),
     ServeCheck(ServeCheck),
     ImportWeights(ImportWeights),
+    Lint(Lint),
+    Deploy(Deploy),
+    Image(Image),
 }
 
 /// Install every part (Python venv with torch and onnxruntime, tansu, the S3
@@ -99,6 +102,66 @@ pub struct Test {
     pub nextest_args: Vec<String>,
 }
 
+/// `cargo fmt --check` and clippy with -D warnings over the workspace, in the shared
+/// target folder (what `cargo xtask test` runs first).
+#[derive(Debug, Parser)]
+pub struct Lint {}
+
+/// Render an overlay of deployments/ with `kubectl kustomize`, validate every object
+/// offline (Kubernetes schemas, CRD schemas), and apply it to the current kubectl
+/// context. With no cluster it validates and stops; secrets are filled from the
+/// environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, DATABASE_URL) only in what
+/// is sent to the cluster.
+#[derive(Debug, Parser)]
+#[command(
+    after_help = "Examples:\n  cargo xtask deploy                          # the local overlay: render, validate, apply if a cluster answers\n  cargo xtask deploy --overlay production --dry-run\n  cargo xtask deploy --out manifests.yaml     # keep the rendered file"
+)]
+pub struct Deploy {
+    /// The overlay in deployments/overlays.
+    #[arg(long, default_value = "local")]
+    pub overlay: String,
+    /// Ask the cluster to check without changing anything (`--dry-run=server`).
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The Kubernetes version whose schemas validate the objects.
+    #[arg(long, default_value = "1.32.0")]
+    pub kubernetes_version: String,
+    /// Where to write the rendered manifests (default target/deploy/<overlay>.yaml).
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+}
+
+/// Build or push the container images (mwt, serve, tools) with Docker or Podman.
+#[derive(Debug, Parser)]
+#[command(
+    after_help = "Examples:\n  cargo xtask image build --tag dev\n  cargo xtask image push --registry registry.example.com --tag 1.4.0 --only serve"
+)]
+pub struct Image {
+    #[command(subcommand)]
+    pub action: ImageAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageAction {
+    /// Build the images from deployments/images/*.Dockerfile.
+    Build(ImageOptions),
+    /// Push the built images to the registry.
+    Push(ImageOptions),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ImageOptions {
+    /// The registry prefix (`registry.example.com:5000`); images are `<registry>/cardet/<name>:<tag>`.
+    #[arg(long, env = "CARDET_REGISTRY")]
+    pub registry: Option<String>,
+    /// The tag.
+    #[arg(long, default_value = "dev")]
+    pub tag: String,
+    /// Only these images (mwt, serve, tools); default all.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+}
+
 /// Measure against the named baselines, side by side in one run, and record the
 /// ratio rows in BENCHMARKS.md.
 #[derive(Debug, Parser)]
@@ -145,10 +208,51 @@ pub struct Synth {
     pub grid: Option<std::path::PathBuf>,
 }
 
-/// The whole loop end to end (NOT BUILT YET: the delivery issue completes it; this
-/// stage exits 2).
+/// The whole loop end to end on the local stack (or the services your env names):
+/// synthetic dataset → produce → sink → sink export → mwt train → mwt export →
+/// MLflow registry → upload to S3 → serve from S3 → triton_client → report.
 #[derive(Debug, Parser)]
-pub struct Pipeline {}
+#[command(
+    after_help = "Examples:\n  cargo xtask pipeline                       # the whole loop (~15 minutes of training on 2 cores)\n  cargo xtask pipeline --smoke               # a few minutes: small dataset, one short epoch\n  cargo xtask pipeline --run-dir runs/pipeline/mine --from export --to upload\n  cargo xtask pipeline --keep-up             # leave the stack and serve running"
+)]
+pub struct Pipeline {
+    /// A few minutes end to end: a small dataset and one short epoch.
+    #[arg(long)]
+    pub smoke: bool,
+    /// Start at this step (its inputs come from --run-dir).
+    #[arg(long, value_enum)]
+    pub from: Option<PipelineStep>,
+    /// Stop after this step.
+    #[arg(long, value_enum)]
+    pub to: Option<PipelineStep>,
+    /// The run folder (default runs/pipeline/<UTC time>); --from needs an earlier one.
+    #[arg(long)]
+    pub run_dir: Option<std::path::PathBuf>,
+    /// Training budget in minutes (default 15, smoke 1).
+    #[arg(long)]
+    pub train_minutes: Option<f64>,
+    /// Synthetic images in the dataset (default 600, smoke 40).
+    #[arg(long)]
+    pub images: Option<usize>,
+    /// Leave the stack and `serve` running at the end.
+    #[arg(long)]
+    pub keep_up: bool,
+}
+
+/// The steps of `cargo xtask pipeline`, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum PipelineStep {
+    Stack,
+    Dataset,
+    Produce,
+    Sink,
+    Train,
+    Export,
+    Upload,
+    Serve,
+    Client,
+    Report,
+}
 
 /// serve's long checks, on demand: the fuzz loops and the wrk load test.
 #[derive(Debug, Parser)]

@@ -30,18 +30,47 @@ pub const S3S_FS: CargoTool = CargoTool {
 
 pub const CARGO_TOOLS: [&CargoTool; 2] = [&TANSU, &S3S_FS];
 
-/// Debian packages the build and the stack need, as (package, why).
-pub const APT_PACKAGES: [(&str, &str); 4] = [
-    ("postgresql-15", "the stack's PostgreSQL server"),
-    (
-        "wrk",
-        "the HTTP load generator of `cargo xtask serve-check load`",
-    ),
-    ("libgloo-dev", "gloo headers for the c10d bridge"),
-    (
-        "protobuf-compiler",
-        "protoc for the KServe v2 and ONNX protobufs",
-    ),
+/// A Debian package the build, the stack or a test needs.
+pub struct AptPackage {
+    pub package: &'static str,
+    pub why: &'static str,
+    /// A command that makes the package unnecessary when it is already on PATH (a
+    /// newer `kubectl` than Debian's, say).
+    pub unless_on_path: Option<&'static str>,
+}
+
+/// Debian packages the build, the stack and the tests need.
+pub const APT_PACKAGES: [AptPackage; 6] = [
+    AptPackage {
+        package: "postgresql-15",
+        why: "the stack's PostgreSQL server",
+        unless_on_path: None,
+    },
+    AptPackage {
+        package: "wrk",
+        why: "the HTTP load generator of `cargo xtask serve-check load`",
+        unless_on_path: None,
+    },
+    AptPackage {
+        package: "libgloo-dev",
+        why: "gloo headers for the c10d bridge",
+        unless_on_path: None,
+    },
+    AptPackage {
+        package: "protobuf-compiler",
+        why: "protoc for the KServe v2 and ONNX protobufs",
+        unless_on_path: None,
+    },
+    AptPackage {
+        package: "chromium",
+        why: "headless Chromium for the pipeline report's test",
+        unless_on_path: None,
+    },
+    AptPackage {
+        package: "kubernetes-client",
+        why: "kubectl and its kustomize for `cargo xtask deploy`",
+        unless_on_path: Some("kubectl"),
+    },
 ];
 
 pub const POSTGRES_BIN: &str = "/usr/lib/postgresql/15/bin";

@@ -6,10 +6,12 @@
 //! measures against baselines. `main` only parses flags and dispatches.
 
 mod bench;
+mod deploy;
 mod doctor;
 mod env_file;
 mod flags;
 mod home;
+mod image;
 mod import_weights;
 mod pipeline;
 mod serve_checks;
@@ -39,6 +41,9 @@ fn main() -> anyhow::Result<()> {
         flags::Command::Synth(cmd) => cmd.run(&sh),
         flags::Command::ServeCheck(cmd) => cmd.run(&sh),
         flags::Command::ImportWeights(cmd) => cmd.run(&sh),
+        flags::Command::Lint(cmd) => cmd.run(&sh),
+        flags::Command::Deploy(cmd) => cmd.run(&sh),
+        flags::Command::Image(cmd) => cmd.run(&sh),
     }
 }
 

@@ -1,5 +1,5 @@
-//! `cargo xtask pipeline`: the whole loop end to end. Not built yet: the delivery
-//! issue completes it. Until then it says so and exits 2, as every unbuilt stage does.
+//! `cargo xtask pipeline`: the whole loop end to end. Its steps land with the
+//! stages they drive; until each binary works the command says so and exits 2.
 
 use xshell::Shell;
 

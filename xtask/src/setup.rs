@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use xshell::{Shell, cmd};
 
 use crate::flags;
-use crate::home::{APT_PACKAGES, CARGO_TOOLS, CardetHome, CargoTool};
+use crate::home::{APT_PACKAGES, AptPackage, CARGO_TOOLS, CardetHome, CargoTool};
 
 impl flags::Setup {
     pub fn run(&self, sh: &Shell) -> anyhow::Result<()> {
@@ -51,10 +51,8 @@ impl flags::Setup {
 /// What `setup` would install, one line each (empty when everything is there).
 pub fn missing_parts(sh: &Shell, home: &CardetHome) -> Vec<String> {
     let mut missing = Vec::new();
-    for (package, why) in APT_PACKAGES {
-        if !apt_installed(sh, package) {
-            missing.push(format!("Debian package {package} ({why})"));
-        }
+    for apt in missing_apt_packages(sh) {
+        missing.push(format!("Debian package {} ({})", apt.package, apt.why));
     }
     if !venv_is_current(home) {
         missing.push(format!(
@@ -84,11 +82,24 @@ fn apt_installed(sh: &Shell, package: &str) -> bool {
         .is_ok_and(|status| status.contains("install ok installed"))
 }
 
-fn ensure_apt_packages(sh: &Shell) -> anyhow::Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+fn missing_apt_packages(sh: &Shell) -> Vec<&'static AptPackage> {
+    APT_PACKAGES
         .iter()
-        .map(|(package, _)| *package)
-        .filter(|package| !apt_installed(sh, package))
+        .filter(|apt| !apt.unless_on_path.is_some_and(on_path))
+        .filter(|apt| !apt_installed(sh, apt.package))
+        .collect()
+}
+
+fn on_path(command: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|folder| folder.join(command).is_file())
+    })
+}
+
+fn ensure_apt_packages(sh: &Shell) -> anyhow::Result<()> {
+    let missing: Vec<&str> = missing_apt_packages(sh)
+        .iter()
+        .map(|apt| apt.package)
         .collect();
     if missing.is_empty() {
         println!("setup: Debian packages ok");

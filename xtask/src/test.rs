@@ -16,30 +16,9 @@ impl flags::Test {
         if !self.no_lint {
             flags::Setup { check: false }.run(sh)?;
         }
-        // Every clone on this machine shares one target folder in the cache and sees
-        // libtorch and ONNX Runtime at the same absolute paths, so CI's fresh clone
-        // recompiles only the workspace's own crates, not libtorch's glue or the
-        // dependencies.
-        let _target = sh.push_env("CARGO_TARGET_DIR", shared_target_dir(&home));
-        let _libtorch = sh.push_env(
-            "LIBTORCH",
-            std::env::var_os("LIBTORCH").unwrap_or(home.libtorch_link().into()),
-        );
-        let _ort = sh.push_env("CARDET_ORT_DYLIB_DEFAULT", home.onnxruntime_link());
+        let _env = shared_build_env(sh, &home);
         if !self.no_lint {
-            step("cargo fmt --check", || {
-                cmd!(sh, "cargo fmt --all --check")
-                    .run()
-                    .map_err(Into::into)
-            })?;
-            step("cargo clippy", || {
-                cmd!(
-                    sh,
-                    "cargo clippy --workspace --all-targets --quiet -- -D warnings"
-                )
-                .run()
-                .map_err(Into::into)
-            })?;
+            lint(sh)?;
         }
         let config = StackConfig::load(&home, true)?;
         // Leave services the developer started alone; stop only those started here.
@@ -64,6 +43,45 @@ impl flags::Test {
         );
         Ok(())
     }
+}
+
+impl flags::Lint {
+    pub fn run(&self, sh: &Shell) -> anyhow::Result<()> {
+        let home = CardetHome::from_env();
+        let _env = shared_build_env(sh, &home);
+        lint(sh)
+    }
+}
+
+/// Every clone on this machine shares one target folder in the cache and sees
+/// libtorch and ONNX Runtime at the same absolute paths, so CI's fresh clone
+/// recompiles only the workspace's own crates, not libtorch's glue or the
+/// dependencies. The guards restore the environment when dropped.
+fn shared_build_env<'a>(sh: &'a Shell, home: &CardetHome) -> [xshell::PushEnv<'a>; 3] {
+    [
+        sh.push_env("CARGO_TARGET_DIR", shared_target_dir(home)),
+        sh.push_env(
+            "LIBTORCH",
+            std::env::var_os("LIBTORCH").unwrap_or(home.libtorch_link().into()),
+        ),
+        sh.push_env("CARDET_ORT_DYLIB_DEFAULT", home.onnxruntime_link()),
+    ]
+}
+
+fn lint(sh: &Shell) -> anyhow::Result<()> {
+    step("cargo fmt --check", || {
+        cmd!(sh, "cargo fmt --all --check")
+            .run()
+            .map_err(Into::into)
+    })?;
+    step("cargo clippy", || {
+        cmd!(
+            sh,
+            "cargo clippy --workspace --all-targets --quiet -- -D warnings"
+        )
+        .run()
+        .map_err(Into::into)
+    })
 }
 
 fn shared_target_dir(home: &CardetHome) -> std::ffi::OsString {

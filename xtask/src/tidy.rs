@@ -82,3 +82,124 @@ fn env_example_lists_the_stack_variables() {
         );
     }
 }
+
+/// Every stage of the Jenkinsfile runs `cargo xtask` with a command line that
+/// `cargo xtask` accepts, so Jenkins cannot drift from what developers run.
+#[test]
+fn jenkinsfile_calls_only_existing_xtask_commands() {
+    use clap::Parser;
+
+    let jenkinsfile = read(&crate::project_root().join("Jenkinsfile"));
+    let commands: Vec<&str> = jenkinsfile
+        .lines()
+        .filter_map(|line| {
+            line.trim()
+                .strip_prefix("steps { sh '")
+                .or_else(|| line.trim().strip_prefix("sh '"))
+        })
+        .map(|rest| rest.split('\'').next().unwrap_or(rest))
+        .collect();
+    assert!(
+        commands.len() >= 8,
+        "expected the setup..deploy stages, found {commands:?}"
+    );
+    for command in commands {
+        let args = command
+            .strip_prefix("cargo xtask ")
+            .unwrap_or_else(|| panic!("a Jenkins step that is not `cargo xtask`: {command}"));
+        // Shell variables stand for values; any value parses the same.
+        let argv = std::iter::once("cargo xtask").chain(
+            args.split_whitespace()
+                .map(|word| if word.contains('$') { "value" } else { word }),
+        );
+        if let Err(error) = crate::flags::Xtask::try_parse_from(argv) {
+            panic!("Jenkinsfile runs `{command}`, which cargo xtask rejects:\n{error}");
+        }
+    }
+    for stage in [
+        "Setup",
+        "Lint",
+        "Test",
+        "Benchmark",
+        "Train",
+        "Export",
+        "Upload",
+        "Deploy",
+    ] {
+        assert!(
+            jenkinsfile.contains(&format!("stage('{stage}')")),
+            "no {stage} stage"
+        );
+    }
+    assert!(
+        jenkinsfile.contains("numToKeepStr: '5'"),
+        "log rotation of 5 builds"
+    );
+}
+
+/// docker-compose.yml offers the embedded stack's ports, so everything that talks to
+/// the local stack talks to the containers unchanged; `docker compose config`
+/// accepts the file where the compose plugin is installed.
+#[test]
+fn compose_file_matches_the_embedded_stack() {
+    let root = crate::project_root();
+    let python = crate::home::CardetHome::from_env().python();
+    let output = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
+        ])
+        .arg(root.join("docker-compose.yml"))
+        .output()
+        .expect("running the venv's Python (cargo xtask setup)");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let compose: serde_json::Value = serde_json::from_slice(&output.stdout).expect("compose JSON");
+    for (service, port) in [
+        ("kafka", 9092),
+        ("postgres", 5432),
+        ("s3", 9000),
+        ("mlflow", 5000),
+        ("serve", 8000),
+    ] {
+        let ports = compose["services"][service]["ports"]
+            .as_array()
+            .unwrap_or_else(|| panic!("service {service} publishes no ports"));
+        let wanted = format!("127.0.0.1:{port}:{port}");
+        assert!(
+            ports
+                .iter()
+                .any(|published| published.as_str() == Some(wanted.as_str())),
+            "{service} does not publish {wanted}"
+        );
+    }
+    let text = read(&root.join("docker-compose.yml"));
+    assert!(
+        !text.contains("change-me"),
+        "compose must take keys from .env, not hold them"
+    );
+    let compose_plugin = std::process::Command::new("docker")
+        .args(["compose", "version"])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if compose_plugin {
+        let status = std::process::Command::new("docker")
+            .args(["compose", "-f"])
+            .arg(root.join("docker-compose.yml"))
+            .arg("config")
+            .arg("--quiet")
+            .env("AWS_ACCESS_KEY_ID", "compose-check")
+            .env("AWS_SECRET_ACCESS_KEY", "compose-check")
+            .status()
+            .expect("docker compose config");
+        assert!(
+            status.success(),
+            "docker compose config rejects docker-compose.yml"
+        );
+    } else {
+        eprintln!("docker compose is not installed here: checked the file's ports only");
+    }
+}
