@@ -14,6 +14,7 @@ mod home;
 mod image;
 mod import_weights;
 mod pipeline;
+mod pipeline_report;
 mod serve_checks;
 mod setup;
 mod stack;
