@@ -654,7 +654,17 @@ impl Pipeline<'_> {
     fn report(&mut self) -> anyhow::Result<String> {
         let report = crate::pipeline_report::Report::collect(&self.run_dir)?;
         let (markdown, html) = report.write(&self.run_dir)?;
-        Ok(format!("{} and {}", markdown.display(), html.display()))
+        // A screenshot for CI's archive; a machine without Chromium still gets the report.
+        let screenshot = self.run_dir.join("report/screenshot.png");
+        let seen = match crate::pipeline_report::open_in_browser(&html, &screenshot) {
+            Ok((loaded, total)) => format!("; {loaded}/{total} images load in Chromium"),
+            Err(error) => format!("; no screenshot ({error:#})"),
+        };
+        Ok(format!(
+            "{} and {}{seen}",
+            markdown.display(),
+            html.display()
+        ))
     }
 
     fn stop_serve(&mut self) {

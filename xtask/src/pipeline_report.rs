@@ -185,6 +185,67 @@ const STYLE: &str = "body{font-family:sans-serif;max-width:1100px;margin:2em aut
 /// proves they did (`data-images-loaded="loaded/total"` on `<body>`).
 const COUNT_LOADED_IMAGES: &str = "window.addEventListener('load',function(){var all=document.images,ok=0;for(var i=0;i<all.length;i++){if(all[i].complete&&all[i].naturalWidth>0){ok++;}}document.body.setAttribute('data-images-loaded',ok+'/'+all.length);});";
 
+/// Opens a report in headless Chromium (Debian's, installed by setup), saves a
+/// screenshot, and returns (images loaded, images on the page) as the page's
+/// load handler counted them.
+pub fn open_in_browser(html: &Path, screenshot: &Path) -> anyhow::Result<(usize, usize)> {
+    let url = format!("file://{}", std::path::absolute(html)?.display());
+    let profile = tempfile_dir()?;
+    // The flags keep Chromium off the network this machine does not have.
+    let common = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--virtual-time-budget=5000",
+    ];
+    let run = |extra: &[String]| -> anyhow::Result<std::process::Output> {
+        std::process::Command::new("chromium")
+            .args(common)
+            .arg(format!(
+                "--user-data-dir={}",
+                profile.join(extra.len().to_string()).display()
+            ))
+            .args(extra)
+            .arg(&url)
+            .output()
+            .context("running chromium (`cargo xtask setup` installs Debian's)")
+    };
+    let shot = run(&[
+        format!("--screenshot={}", screenshot.display()),
+        "--window-size=1200,2400".to_string(),
+    ])?;
+    anyhow::ensure!(
+        screenshot.is_file(),
+        "chromium wrote no screenshot: {}",
+        String::from_utf8_lossy(&shot.stderr)
+            .lines()
+            .last()
+            .unwrap_or_default()
+    );
+    let dom = run(&["--dump-dom".to_string()])?;
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    let marker = "data-images-loaded=\"";
+    let counted = dom
+        .split_once(marker)
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .and_then(|(count, _)| count.split_once('/'))
+        .and_then(|(loaded, total)| Some((loaded.parse().ok()?, total.parse().ok()?)))
+        .context("the page never finished loading in chromium (no image count)")?;
+    let _ = std::fs::remove_dir_all(&profile);
+    Ok(counted)
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("cardet-chromium-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
 fn read_json(path: &Path) -> Value {
     std::fs::read_to_string(path)
         .ok()
@@ -366,5 +427,31 @@ mod tests {
             "unescaped file name in HTML"
         );
         assert!(html.contains("data-images-loaded"), "no image-load marker");
+    }
+
+    /// The report opens in headless Chromium, its real images load (a broken one is
+    /// counted as such), and a screenshot is written.
+    #[test]
+    fn report_opens_in_chromium_with_its_images() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let run = dir.path();
+        let sample = crate::project_root().join("docs/synth-grid.png");
+        for target in ["report/dataset.png", "train/results.png", "client/000.jpg"] {
+            let path = run.join(target);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::copy(&sample, &path).expect("copy a real image");
+        }
+        std::fs::write(run.join("pipeline.json"), r#"{"seconds_stack": 1.0}"#).expect("write");
+        let report = Report::collect(run).expect("collect");
+        let (_, html) = report.write(run).expect("write");
+        let screenshot = run.join("screenshot.png");
+        let (loaded, total) = open_in_browser(&html, &screenshot).expect("chromium");
+        assert_eq!((loaded, total), (3, 3), "images that did not load");
+        assert!(std::fs::metadata(&screenshot).expect("screenshot").len() > 1000);
+
+        // A missing image is seen as missing: the check can fail.
+        std::fs::remove_file(run.join("client/000.jpg")).expect("remove");
+        let (loaded, total) = open_in_browser(&html, &screenshot).expect("chromium");
+        assert_eq!((loaded, total), (2, 3));
     }
 }
