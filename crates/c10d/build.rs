@@ -1,0 +1,79 @@
+//! Compiles `cpp/c10d_shim.cpp` against the libtorch that tch links (`$LIBTORCH`,
+//! set by `.cargo/config.toml`), and embeds libtorch's folder as an rpath so the
+//! crate's tests, examples and benches start with an empty LD_LIBRARY_PATH.
+//!
+//! The wheel ships c10d's headers but not gloo's, which `ProcessGroupGloo.hpp`
+//! includes; Debian's `libgloo-dev` supplies them from the default include path
+//! (`GLOO_INCLUDE` overrides). The shim touches gloo only through pointers
+//! libtorch creates, so that older header snapshot is enough.
+
+use std::path::PathBuf;
+
+fn main() {
+    println!("cargo:rerun-if-changed=cpp/c10d_shim.cpp");
+    println!("cargo:rerun-if-env-changed=LIBTORCH");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    println!("cargo:rerun-if-env-changed=GLOO_INCLUDE");
+    println!("cargo:rerun-if-env-changed=CUDA_INCLUDE");
+
+    let Ok(libtorch) = std::env::var("LIBTORCH") else {
+        fail("LIBTORCH is not set; run `cargo xtask setup` or point LIBTORCH at a libtorch folder");
+    };
+    let libtorch = std::fs::canonicalize(&libtorch).unwrap_or_else(|_| PathBuf::from(&libtorch));
+    let include = libtorch.join("include");
+    if !include
+        .join("torch/csrc/distributed/c10d/ProcessGroupGloo.hpp")
+        .is_file()
+    {
+        fail(&format!(
+            "{} has no c10d headers (torch/csrc/distributed/c10d/ProcessGroupGloo.hpp)",
+            include.display()
+        ));
+    }
+    // torch-sys' default too; wheels since torch 2.7 are built with the new ABI.
+    let cxx11_abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".to_owned());
+
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .file("cpp/c10d_shim.cpp")
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .define("_GLIBCXX_USE_CXX11_ABI", cxx11_abi.as_str())
+        .define("USE_C10D_GLOO", None)
+        .define("GLOG_USE_GLOG_EXPORT", None)
+        // libtorch's headers are noisy under -Wall; the shim's own warnings are
+        // not worth drowning the build log for.
+        .warnings(false);
+    if let Ok(gloo_include) = std::env::var("GLOO_INCLUDE") {
+        build.include(gloo_include);
+    }
+    if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
+        build
+            .define("CARDET_C10D_CUDA", None)
+            .define("USE_C10D_NCCL", None);
+        if let Ok(cuda_include) = std::env::var("CUDA_INCLUDE") {
+            for folder in std::env::split_paths(&cuda_include) {
+                build.include(folder);
+            }
+        }
+    }
+    build.compile("cardet_c10d_shim");
+
+    // After the static shim on the link line, so --as-needed keeps them.
+    let lib = libtorch.join("lib");
+    println!("cargo:rustc-link-search=native={}", lib.display());
+    if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
+        println!("cargo:rustc-link-lib=dylib=torch_cuda");
+        println!("cargo:rustc-link-lib=dylib=c10_cuda");
+    }
+    println!("cargo:rustc-link-lib=dylib=torch_cpu");
+    println!("cargo:rustc-link-lib=dylib=c10");
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+}
+
+fn fail(message: &str) -> ! {
+    eprintln!("cardet-c10d: {message}");
+    std::process::exit(1);
+}
