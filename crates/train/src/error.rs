@@ -26,6 +26,8 @@ pub enum Error {
     #[error(transparent)]
     Model(#[from] cardet_model::Error),
     #[error(transparent)]
+    Data(#[from] cardet_augment::Error),
+    #[error(transparent)]
     Detect(#[from] cardet_detect::Error),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
