@@ -7,12 +7,12 @@ use reqwest::blocking::{Body, Client, RequestBuilder, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::Error;
 use crate::types::{
     FileInfo, Metric, ModelVersion, Param, Run, RunInfo, RunStatus, Tag, check_metric_key,
     check_param, check_tag, limits, sanitize_key,
 };
 use crate::wire;
-use crate::Error;
 
 /// Where MLflow is and how to log in, with MLflow's own variable names.
 #[derive(Clone)]
@@ -290,7 +290,9 @@ impl MlflowClient {
             let n_params = budget.take(params, limits::PARAMS_PER_BATCH, |p| {
                 p.key.len() + p.value.len()
             });
-            let n_tags = budget.take(tags, limits::TAGS_PER_BATCH, |t| t.key.len() + t.value.len());
+            let n_tags = budget.take(tags, limits::TAGS_PER_BATCH, |t| {
+                t.key.len() + t.value.len()
+            });
             let n_metrics = budget.take(metrics, limits::METRICS_PER_BATCH, |m| m.key.len());
             let request = wire::LogBatchRequest {
                 run_id,
@@ -323,8 +325,7 @@ impl MlflowClient {
             if !page_token.is_empty() {
                 query.push(("page_token", &page_token));
             }
-            let page: wire::MetricHistoryResponse =
-                self.get_json("metrics/get-history", &query)?;
+            let page: wire::MetricHistoryResponse = self.get_json("metrics/get-history", &query)?;
             points.extend(page.metrics.into_iter().map(Metric::from));
             match page.next_page_token.filter(|token| !token.is_empty()) {
                 Some(token) => page_token = token,
@@ -371,7 +372,11 @@ impl MlflowClient {
             for file in files {
                 let relative = file.strip_prefix(local_path).unwrap_or(&file);
                 let mut segments = dir_segments.clone();
-                segments.extend(relative.iter().map(|part| part.to_string_lossy().into_owned()));
+                segments.extend(
+                    relative
+                        .iter()
+                        .map(|part| part.to_string_lossy().into_owned()),
+                );
                 report.bytes += self.put_artifact_file(&root, &segments, &file)?;
                 report.files += 1;
             }
@@ -422,7 +427,9 @@ impl MlflowClient {
     ) -> Result<PathBuf, Error> {
         let root = proxied_artifact_root(run)?;
         let segments = split_artifact_path(artifact_path);
-        let local = segments.iter().fold(dest_dir.to_path_buf(), |p, s| p.join(s));
+        let local = segments
+            .iter()
+            .fold(dest_dir.to_path_buf(), |p, s| p.join(s));
         let children = self.list_artifacts(&run.run_id, Some(&segments.join("/")))?;
         // A file's listing is empty; a folder lists its entries (an empty folder
         // has no trace in the store at all).
@@ -469,11 +476,13 @@ impl MlflowClient {
             None => "part".to_string(),
         });
         let mut out = File::create(&partial).map_err(Error::io(&partial))?;
-        response.copy_to(&mut out).map_err(|source| Error::Unreachable {
-            uri: self.config.tracking_uri.clone(),
-            endpoint: label.clone(),
-            source,
-        })?;
+        response
+            .copy_to(&mut out)
+            .map_err(|source| Error::Unreachable {
+                uri: self.config.tracking_uri.clone(),
+                endpoint: label.clone(),
+                source,
+            })?;
         out.sync_all().map_err(Error::io(&partial))?;
         std::fs::rename(&partial, local).map_err(Error::io(local))
     }
@@ -522,7 +531,11 @@ impl MlflowClient {
         Ok(created.model_version.into())
     }
 
-    pub fn get_model_version(&self, model_name: &str, version: &str) -> Result<ModelVersion, Error> {
+    pub fn get_model_version(
+        &self,
+        model_name: &str,
+        version: &str,
+    ) -> Result<ModelVersion, Error> {
         let found: wire::ModelVersionResponse = self.get_json(
             "model-versions/get",
             &[("name", model_name), ("version", version)],
@@ -792,7 +805,10 @@ mod tests {
             let expected = expected.map(|e| e.iter().map(|s| s.to_string()).collect::<Vec<_>>());
             assert_eq!(got, expected, "{uri}");
         };
-        check("mlflow-artifacts:/1/r1/artifacts", Some(&["1", "r1", "artifacts"]));
+        check(
+            "mlflow-artifacts:/1/r1/artifacts",
+            Some(&["1", "r1", "artifacts"]),
+        );
         check(
             "mlflow-artifacts://mlflow.example:5000/7/r1/artifacts",
             Some(&["7", "r1", "artifacts"]),
@@ -803,18 +819,19 @@ mod tests {
 
     #[test]
     fn batches_respect_every_log_batch_limit() {
-        let check = |n_params: usize, n_tags: usize, n_metrics: usize, expected: (usize, usize, usize)| {
-            let params = vec![0u8; n_params];
-            let tags = vec![0u8; n_tags];
-            let metrics = vec![0u8; n_metrics];
-            let mut budget = BatchBudget::default();
-            let got = (
-                budget.take(&params, limits::PARAMS_PER_BATCH, |_| 10),
-                budget.take(&tags, limits::TAGS_PER_BATCH, |_| 10),
-                budget.take(&metrics, limits::METRICS_PER_BATCH, |_| 10),
-            );
-            assert_eq!(got, expected);
-        };
+        let check =
+            |n_params: usize, n_tags: usize, n_metrics: usize, expected: (usize, usize, usize)| {
+                let params = vec![0u8; n_params];
+                let tags = vec![0u8; n_tags];
+                let metrics = vec![0u8; n_metrics];
+                let mut budget = BatchBudget::default();
+                let got = (
+                    budget.take(&params, limits::PARAMS_PER_BATCH, |_| 10),
+                    budget.take(&tags, limits::TAGS_PER_BATCH, |_| 10),
+                    budget.take(&metrics, limits::METRICS_PER_BATCH, |_| 10),
+                );
+                assert_eq!(got, expected);
+            };
         check(250, 0, 0, (100, 0, 0));
         check(0, 0, 2500, (0, 0, 1000));
         check(100, 100, 2500, (100, 100, 800));

@@ -258,16 +258,15 @@ mod tests {
         };
         journal.append(&metrics).expect("append");
         drop(journal);
-        let mut file = OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .expect("reopen");
+        let mut file = OpenOptions::new().append(true).open(&path).expect("reopen");
         file.write_all(br#"{"seq":1,"event":"par"#)
             .expect("torn write");
 
         let state = JournalState::load(dir.path()).expect("load");
         assert_eq!(state.records.len(), 1);
-        assert!(matches!(&state.records[0].event, Event::Metrics { metrics } if metrics[0].value.is_nan() && metrics[0].step == 3));
+        assert!(
+            matches!(&state.records[0].event, Event::Metrics { metrics } if metrics[0].value.is_nan() && metrics[0].step == 3)
+        );
         assert_eq!(state.diagnostics.len(), 1);
         assert_eq!(state.diagnostics[0].line, 2);
         assert_eq!(state.next_seq, 1);

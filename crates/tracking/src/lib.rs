@@ -221,10 +221,7 @@ mod tests {
         let outside = tempfile::tempdir().expect("temp dir");
         assert_eq!(git_commit(outside.path()), None);
         let inside = git_commit(Path::new(env!("CARGO_MANIFEST_DIR")));
-        assert!(
-            inside.as_ref().is_some_and(|c| c.len() == 40),
-            "{inside:?}"
-        );
+        assert!(inside.as_ref().is_some_and(|c| c.len() == 40), "{inside:?}");
     }
 
     #[test]

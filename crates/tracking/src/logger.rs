@@ -125,10 +125,15 @@ enum Command {
     },
 }
 
+/// What the trainer's side can ask about the sender without waiting for it.
 #[derive(Default)]
 struct SharedState {
     run_id: Option<String>,
-    unsent: usize,
+    /// Events handed to the sender (journaled), counted by the logger...
+    queued: usize,
+    /// ...and those the sender is done with (acknowledged or refused for good).
+    /// Two counters, so an event still in the channel counts as unsent.
+    settled: usize,
 }
 
 impl RunLogger {
@@ -182,7 +187,8 @@ impl RunLogger {
         let replayer = Replayer::new(client, run_dir, Some(start), state.run.as_ref())?;
         let shared = Arc::new(Mutex::new(SharedState {
             run_id: replayer.run_id().map(str::to_string),
-            unsent: pending.len(),
+            queued: pending.len(),
+            settled: 0,
         }));
         let (commands, receiver) = mpsc::channel();
         let worker = Worker {
@@ -285,7 +291,10 @@ impl RunLogger {
 
     /// Events journaled but not yet acknowledged by the server.
     pub fn unsent_events(&self) -> usize {
-        self.shared.lock().map(|s| s.unsent).unwrap_or(0)
+        self.shared
+            .lock()
+            .map(|s| s.queued.saturating_sub(s.settled))
+            .unwrap_or(0)
     }
 
     pub fn journal_path(&self) -> PathBuf {
@@ -305,13 +314,17 @@ impl RunLogger {
         self.commands
             .send(Command::Finish { deadline, reply })
             .map_err(|_| Error::SenderGone)?;
-        let sent = answer
-            .recv_timeout(self.finish_timeout + Duration::from_secs(5))
-            .unwrap_or_default();
-        if let Some(worker) = self.worker.take() {
-            // The worker answered or passed its deadline; joining is quick either way.
-            let _ = worker.join();
-        }
+        // The worker answers by its deadline unless one request (a large
+        // checkpoint upload) is still running; then it is left to finish alone.
+        let sent = match answer.recv_timeout(self.finish_timeout + Duration::from_secs(5)) {
+            Ok(sent) => {
+                if let Some(worker) = self.worker.take() {
+                    let _ = worker.join();
+                }
+                sent
+            }
+            Err(_) => SyncReport::default(),
+        };
         let report = FinishReport {
             run_id: self.run_id(),
             unsent_events: self.unsent_events(),
@@ -338,7 +351,7 @@ impl RunLogger {
         self.journal.append(&record)?;
         self.next_seq += 1;
         if let Ok(mut shared) = self.shared.lock() {
-            shared.unsent += 1;
+            shared.queued += 1;
         }
         // A dead sender thread only means no live sending; the journal has it all.
         let _ = self.commands.send(Command::Event(record));
@@ -399,7 +412,13 @@ impl Worker {
             }
 
             if !self.pending.is_empty() && !given_up {
-                match self.replayer.send(&mut self.pending) {
+                let pending_before = self.pending.len();
+                let sent = self.replayer.send(&mut self.pending);
+                if let Ok(mut shared) = self.shared.lock() {
+                    shared.run_id = self.replayer.run_id().map(str::to_string);
+                    shared.settled += pending_before - self.pending.len();
+                }
+                match sent {
                     Ok(()) => {
                         if offline {
                             tracing::info!(
@@ -432,10 +451,6 @@ impl Worker {
                         );
                         given_up = true;
                     }
-                }
-                if let Ok(mut shared) = self.shared.lock() {
-                    shared.run_id = self.replayer.run_id().map(str::to_string);
-                    shared.unsent = self.pending.len();
                 }
             }
 

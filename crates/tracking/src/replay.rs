@@ -127,12 +127,14 @@ impl Replayer {
         let start = self.start.clone().ok_or_else(|| Error::NoRunInJournal {
             path: self.journal_path.clone(),
         })?;
-        let experiment_id = self.client.get_or_create_experiment(&start.experiment_name)?;
+        let experiment_id = self
+            .client
+            .get_or_create_experiment(&start.experiment_name)?;
         // The process may have died after the server created the run but before
         // `sent.jsonl` said so: the run key tag finds that run instead of making a twin.
-        let existing = self
-            .client
-            .search_runs_by_tag(&experiment_id, RUN_KEY_TAG, &start.run_key)?;
+        let existing =
+            self.client
+                .search_runs_by_tag(&experiment_id, RUN_KEY_TAG, &start.run_key)?;
         let run = match existing.into_iter().next() {
             Some(run) => run.info,
             None => {

@@ -34,24 +34,35 @@ fn killed_server_loses_no_metric_step_and_sync_sends_each_once() {
     // Run A: starts with the server up, loses it mid-run.
     let run_a = tempfile::tempdir().expect("temp dir");
     let spec = RunSpec::new("server-down").with_run_name("a");
-    let mut logger = RunLogger::open_with(run_a.path(), &config, &spec, options.clone())
-        .expect("open logger");
+    let mut logger =
+        RunLogger::open_with(run_a.path(), &config, &spec, options.clone()).expect("open logger");
     logger.log_params([("epochs", 2)]).expect("params");
     for step in 0..10 {
-        logger.log_metrics(step, [("loss", 10.0 - step as f64)]).expect("metrics");
+        logger
+            .log_metrics(step, [("loss", 10.0 - step as f64)])
+            .expect("metrics");
     }
-    wait_for(|| logger.unsent_events() == 0, "the first ten steps reach the server");
-    let run_id = logger.run_id().expect("run created while the server was up");
+    wait_for(
+        || logger.unsent_events() == 0,
+        "the first ten steps reach the server",
+    );
+    let run_id = logger
+        .run_id()
+        .expect("run created while the server was up");
 
     server.kill();
     let weights = run_a.path().join("best.pt");
     std::fs::write(&weights, b"weights of epoch 2").expect("write weights");
     for step in 10..25 {
-        logger.log_metrics(step, [("loss", 10.0 - step as f64)]).expect("metrics journaled");
+        logger
+            .log_metrics(step, [("loss", 10.0 - step as f64)])
+            .expect("metrics journaled");
         // Let the sender meet the dead server several times: still one warning.
         std::thread::sleep(Duration::from_millis(50));
     }
-    logger.log_artifact(&weights, Some("weights")).expect("artifact journaled");
+    logger
+        .log_artifact(&weights, Some("weights"))
+        .expect("artifact journaled");
     let finished = logger.finish(RunStatus::Finished).expect("finish offline");
     assert!(finished.unsent_events >= 17, "{finished:?}");
 
@@ -61,7 +72,9 @@ fn killed_server_loses_no_metric_step_and_sync_sends_each_once() {
     let mut offline = RunLogger::open_with(run_b.path(), &config, &spec_b, options.clone())
         .expect("open logger offline");
     for step in 0..5 {
-        offline.log_metrics(step, [("loss", step as f64)]).expect("metrics");
+        offline
+            .log_metrics(step, [("loss", step as f64)])
+            .expect("metrics");
     }
     let offline_report = offline.finish(RunStatus::Failed).expect("finish offline");
     assert_eq!(offline_report.run_id, None);
@@ -97,9 +110,15 @@ fn killed_server_loses_no_metric_step_and_sync_sends_each_once() {
     let history = client.metric_history(&run_id, "loss").expect("history");
     let mut steps: Vec<i64> = history.iter().map(|m| m.step).collect();
     steps.sort_unstable();
-    assert_eq!(steps, (0..25).collect::<Vec<_>>(), "every step exactly once");
+    assert_eq!(
+        steps,
+        (0..25).collect::<Vec<_>>(),
+        "every step exactly once"
+    );
     assert!(history.iter().all(|m| m.value == 10.0 - m.step as f64));
-    let listed = client.list_artifacts(&run_id, Some("weights")).expect("list");
+    let listed = client
+        .list_artifacts(&run_id, Some("weights"))
+        .expect("list");
     assert_eq!(listed.len(), 1);
 
     let synced_b = sync_run_folder(run_b.path(), &uri).expect("sync run b");
@@ -107,13 +126,20 @@ fn killed_server_loses_no_metric_step_and_sync_sends_each_once() {
     let run_b_info = client.get_run(&run_b_id).expect("run b").info;
     assert_eq!(run_b_info.status, RunStatus::Failed);
     assert_eq!(run_b_info.run_name, "b");
-    assert_eq!(run_b_info.start_time_ms, Some(journal_start_time(run_b.path())));
+    assert_eq!(
+        run_b_info.start_time_ms,
+        Some(journal_start_time(run_b.path()))
+    );
     let history_b = client.metric_history(&run_b_id, "loss").expect("history b");
     let mut steps_b: Vec<i64> = history_b.iter().map(|m| m.step).collect();
     steps_b.sort_unstable();
     assert_eq!(steps_b, (0..5).collect::<Vec<_>>());
     // Metrics keep the time they were logged, not the time of the sync.
-    assert!(history_b.iter().all(|m| m.timestamp_ms <= run_b_info.end_time_ms.unwrap_or(0)));
+    assert!(
+        history_b
+            .iter()
+            .all(|m| m.timestamp_ms <= run_b_info.end_time_ms.unwrap_or(0))
+    );
 
     for run_dir in [run_a.path(), run_b.path()] {
         let again = sync_run_folder(run_dir, &uri).expect("second sync");
@@ -157,7 +183,7 @@ impl MlflowServer {
     }
 
     fn wait_until_ready(&mut self, client: &MlflowClient) {
-        let deadline = Instant::now() + Duration::from_secs(90);
+        let deadline = Instant::now() + Duration::from_secs(180);
         while Instant::now() < deadline {
             if client.get_or_create_experiment("Default").is_ok() {
                 return;
@@ -167,7 +193,10 @@ impl MlflowServer {
             }
             std::thread::sleep(Duration::from_millis(250));
         }
-        panic!("mlflow server did not answer in 90 s:\n{}", self.log_tail());
+        panic!(
+            "mlflow server did not answer in 180 s:\n{}",
+            self.log_tail()
+        );
     }
 
     /// SIGKILL to the whole group (the server and its workers), then reap the leader.

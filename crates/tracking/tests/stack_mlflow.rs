@@ -43,7 +43,9 @@ fn run_with_params_tags_and_metric_steps_reads_back() {
         .get_or_create_experiment(&experiment)
         .expect("create experiment");
     assert_eq!(
-        client.get_or_create_experiment(&experiment).expect("get experiment"),
+        client
+            .get_or_create_experiment(&experiment)
+            .expect("get experiment"),
         experiment_id,
         "a second get-or-create finds the same experiment"
     );
@@ -59,7 +61,11 @@ fn run_with_params_tags_and_metric_steps_reads_back() {
             ],
         )
         .expect("create run");
-    assert!(run.artifact_uri.starts_with("mlflow-artifacts:/"), "{}", run.artifact_uri);
+    assert!(
+        run.artifact_uri.starts_with("mlflow-artifacts:/"),
+        "{}",
+        run.artifact_uri
+    );
 
     // 2500 points of one key: three log-batch calls under the 1000-metric limit.
     let loss: Vec<cardet_tracking::Metric> = (0..2500)
@@ -82,7 +88,12 @@ fn run_with_params_tags_and_metric_steps_reads_back() {
         .map(|i| Param::new(format!("p{i:03}"), i.to_string()))
         .collect();
     client
-        .log_batch(&run.run_id, &metrics, &params, &[Tag::new("stage", "train")])
+        .log_batch(
+            &run.run_id,
+            &metrics,
+            &params,
+            &[Tag::new("stage", "train")],
+        )
         .expect("log batch");
     client
         .update_run(&run.run_id, RunStatus::Finished, Some(1_700_000_100_000))
@@ -133,7 +144,12 @@ fn server_errors_carry_mlflow_error_code_and_message() {
     assert!(err.to_string().contains("lr"), "{err}");
 
     let err = client
-        .log_batch(&run.run_id, &[], &[Param::new("yaml", "y".repeat(6001))], &[])
+        .log_batch(
+            &run.run_id,
+            &[],
+            &[Param::new("yaml", "y".repeat(6001))],
+            &[],
+        )
         .expect_err("over 6000 characters");
     assert!(matches!(err, Error::TooLong { .. }), "{err}");
 }
@@ -157,7 +173,10 @@ fn artifacts_files_and_folders_round_trip_byte_for_byte() {
     let file_report = client
         .upload_artifacts(&run, &weights, Some("weights"))
         .expect("upload file");
-    assert_eq!((file_report.files, file_report.bytes), (1, content.len() as u64));
+    assert_eq!(
+        (file_report.files, file_report.bytes),
+        (1, content.len() as u64)
+    );
     let folder_report = client
         .upload_artifacts(&run, &folder, Some("plots"))
         .expect("upload folder");
@@ -189,11 +208,16 @@ fn artifacts_files_and_folders_round_trip_byte_for_byte() {
 fn registry_alias_moves_only_to_a_better_version() {
     let client = client();
     let model = unique_name("cardet-yolov8n");
-    client.ensure_registered_model(&model).expect("create model");
+    client
+        .ensure_registered_model(&model)
+        .expect("create model");
     client
         .ensure_registered_model(&model)
         .expect("an existing model is fine");
-    assert_eq!(client.get_alias(&model, "champion").expect("no alias"), None);
+    assert_eq!(
+        client.get_alias(&model, "champion").expect("no alias"),
+        None
+    );
 
     let register = |map50_95: f64| {
         let run = new_run(&client, "tracking-registry");
@@ -220,23 +244,39 @@ fn registry_alias_moves_only_to_a_better_version() {
             .create_model_version(&model, &run, "model")
             .expect("create version");
         assert_eq!(version.run_id, run.run_id);
-        assert!(version.source.ends_with("/artifacts/model"), "{}", version.source);
+        assert!(
+            version.source.ends_with("/artifacts/model"),
+            "{}",
+            version.source
+        );
         version.version
     };
     let promote = |version: &str| {
         client
-            .promote_if_better(&model, "champion", version, "metrics/mAP50-95(B)", MetricGoal::Maximize)
+            .promote_if_better(
+                &model,
+                "champion",
+                version,
+                "metrics/mAP50-95(B)",
+                MetricGoal::Maximize,
+            )
             .expect("promote")
     };
 
     let first = register(0.50);
     let promotion = promote(&first);
-    assert!(promotion.promoted && promotion.previous_champion.is_none(), "{promotion:?}");
+    assert!(
+        promotion.promoted && promotion.previous_champion.is_none(),
+        "{promotion:?}"
+    );
 
     let worse = register(0.40);
     let promotion = promote(&worse);
     assert!(!promotion.promoted, "{promotion:?}");
-    assert_eq!(promotion.previous_champion, Some((first.clone(), Some(0.50))));
+    assert_eq!(
+        promotion.previous_champion,
+        Some((first.clone(), Some(0.50)))
+    );
     let champion = client.get_alias(&model, "champion").expect("alias");
     assert_eq!(champion.map(|v| v.version), Some(first.clone()));
 
@@ -266,7 +306,13 @@ fn run_logger_delivers_live_and_a_later_sync_sends_nothing_twice() {
         .expect("params");
     for step in 0..30 {
         logger
-            .log_metrics(step, [("train/box_loss", 1.0 / (step + 1) as f64), ("metrics/mAP50-95(B)", step as f64 / 100.0)])
+            .log_metrics(
+                step,
+                [
+                    ("train/box_loss", 1.0 / (step + 1) as f64),
+                    ("metrics/mAP50-95(B)", step as f64 / 100.0),
+                ],
+            )
             .expect("metrics");
     }
     // A param changed mid-run is refused by the server; the rest still goes through.
@@ -274,11 +320,18 @@ fn run_logger_delivers_live_and_a_later_sync_sends_nothing_twice() {
     let weights = run_dir.path().join("weights");
     std::fs::create_dir_all(&weights).expect("mkdir");
     std::fs::write(weights.join("last.pt"), b"weights").expect("write");
-    logger.log_artifact(&weights, Some("weights")).expect("artifact");
+    logger
+        .log_artifact(&weights, Some("weights"))
+        .expect("artifact");
     let finished = logger.finish(RunStatus::Finished).expect("finish");
     assert_eq!(finished.unsent_events, 0, "{finished:?}");
     assert_eq!(finished.sent.rejected.len(), 1, "{finished:?}");
-    assert!(finished.sent.rejected[0].1.contains("INVALID_PARAMETER_VALUE"), "{finished:?}");
+    assert!(
+        finished.sent.rejected[0]
+            .1
+            .contains("INVALID_PARAMETER_VALUE"),
+        "{finished:?}"
+    );
     let run_id = finished.run_id.expect("run created");
 
     let client = client();
@@ -293,7 +346,9 @@ fn run_logger_delivers_live_and_a_later_sync_sends_nothing_twice() {
         .map(|m| m.step)
         .collect();
     assert_eq!(sorted(steps), (0..30).collect::<Vec<_>>());
-    let listed = client.list_artifacts(&run_id, Some("weights")).expect("list");
+    let listed = client
+        .list_artifacts(&run_id, Some("weights"))
+        .expect("list");
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].path, "weights/last.pt");
 
