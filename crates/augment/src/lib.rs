@@ -3,7 +3,8 @@
 //!
 //! - [`transforms`]: `load_image` (long side to `imgsz`), the 4-image mosaic, the
 //!   random perspective (one matrix for pixels and boxes, then `box_candidates`),
-//!   HSV through lookup tables, flips, and the validation letterbox.
+//!   HSV through lookup tables, flips, and the validation letterbox; [`resize`] is
+//!   OpenCV's `INTER_LINEAR` in fixed point.
 //! - [`Loader`]: batches of one rank, `DistributedSampler` sharding, rectangular
 //!   validation batches, and randomness seeded per `(seed, epoch, sample)` so a
 //!   batch never depends on how many workers built it.
@@ -31,6 +32,7 @@
 pub mod config;
 pub mod error;
 pub mod loader;
+pub mod resize;
 pub mod sampler;
 pub mod transforms;
 

@@ -4,14 +4,17 @@
 //! Each random transform is split into a pure function of its parameters (tested
 //! directly) and a `random_*` wrapper that draws the parameters as Ultralytics does.
 
+use std::sync::OnceLock;
+
 use cardet_detect::BoundingBox;
 use cardet_detect::dataset::DatasetItem;
 use cardet_detect::image_io;
-use cardet_detect::letterbox::{PAD_VALUE, TransformInfo, resize_bilinear};
+use cardet_detect::letterbox::{PAD_VALUE, TransformInfo};
 use image::{Rgb, RgbImage};
 use rand::Rng;
 
 use crate::config::AugmentConfig;
+use crate::resize::resize_linear;
 
 /// One object: its class and its box in the pixels of the image it belongs to.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -45,7 +48,7 @@ pub fn load_resized(item: &DatasetItem, imgsz: u32) -> Result<LoadedImage, carde
     let image = if resized_size == original_size {
         decoded
     } else {
-        resize_bilinear(&decoded, resized_size)
+        resize_linear(&decoded, resized_size)
     };
     // Labels are normalised to the file's size, so they scale with whatever size the
     // image is now; the file's own dimensions win over the scanned ones.
@@ -258,6 +261,21 @@ impl Matrix3 {
         self.0[2] == [0.0, 0.0, 1.0]
     }
 
+    /// The inverse of the affine part, as OpenCV's `invertAffineTransform` computes
+    /// it, or `None` when singular. Meaningful only when [`Matrix3::is_affine`].
+    pub fn affine_inverse(&self) -> Option<Matrix3> {
+        let m = &self.0;
+        let determinant = m[0][0] * m[1][1] - m[0][1] * m[1][0];
+        if determinant == 0.0 || !determinant.is_finite() {
+            return None;
+        }
+        let d = 1.0 / determinant;
+        let (a11, a12, a21, a22) = (m[1][1] * d, -m[0][1] * d, -m[1][0] * d, m[0][0] * d);
+        let b1 = -a11 * m[0][2] - a12 * m[1][2];
+        let b2 = -a21 * m[0][2] - a22 * m[1][2];
+        Some(Matrix3([[a11, a12, b1], [a21, a22, b2], [0.0, 0.0, 1.0]]))
+    }
+
     /// The inverse, or `None` for a singular matrix.
     pub fn inverse(&self) -> Option<Matrix3> {
         let m = &self.0;
@@ -371,40 +389,36 @@ pub fn box_candidate(before: &BoundingBox, after: &BoundingBox) -> bool {
         && aspect < ASPECT_THRESHOLD
 }
 
-/// `cv2.warpAffine` / `cv2.warpPerspective` with bilinear sampling and a constant
-/// grey 114 border: each output pixel `(x, y)` samples the input at `M⁻¹ (x, y)`,
-/// pixel centres at integer coordinates. One pass over output rows, no allocation
-/// per pixel. A singular matrix gives a grey image.
+/// `cv2.warpAffine` / `cv2.warpPerspective` with `INTER_LINEAR` and a constant
+/// grey 114 border, as OpenCV's current warp kernels compute it: the inverse matrix
+/// in `f32`, each output pixel `(x, y)` sampled at `M⁻¹ (x, y)` (pixel centres at
+/// integer coordinates), bilinear in `f32`, rounded to nearest even. One pass over
+/// output rows, no allocation but the output. A singular matrix gives a grey image.
 pub fn warp(input: &RgbImage, matrix: &Matrix3, output_size: (u32, u32)) -> RgbImage {
     let (out_width, out_height) = (output_size.0 as usize, output_size.1 as usize);
     let mut output = vec![PAD_VALUE; out_width * out_height * 3];
-    let Some(inverse) = matrix.inverse() else {
-        return RgbImage::from_raw(output_size.0, output_size.1, output)
-            .unwrap_or_else(|| RgbImage::new(output_size.0, output_size.1));
-    };
-    let m = inverse.0;
     let affine = matrix.is_affine();
-    let sampler = Sampler::new(input);
-    for (y, row) in output.chunks_exact_mut(out_width * 3).enumerate() {
-        let y = y as f64;
-        // Source coordinates at x = 0 and their step per output pixel.
-        let (mut sx, mut sy, mut sw) = (
-            m[0][1] * y + m[0][2],
-            m[1][1] * y + m[1][2],
-            m[2][1] * y + m[2][2],
-        );
-        for pixel in row.chunks_exact_mut(3) {
-            let (px, py) = if affine {
-                (sx, sy)
-            } else if sw.abs() > 1e-12 {
-                (sx / sw, sy / sw)
-            } else {
-                (-2.0, -2.0)
-            };
-            sampler.sample(px as f32, py as f32, pixel);
-            sx += m[0][0];
-            sy += m[1][0];
-            sw += m[2][0];
+    let inverse = if affine {
+        matrix.affine_inverse()
+    } else {
+        matrix.inverse()
+    };
+    if let Some(inverse) = inverse {
+        let m = inverse.0.map(|row| row.map(|value| value as f32));
+        let sampler = Sampler::new(input);
+        for (y, row) in output.chunks_exact_mut(out_width * 3).enumerate() {
+            let y = y as f32;
+            for (x, pixel) in row.chunks_exact_mut(3).enumerate() {
+                let x = x as f32;
+                let source_x = x * m[0][0] + y * m[0][1] + m[0][2];
+                let source_y = x * m[1][0] + y * m[1][1] + m[1][2];
+                if affine {
+                    sampler.sample(source_x, source_y, pixel);
+                } else {
+                    let w = x * m[2][0] + y * m[2][1] + m[2][2];
+                    sampler.sample(source_x / w, source_y / w, pixel);
+                }
+            }
         }
     }
     RgbImage::from_raw(output_size.0, output_size.1, output)
@@ -427,14 +441,34 @@ pub fn apply_hsv_gains(image: &mut RgbImage, gains: [f64; 3]) {
     }
     lut_saturation[0] = 0;
     let tables = HsvTables::new();
+    let factors = hsv_to_rgb_factors();
     for pixel in image.pixels_mut() {
         let [hue, saturation, value] = tables.rgb_to_hsv(pixel.0);
-        pixel.0 = hsv_to_rgb([
-            lut_hue[usize::from(hue)],
-            lut_saturation[usize::from(saturation)],
-            lut_value[usize::from(value)],
-        ]);
+        let hue = usize::from(lut_hue[usize::from(hue)]).min(HUE_RANGE - 1);
+        let saturation = usize::from(lut_saturation[usize::from(saturation)]);
+        let value = f32::from(lut_value[usize::from(value)]) * (1.0 / 255.0);
+        let factor = &factors[hue * 256 + saturation];
+        // The same two roundings as OpenCV: `v * factor`, then `* 255`, truncated.
+        pixel.0 = factor.map(|factor| (value * factor * 255.0) as u8);
     }
+}
+
+/// OpenCV's 8-bit hue range.
+const HUE_RANGE: usize = 180;
+
+/// For every hue and saturation, the factors `tab[k] / v` of OpenCV's HSV to RGB
+/// (red, green, blue), so a pixel costs three multiplications.
+fn hsv_to_rgb_factors() -> &'static [[f32; 3]] {
+    static FACTORS: OnceLock<Vec<[f32; 3]>> = OnceLock::new();
+    FACTORS.get_or_init(|| {
+        let mut factors = Vec::with_capacity(HUE_RANGE * 256);
+        for hue in 0..HUE_RANGE as u8 {
+            for saturation in 0..=255 {
+                factors.push(hsv_factors(hue, saturation));
+            }
+        }
+        factors
+    })
 }
 
 /// [`apply_hsv_gains`] with gains drawn uniformly in `[-1, 1] * (hsv_h, hsv_s, hsv_v)`;
@@ -506,7 +540,7 @@ pub fn letterbox_loaded(
     let resized = if unpadded == (width, height) {
         image.clone()
     } else {
-        resize_bilinear(image, unpadded)
+        resize_linear(image, unpadded)
     };
     let half_width = f64::from(dst_size.0 - unpadded.0) / 2.0;
     let half_height = f64::from(dst_size.1 - unpadded.1) / 2.0;
@@ -584,61 +618,101 @@ fn multiply(a: &[[f64; 3]; 3], b: &[[f64; 3]; 3]) -> [[f64; 3]; 3] {
     product
 }
 
-/// Bilinear reads with a constant border, as OpenCV's `BORDER_CONSTANT`.
+/// OpenCV's bilinear warp kernel for 8-bit RGB with `BORDER_CONSTANT`.
 struct Sampler<'a> {
     raw: &'a [u8],
-    width: i64,
-    height: i64,
+    width: i32,
+    height: i32,
+    stride: usize,
 }
 
 impl<'a> Sampler<'a> {
     fn new(image: &'a RgbImage) -> Sampler<'a> {
         Sampler {
             raw: image.as_raw(),
-            width: i64::from(image.width()),
-            height: i64::from(image.height()),
+            width: i32::try_from(image.width()).unwrap_or(i32::MAX),
+            height: i32::try_from(image.height()).unwrap_or(i32::MAX),
+            stride: image.width() as usize * 3,
         }
     }
 
-    #[inline]
+    /// Samples at `(x, y)`; leaves `out` alone (the border) when no tap falls inside.
+    #[inline(always)]
     fn sample(&self, x: f32, y: f32, out: &mut [u8]) {
-        // Far outside (or NaN): the border, without touching the image.
+        // Far outside, or NaN: the border, and no integer conversion to overflow.
         if !(x > -1.0 && y > -1.0 && x < self.width as f32 && y < self.height as f32) {
             return;
         }
-        let (x0, y0) = (x.floor(), y.floor());
-        let (fx, fy) = (x - x0, y - y0);
-        let (x0, y0) = (x0 as i64, y0 as i64);
-        let stride = self.width as usize * 3;
-        if x0 >= 0 && y0 >= 0 && x0 + 1 < self.width && y0 + 1 < self.height {
-            let top = y0 as usize * stride + x0 as usize * 3;
-            let bottom = top + stride;
+        // `floor` above -1 without a libm call (x86-64's baseline has no rounding
+        // instruction): truncation, one less below zero.
+        let x0 = x as i32 - i32::from(x < 0.0);
+        let y0 = y as i32 - i32::from(y < 0.0);
+        let (fx, fy) = (x - x0 as f32, y - y0 as f32);
+        if x0 >= 0 && y0 >= 0 && x0 < self.width - 1 && y0 < self.height - 1 {
+            let top = y0 as usize * self.stride + x0 as usize * 3;
+            let bottom = top + self.stride;
+            let (upper, lower) = (&self.raw[top..top + 6], &self.raw[bottom..bottom + 6]);
             for (channel, value) in out.iter_mut().enumerate() {
-                let p00 = f32::from(self.raw[top + channel]);
-                let p01 = f32::from(self.raw[top + 3 + channel]);
-                let p10 = f32::from(self.raw[bottom + channel]);
-                let p11 = f32::from(self.raw[bottom + 3 + channel]);
-                let upper = p00 + (p01 - p00) * fx;
-                let lower = p10 + (p11 - p10) * fx;
-                *value = (upper + (lower - upper) * fy + 0.5) as u8;
+                *value = blend(
+                    [
+                        upper[channel],
+                        upper[channel + 3],
+                        lower[channel],
+                        lower[channel + 3],
+                    ],
+                    fx,
+                    fy,
+                );
             }
             return;
         }
-        let fetch = |xi: i64, yi: i64, channel: usize| -> f32 {
+        self.sample_at_border(x0, y0, fx, fy, out);
+    }
+
+    /// The taps outside the image read as the border: the rare path, kept out of
+    /// the per-pixel loop.
+    #[cold]
+    #[inline(never)]
+    fn sample_at_border(&self, x0: i32, y0: i32, fx: f32, fy: f32, out: &mut [u8]) {
+        let tap = |xi: i32, yi: i32, channel: usize| -> u8 {
             if xi < 0 || yi < 0 || xi >= self.width || yi >= self.height {
-                f32::from(PAD_VALUE)
+                PAD_VALUE
             } else {
-                f32::from(self.raw[yi as usize * stride + xi as usize * 3 + channel])
+                self.raw[yi as usize * self.stride + xi as usize * 3 + channel]
             }
         };
         for (channel, value) in out.iter_mut().enumerate() {
-            let upper =
-                fetch(x0, y0, channel) + (fetch(x0 + 1, y0, channel) - fetch(x0, y0, channel)) * fx;
-            let lower = fetch(x0, y0 + 1, channel)
-                + (fetch(x0 + 1, y0 + 1, channel) - fetch(x0, y0 + 1, channel)) * fx;
-            *value = (upper + (lower - upper) * fy + 0.5).clamp(0.0, 255.0) as u8;
+            *value = blend(
+                [
+                    tap(x0, y0, channel),
+                    tap(x0 + 1, y0, channel),
+                    tap(x0, y0 + 1, channel),
+                    tap(x0 + 1, y0 + 1, channel),
+                ],
+                fx,
+                fy,
+            );
         }
     }
+}
+
+/// OpenCV's order of operations: along x on both rows, then along y, then
+/// `saturate_cast<uchar>` (nearest, ties to even).
+#[inline]
+fn blend([p00, p01, p10, p11]: [u8; 4], fx: f32, fy: f32) -> u8 {
+    let (p00, p01, p10, p11) = (
+        f32::from(p00),
+        f32::from(p01),
+        f32::from(p10),
+        f32::from(p11),
+    );
+    let upper = p00 + fx * (p01 - p00);
+    let lower = p10 + fx * (p11 - p10);
+    let value = upper + fy * (lower - upper);
+    // Adding and removing 2^23 rounds to nearest even in the default rounding mode,
+    // without the libm call `round_ties_even` becomes on x86-64's baseline.
+    const MAGIC: f32 = 8_388_608.0;
+    ((value + MAGIC) - MAGIC) as u8
 }
 
 /// OpenCV's fixed-point tables for 8-bit RGB to HSV (`hsv_shift` 12).
@@ -685,26 +759,20 @@ impl HsvTables {
     }
 }
 
-/// OpenCV's vectorised `HSV2RGB_b` (hue range 180), which is what converts all but
-/// the last few pixels of an image: `f32` arithmetic with the saturation and value
-/// multiplied by `1/255`, and the result truncated, not rounded.
-fn hsv_to_rgb([hue, saturation, value]: [u8; 3]) -> [u8; 3] {
-    const INVERSE_255: f32 = 1.0 / 255.0;
-    let s = f32::from(saturation) * INVERSE_255;
-    let v = f32::from(value) * INVERSE_255;
+/// OpenCV's vectorised `HSV2RGB_b` (hue range 180), which converts all but the
+/// last pixels of each row, as factors of the value: `f32` arithmetic, saturation
+/// multiplied by `1/255`; the caller multiplies by the value and 255 and truncates.
+fn hsv_factors(hue: u8, saturation: u8) -> [f32; 3] {
+    let s = f32::from(saturation) * (1.0 / 255.0);
     let h = f32::from(hue) * (6.0_f32 / 180.0);
-    let sector = h.trunc();
-    let fraction = h - sector;
+    // Truncation by a cast: `trunc` is a libm call on x86-64's baseline.
+    let sector = h as usize;
+    let fraction = h - sector as f32;
     // OpenCV's build fuses `1 - s * x` into one rounding (FMA); the product of two
     // `f32`s is exact in `f64`, which gives the same bits on any CPU. Checked
     // against cv2 on all 180 * 256 * 256 inputs.
     let one_minus = |x: f32| (1.0 - f64::from(s) * f64::from(x)) as f32;
-    let tab = [
-        v,
-        v * (1.0 - s),
-        v * one_minus(fraction),
-        v * one_minus(1.0 - fraction),
-    ];
+    let tab = [1.0, 1.0 - s, one_minus(fraction), one_minus(1.0 - fraction)];
     // OpenCV's table gives (b, g, r) per sector.
     const SECTORS: [[usize; 3]; 6] = [
         [1, 3, 0],
@@ -714,8 +782,8 @@ fn hsv_to_rgb([hue, saturation, value]: [u8; 3]) -> [u8; 3] {
         [0, 1, 3],
         [2, 1, 0],
     ];
-    let [bi, gi, ri] = SECTORS[(sector as usize) % 6];
-    [tab[ri], tab[gi], tab[bi]].map(|channel| (channel * 255.0).clamp(0.0, 255.0) as u8)
+    let [blue, green, red] = SECTORS[sector % 6];
+    [tab[red], tab[green], tab[blue]]
 }
 
 #[cfg(test)]

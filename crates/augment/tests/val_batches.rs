@@ -202,9 +202,10 @@ fn rect_batches_match_ultralytics_yolo_dataset() {
             let worst = differences.iter().copied().max().unwrap_or(0);
             let mean =
                 differences.iter().map(|&d| f64::from(d)).sum::<f64>() / differences.len() as f64;
-            // OpenCV resizes in fixed point; we round floats: a level here and there.
+            // The same fixed-point resize as OpenCV's vector code (measured: exact);
+            // OpenCV's scalar code for the last pixels of a row may round otherwise.
             assert!(
-                worst <= 2 && mean < 0.05,
+                worst <= 1 && mean < 0.001,
                 "{}: worst {worst}, mean {mean}",
                 item.image_path.display()
             );
