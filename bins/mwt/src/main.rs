@@ -1,13 +1,14 @@
 //! `mwt`: the trainer. It will train, validate, export and serve predictions of the
 //! YOLOv8 detector on libtorch (through tch), on one process or data parallel.
 //!
-//! Built so far: `mwt info`, which proves libtorch is found and works. The other
-//! subcommands belong to the model, training and distributed issues; until those
-//! land they say so and exit 2.
+//! Built: `info`, `train`, `val`, `export`, `predict`, `eval`. `launch` belongs to the
+//! distributed issue; until it lands it says so and exits 2.
 
 mod eval;
 mod export;
 mod predict;
+mod train;
+mod val;
 
 use std::process::ExitCode;
 
@@ -32,10 +33,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// NOT BUILT YET (the training issue): train YOLOv8 on a YOLO dataset.
-    Train(Unbuilt),
-    /// NOT BUILT YET (the training issue): evaluate a checkpoint or ONNX model.
-    Val(Unbuilt),
+    /// Train YOLOv8 on a YOLO dataset (Ultralytics' recipe and argument names).
+    Train(Box<train::TrainFlags>),
+    /// P, R, mAP@0.5, mAP@0.5:0.95 and per-class AP of a checkpoint or ONNX model.
+    Val(val::ValFlags),
     /// Export a checkpoint to ONNX in a Triton model repository.
     Export(export::ExportFlags),
     /// Run a checkpoint (tch) or an ONNX model on images; JSON and annotated images out.
@@ -58,9 +59,8 @@ fn main() -> ExitCode {
     let flags = Flags::parse();
     let result = match flags.command {
         Command::Info { json } => info(json),
-        Command::Train(_) | Command::Val(_) => {
-            Err(cardet_cli::not_built("mwt train/val", "the training issue"))
-        }
+        Command::Train(flags) => train::run(&flags),
+        Command::Val(flags) => val::run(&flags),
         Command::Export(flags) => export::run(&flags),
         Command::Predict(flags) => predict::run(&flags),
         Command::Eval(flags) => eval::run(&flags),

@@ -35,4 +35,4 @@ pub use hooks::{GradientSync, NoObserver, SingleProcess, TrainObserver, TrainSum
 pub use loss::{DetectionLoss, LossGains, LossOutput};
 pub use optim::{Optimizer, OptimizerName};
 pub use trainer::{Hooks, train};
-pub use validate::{ValOutput, validate};
+pub use validate::{ValOutput, validate, validate_with};

@@ -52,7 +52,8 @@ impl ValOutput {
     }
 }
 
-/// Runs `net` (in evaluation mode) over every batch of `loader`, whose items are `items`.
+/// Runs `net` (in evaluation mode) over every batch of `loader`, whose items are
+/// `items`; with a criterion, the val losses too.
 pub fn validate(
     net: &YoloV8,
     names: &[String],
@@ -60,6 +61,37 @@ pub fn validate(
     loader: &Loader,
     device: Device,
     criterion: Option<&DetectionLoss>,
+    keep_samples: usize,
+) -> Result<ValOutput, Error> {
+    let mut run = |input: &Tensor,
+                   targets: &[[f32; 6]]|
+     -> Result<(Tensor, Option<[f64; 3]>), Error> {
+        let (head, output) = tch::no_grad(|| {
+            let head = net.forward_t(input, false);
+            let output = net.detect.decode(&head);
+            (head, output)
+        });
+        let losses = match criterion {
+            Some(criterion) => Some(tch::no_grad(|| criterion.compute(&head, targets))?.parts()),
+            None => None,
+        };
+        Ok((output, losses))
+    };
+    validate_with(&mut run, names, items, loader, device, keep_samples)
+}
+
+/// A model that maps a `[n, 3, h, w]` float batch (and its targets, for a loss) to the
+/// `[n, 4 + classes, anchors]` inference output (and the batch's three loss parts).
+pub type ValModel<'a> =
+    dyn FnMut(&Tensor, &[[f32; 6]]) -> Result<(Tensor, Option<[f64; 3]>), Error> + 'a;
+
+/// [`validate`] for any model: an ONNX session, a remote server, ...
+pub fn validate_with(
+    model: &mut ValModel<'_>,
+    names: &[String],
+    items: &[DatasetItem],
+    loader: &Loader,
+    device: Device,
     keep_samples: usize,
 ) -> Result<ValOutput, Error> {
     let started = std::time::Instant::now();
@@ -74,19 +106,16 @@ pub fn validate(
     let mut confusion = ConfusionMatrix::new(names.len());
     let mut samples = Vec::new();
     let mut loss_sum = [0.0; 3];
+    let mut with_loss = false;
     let mut batches = 0usize;
     let mut images = 0usize;
     for batch in loader.epoch(0, false) {
         let batch = batch?;
         let input = images_to_tensor(&batch.images, batch.shape, device)?;
-        let (head, output) = tch::no_grad(|| {
-            let head = net.forward_t(&input, false);
-            let output = net.detect.decode(&head);
-            (head, output)
-        });
-        if let Some(criterion) = criterion {
-            let loss = tch::no_grad(|| criterion.compute(&head, &batch.targets))?;
-            for (sum, part) in loss_sum.iter_mut().zip(loss.parts()) {
+        let (output, losses) = model(&input, &batch.targets)?;
+        if let Some(parts) = losses {
+            with_loss = true;
+            for (sum, part) in loss_sum.iter_mut().zip(parts) {
                 *sum += part;
             }
         }
@@ -135,7 +164,7 @@ pub fn validate(
         }
     }
     let report = cardet_detect::eval::evaluate(&ground_truth, &predictions);
-    let losses = criterion.map(|_| loss_sum.map(|sum| sum / batches.max(1) as f64));
+    let losses = with_loss.then(|| loss_sum.map(|sum| sum / batches.max(1) as f64));
     Ok(ValOutput {
         report,
         losses,
