@@ -27,6 +27,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -125,7 +126,13 @@ void wait_all(
       work->wait(left);
     } catch (...) {
       if (!first_failure) {
-        first_failure = std::current_exception();
+        // c10d's own text for a passed deadline is a bare "Operation timed
+        // out!"; say what it means for a job.
+        first_failure = work->isCompleted()
+            ? std::current_exception()
+            : std::make_exception_ptr(std::runtime_error(
+                  "no result within the " + std::to_string(timeout.count()) +
+                  " ms timeout; a peer rank is stalled, dead or not issuing the same collective"));
       }
     }
   }

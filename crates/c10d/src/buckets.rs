@@ -84,13 +84,25 @@ impl GradientBuckets {
         let buckets = self.plan(grads);
         let world_size = group.world_size() as f64;
         let mut flats = Vec::with_capacity(buckets.len());
+        // Buckets reduced directly in the gradient's own storage, with no copy.
+        let mut in_place = Vec::with_capacity(buckets.len());
         for bucket in &buckets {
-            let members: Vec<Tensor> = bucket
-                .iter()
-                .map(|&grad_idx| grads[grad_idx].reshape(-1))
-                .collect();
-            let flat =
-                Tensor::f_cat(&members, 0).map_err(torch_error("flattening a gradient bucket"))?;
+            let sole_member = match bucket.as_slice() {
+                [grad_idx] if grads[*grad_idx].is_contiguous() => Some(&grads[*grad_idx]),
+                _ => None,
+            };
+            let flat = match sole_member {
+                // A view: one large gradient needs no flattening copy.
+                Some(grad) => grad.f_view([-1]),
+                None => {
+                    let members: Vec<Tensor> = bucket
+                        .iter()
+                        .map(|&grad_idx| grads[grad_idx].reshape(-1))
+                        .collect();
+                    Tensor::f_cat(&members, 0)
+                }
+            }
+            .map_err(torch_error("flattening a gradient bucket"))?;
             let flat = match self.compression.wire_kind() {
                 None => flat,
                 Some(kind) => flat
@@ -98,6 +110,7 @@ impl GradientBuckets {
                     .and_then(|scaled| scaled.f_to_kind(kind))
                     .map_err(torch_error("compressing a gradient bucket"))?,
             };
+            in_place.push(sole_member.is_some() && self.compression == Compression::None);
             flats.push(flat);
         }
         let op = match self.compression {
@@ -106,14 +119,17 @@ impl GradientBuckets {
             Compression::Fp16 | Compression::Bf16 => ReduceOp::Sum,
         };
         group.all_reduce(&flats, op)?;
-        for (bucket, flat) in buckets.iter().zip(&flats) {
+        for ((bucket, flat), in_place) in buckets.iter().zip(&flats).zip(in_place) {
+            if in_place {
+                continue;
+            }
             let mut offset = 0_i64;
             for &grad_idx in bucket {
                 let grad = &grads[grad_idx];
                 let numel = grad.numel() as i64;
+                // copy_ casts from the wire dtype back to the gradient's.
                 let reduced = flat
                     .f_narrow(0, offset, numel)
-                    .and_then(|slice| slice.f_to_kind(grad.kind()))
                     .and_then(|slice| slice.f_view(grad.size().as_slice()))
                     .map_err(torch_error("unflattening a gradient bucket"))?;
                 grad.shallow_clone()

@@ -110,7 +110,7 @@ fn all_reduce_and_broadcast_match_on_both_ranks() -> anyhow::Result<()> {
         let input0 = named(&rank0, &format!("input_{tensor_idx}"))?;
         let input1 = named(&rank1, &format!("input_{tensor_idx}"))?;
         ensure!(
-            !input0.equal(&input1),
+            !input0.equal(input1),
             "tensor {tensor_idx}: the ranks' inputs should differ"
         );
         let expected_sum = input0 + input1;
@@ -118,12 +118,12 @@ fn all_reduce_and_broadcast_match_on_both_ranks() -> anyhow::Result<()> {
         for (key, expected) in [
             ("sum", &expected_sum),
             ("average", &expected_average),
-            ("broadcast", &input1),
+            ("broadcast", input1),
         ] {
             let key = format!("{key}_{tensor_idx}");
             let on_rank0 = named(&rank0, &key)?;
             let on_rank1 = named(&rank1, &key)?;
-            ensure!(on_rank0.equal(&on_rank1), "{key}: ranks 0 and 1 differ");
+            ensure!(on_rank0.equal(on_rank1), "{key}: ranks 0 and 1 differ");
             ensure!(on_rank0.equal(expected), "{key}: not the expected value");
         }
     }
@@ -166,7 +166,7 @@ fn bucketed_average_equals_unbucketed() -> anyhow::Result<()> {
             );
             if compression == "none" {
                 ensure!(
-                    on_rank0.equal(&reference),
+                    on_rank0.equal(reference),
                     "{key}: bucketed mean differs from the unbucketed one"
                 );
                 continue;
