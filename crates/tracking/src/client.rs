@@ -427,6 +427,13 @@ impl MlflowClient {
     ) -> Result<PathBuf, Error> {
         let root = proxied_artifact_root(run)?;
         let segments = split_artifact_path(artifact_path);
+        // Paths come back from the server's listing: none may climb out of dest_dir.
+        if segments.iter().any(|segment| segment == "..") {
+            return Err(Error::BadResponse {
+                endpoint: "GET artifacts/list".into(),
+                reason: format!("artifact path {artifact_path:?} leaves the download folder"),
+            });
+        }
         let local = segments
             .iter()
             .fold(dest_dir.to_path_buf(), |p, s| p.join(s));
