@@ -89,15 +89,57 @@ pub fn long_side_size(size: (u32, u32), imgsz: u32) -> (u32, u32) {
 /// are shifted with their tile, clipped to the canvas, and dropped at zero area.
 pub fn mosaic_at(tiles: [&LabeledImage; 4], imgsz: u32, centre: (i64, i64)) -> LabeledImage {
     let side = i64::from(imgsz) * 2;
-    let mut canvas = RgbImage::from_pixel(side as u32, side as u32, Rgb([PAD_VALUE; 3]));
-    let (xc, yc) = centre;
+    // A centre off the canvas would place tiles outside it.
+    let centre = (centre.0.clamp(0, side), centre.1.clamp(0, side));
+    let placements: Vec<TilePlacement> = tiles
+        .iter()
+        .enumerate()
+        .map(|(tile_idx, tile)| TilePlacement::new(tile_idx, tile, side, centre))
+        .collect();
+    let image = paint_mosaic(&tiles, &placements, side as usize);
     let mut boxes = Vec::new();
-    for (tile_idx, tile) in tiles.iter().enumerate() {
+    for (tile, placement) in tiles.iter().zip(&placements) {
+        let shift_x = (placement.x1a - placement.x1b) as f32;
+        let shift_y = (placement.y1a - placement.y1b) as f32;
+        for labeled in &tile.boxes {
+            let bbox = BoundingBox {
+                x1: labeled.bbox.x1 + shift_x,
+                y1: labeled.bbox.y1 + shift_y,
+                x2: labeled.bbox.x2 + shift_x,
+                y2: labeled.bbox.y2 + shift_y,
+            }
+            .clipped(side as f32, side as f32);
+            if bbox.width() > 0.0 && bbox.height() > 0.0 {
+                boxes.push(LabeledBox {
+                    class_id: labeled.class_id,
+                    bbox,
+                });
+            }
+        }
+    }
+    LabeledImage { image, boxes }
+}
+
+/// Where one tile of a mosaic lands: rectangle `a` on the canvas, taken from `b`
+/// (same size) in the tile.
+#[derive(Clone, Copy, Debug)]
+struct TilePlacement {
+    x1a: i64,
+    y1a: i64,
+    x2a: i64,
+    y2a: i64,
+    x1b: i64,
+    y1b: i64,
+}
+
+impl TilePlacement {
+    /// Tile 0 ends at the centre from the top left, 1 top right, 2 bottom left,
+    /// 3 bottom right; each is cut at the canvas edge.
+    fn new(tile_idx: usize, tile: &LabeledImage, side: i64, (xc, yc): (i64, i64)) -> TilePlacement {
         let (w, h) = (
             i64::from(tile.image.width()),
             i64::from(tile.image.height()),
         );
-        // Destination rectangle `a` on the canvas and source rectangle `b` in the tile.
         let (x1a, y1a, x2a, y2a, x1b, y1b) = match tile_idx {
             0 => {
                 let (x1a, y1a) = ((xc - w).max(0), (yc - h).max(0));
@@ -116,34 +158,47 @@ pub fn mosaic_at(tiles: [&LabeledImage; 4], imgsz: u32, centre: (i64, i64)) -> L
                 (xc, yc, x2a, y2a, 0, 0)
             }
         };
-        copy_region(
-            &tile.image,
-            (x1b, y1b),
-            &mut canvas,
-            (x1a, y1a),
-            (x2a - x1a, y2a - y1a),
-        );
-        let (shift_x, shift_y) = ((x1a - x1b) as f32, (y1a - y1b) as f32);
-        for labeled in &tile.boxes {
-            let bbox = BoundingBox {
-                x1: labeled.bbox.x1 + shift_x,
-                y1: labeled.bbox.y1 + shift_y,
-                x2: labeled.bbox.x2 + shift_x,
-                y2: labeled.bbox.y2 + shift_y,
-            }
-            .clipped(side as f32, side as f32);
-            if bbox.width() > 0.0 && bbox.height() > 0.0 {
-                boxes.push(LabeledBox {
-                    class_id: labeled.class_id,
-                    bbox,
-                });
-            }
+        TilePlacement {
+            x1a,
+            y1a,
+            x2a,
+            y2a,
+            x1b,
+            y1b,
         }
     }
-    LabeledImage {
-        image: canvas,
-        boxes,
+}
+
+/// The `side x side` canvas, written once row by row: grey 114 where no tile
+/// lands, each tile's pixels where it does (tiles of one row never overlap).
+fn paint_mosaic(tiles: &[&LabeledImage; 4], placements: &[TilePlacement], side: usize) -> RgbImage {
+    let mut raw: Vec<u8> = Vec::with_capacity(side * side * 3);
+    // Left to right; the tiles a row crosses then come in that order too.
+    let mut order = [0, 1, 2, 3];
+    order.sort_by_key(|&tile_idx| placements[tile_idx].x1a);
+    for y in 0..side as i64 {
+        let row_start = raw.len();
+        let covering = order
+            .iter()
+            .map(|&tile_idx| (tiles[tile_idx], &placements[tile_idx]))
+            .filter(|(_, placement)| {
+                placement.y1a <= y && y < placement.y2a && placement.x1a < placement.x2a
+            });
+        let mut x = 0_i64;
+        for (tile, placement) in covering {
+            let gap = (placement.x1a - x).max(0) as usize;
+            raw.resize(raw.len() + gap * 3, PAD_VALUE);
+            let tile_stride = tile.image.width() as usize * 3;
+            let tile_y = (placement.y1b + y - placement.y1a) as usize;
+            let start = tile_y * tile_stride + placement.x1b as usize * 3;
+            let len = (placement.x2a - placement.x1a) as usize * 3;
+            raw.extend_from_slice(&tile.image.as_raw()[start..start + len]);
+            x = placement.x2a;
+        }
+        raw.resize(row_start + side * 3, PAD_VALUE);
     }
+    RgbImage::from_raw(side as u32, side as u32, raw)
+        .unwrap_or_else(|| RgbImage::from_pixel(side as u32, side as u32, Rgb([PAD_VALUE; 3])))
 }
 
 /// [`mosaic_at`] with Ultralytics' random centre: `int(uniform(imgsz / 2, 3 * imgsz / 2))`
@@ -581,31 +636,6 @@ pub fn letterbox_loaded(
         },
         info,
     )
-}
-
-/// Copies a `size` rectangle from `source` at `from` into `target` at `to`.
-fn copy_region(
-    source: &RgbImage,
-    from: (i64, i64),
-    target: &mut RgbImage,
-    to: (i64, i64),
-    size: (i64, i64),
-) {
-    let (width, height) = size;
-    if width <= 0 || height <= 0 {
-        return;
-    }
-    let source_stride = source.width() as usize * 3;
-    let target_stride = target.width() as usize * 3;
-    let source_raw = source.as_raw();
-    let target_raw: &mut [u8] = target;
-    let row_bytes = width as usize * 3;
-    for row in 0..height as usize {
-        let source_start = (from.1 as usize + row) * source_stride + from.0 as usize * 3;
-        let target_start = (to.1 as usize + row) * target_stride + to.0 as usize * 3;
-        target_raw[target_start..target_start + row_bytes]
-            .copy_from_slice(&source_raw[source_start..source_start + row_bytes]);
-    }
 }
 
 fn multiply(a: &[[f64; 3]; 3], b: &[[f64; 3]; 3]) -> [[f64; 3]; 3] {
