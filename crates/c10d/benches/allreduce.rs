@@ -3,7 +3,7 @@
 //! started by cardet's launcher. Prints the medians and the ratio (baseline
 //! time / ours: above 1 means ours is faster).
 //!
-//! `cargo bench -p cardet-c10d --bench allreduce [-- --floats N --iterations N]`
+//! `cargo bench -p cardet-c10d --bench allreduce [-- --floats N --iterations N --rounds N]`
 //!
 //! The binary is both the driver and, with `CARDET_C10D_BENCH_ROLE` set, a rank.
 
@@ -24,6 +24,7 @@ const WARMUP: usize = 5;
 struct Settings {
     n_floats: usize,
     iterations: usize,
+    rounds: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,8 +42,6 @@ fn main() -> anyhow::Result<()> {
         (ROLE_VAR.into(), "rank".into()),
         (OUT_VAR.into(), ours_path.clone().into_os_string()),
     ];
-    launch(&ours).context("running cardet-c10d ranks")?;
-
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/torch_gloo_allreduce.py");
     let python = cardet_testkit::venv_python();
     let baseline_args: Vec<OsString> = vec![
@@ -53,27 +52,67 @@ fn main() -> anyhow::Result<()> {
     ];
     let mut baseline = LaunchConfig::new(2, &python, baseline_args);
     baseline.env = vec![(OUT_VAR.into(), baseline_path.clone().into_os_string())];
-    launch(&baseline)
-        .with_context(|| format!("running torch.distributed ranks with {}", python.display()))?;
 
-    let ours = read_medians(&ours_path)?;
-    let baseline = read_medians(&baseline_path)?;
+    // Rounds alternate ours and the baseline, so load from other processes on a
+    // shared machine falls on both sides alike.
+    let mut rounds: Vec<Round> = Vec::new();
+    for _ in 0..settings.rounds {
+        launch(&ours).context("running cardet-c10d ranks")?;
+        launch(&baseline).with_context(|| {
+            format!("running torch.distributed ranks with {}", python.display())
+        })?;
+        rounds.push((read_medians(&ours_path)?, read_medians(&baseline_path)?));
+    }
+
     println!(
-        "all-reduce of {} f32 between 2 local processes, median of {} after {WARMUP} warm-up (rank 0)",
-        settings.n_floats, settings.iterations
+        "all-reduce of {} f32 between 2 local processes (rank 0's time): per round the median of {} after {WARMUP} warm-up; median over {} rounds [min..max]",
+        settings.n_floats, settings.iterations, settings.rounds
     );
     println!("| case | cardet-c10d | torch.distributed gloo | ratio |");
     println!("|---|---|---|---|");
-    for (case, ours_ms) in &ours {
-        let Some((_, baseline_ms)) = baseline.iter().find(|(name, _)| name == case) else {
-            bail!("baseline has no case {case}");
-        };
+    let Some((first_ours, _)) = rounds.first() else {
+        bail!("no round ran");
+    };
+    for (case, _) in first_ours {
+        let ours_ms = case_times(&rounds, case, |round| &round.0)?;
+        let baseline_ms = case_times(&rounds, case, |round| &round.1)?;
+        let (ours_median, baseline_median) = (median(&ours_ms), median(&baseline_ms));
         println!(
-            "| {case} | {ours_ms:.2} ms | {baseline_ms:.2} ms | **{:.2}x** |",
-            baseline_ms / ours_ms
+            "| {case} | {ours_median:.2} ms [{:.2}..{:.2}] | {baseline_median:.2} ms [{:.2}..{:.2}] | **{:.2}x** |",
+            ours_ms[0],
+            ours_ms[ours_ms.len() - 1],
+            baseline_ms[0],
+            baseline_ms[baseline_ms.len() - 1],
+            baseline_median / ours_median
         );
     }
     Ok(())
+}
+
+type Round = (Vec<(String, f64)>, Vec<(String, f64)>);
+
+/// One side's median for `case` in every round, sorted.
+fn case_times(
+    rounds: &[Round],
+    case: &str,
+    side: impl Fn(&Round) -> &Vec<(String, f64)>,
+) -> anyhow::Result<Vec<f64>> {
+    let mut times = rounds
+        .iter()
+        .map(|round| {
+            side(round)
+                .iter()
+                .find(|(name, _)| name == case)
+                .map(|(_, median_ms)| *median_ms)
+                .with_context(|| format!("a round has no case {case}"))
+        })
+        .collect::<anyhow::Result<Vec<f64>>>()?;
+    times.sort_by(f64::total_cmp);
+    Ok(times)
+}
+
+fn median(sorted: &[f64]) -> f64 {
+    sorted[sorted.len() / 2]
 }
 
 fn rust_rank(settings: &Settings) -> anyhow::Result<()> {
@@ -132,7 +171,7 @@ fn measure(
         }
     }
     times_ms.sort_by(f64::total_cmp);
-    Ok(times_ms[times_ms.len() / 2])
+    Ok(median(&times_ms))
 }
 
 fn read_medians(path: &Path) -> anyhow::Result<Vec<(String, f64)>> {
@@ -152,6 +191,7 @@ fn parse_settings() -> anyhow::Result<Settings> {
     let mut settings = Settings {
         n_floats: 3_200_000,
         iterations: 30,
+        rounds: 5,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -162,13 +202,18 @@ fn parse_settings() -> anyhow::Result<Settings> {
             "--iterations" => {
                 settings.iterations = args.next().context("--iterations needs a value")?.parse()?
             }
+            "--rounds" => {
+                settings.rounds = args.next().context("--rounds needs a value")?.parse()?
+            }
             // cargo bench appends --bench.
             "--bench" => {}
-            other => bail!("unknown argument {other}; expected --floats N or --iterations N"),
+            other => {
+                bail!("unknown argument {other}; expected --floats N, --iterations N or --rounds N")
+            }
         }
     }
-    if settings.iterations == 0 {
-        bail!("--iterations must be at least 1");
+    if settings.iterations == 0 || settings.rounds == 0 {
+        bail!("--iterations and --rounds must be at least 1");
     }
     Ok(settings)
 }

@@ -74,14 +74,19 @@ fn main() -> ExitCode {
             world_size_without_rank_is_a_clear_error,
         ),
     ];
-    // cargo passes libtest flags (--nocapture, --test-threads); a bare word filters.
-    let filter = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
+    let args = HarnessArgs::parse(std::env::args().skip(1));
+    if args.list {
+        // cargo-nextest discovers tests through libtest's `--list --format terse`.
+        if !args.ignored {
+            for (name, _) in cases.iter().filter(|(name, _)| args.selects(name)) {
+                println!("{name}: test");
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
     let mut n_failed = 0;
-    for (name, case) in cases {
-        if filter
-            .as_deref()
-            .is_some_and(|filter| !name.contains(filter))
-        {
+    for (name, case) in cases.iter().filter(|(name, _)| args.selects(name)) {
+        if args.ignored {
             continue;
         }
         let started = Instant::now();
@@ -97,6 +102,44 @@ fn main() -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// The part of libtest's command line that `cargo test` and `cargo nextest` use.
+#[derive(Default)]
+struct HarnessArgs {
+    filter: Option<String>,
+    exact: bool,
+    list: bool,
+    ignored: bool,
+}
+
+impl HarnessArgs {
+    fn parse(args: impl Iterator<Item = String>) -> HarnessArgs {
+        let mut parsed = HarnessArgs::default();
+        let mut args = args.peekable();
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--list" => parsed.list = true,
+                "--exact" => parsed.exact = true,
+                "--ignored" => parsed.ignored = true,
+                // Flags whose value is the next argument, which is no filter.
+                "--format" | "--test-threads" | "--logfile" | "--skip" | "--color" | "-Z" => {
+                    args.next();
+                }
+                flag if flag.starts_with('-') => {}
+                filter => parsed.filter = Some(filter.to_owned()),
+            }
+        }
+        parsed
+    }
+
+    fn selects(&self, name: &str) -> bool {
+        match &self.filter {
+            None => true,
+            Some(filter) if self.exact => name == filter,
+            Some(filter) => name.contains(filter.as_str()),
+        }
     }
 }
 
