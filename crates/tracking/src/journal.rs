@@ -64,7 +64,8 @@ pub(crate) struct StartRun {
     pub run_key: String,
 }
 
-/// The tag holding a journal's [`StartRun::run_key`].
+/// The run tag holding the key a journal made for its run at start, so a sync
+/// finds a run the server created but the journal never heard back about.
 pub const RUN_KEY_TAG: &str = "cardet.run_key";
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

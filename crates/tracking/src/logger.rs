@@ -431,10 +431,16 @@ impl Worker {
                     }
                     Err(err) if err.is_transient() => {
                         if !offline {
+                            // The URI once, then what failed: the request and the transport's reason.
+                            let cause = match &err {
+                                Error::Unreachable {
+                                    endpoint, source, ..
+                                } => format!("{endpoint}: {}", error_chain(source)),
+                                other => error_chain(other),
+                            };
                             tracing::warn!(
-                                "MLflow at {} is unreachable ({}); training goes on, events stay in {} and are retried (or run `mwt mlflow-sync {}`)",
+                                "MLflow at {} is unreachable ({cause}); training goes on, events stay in {} and are retried (or run `mwt mlflow-sync {}`)",
                                 self.uri,
-                                error_chain(&err),
                                 journal_dir(&self.run_dir).join(JOURNAL_FILE).display(),
                                 self.run_dir.display()
                             );

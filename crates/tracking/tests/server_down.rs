@@ -93,6 +93,7 @@ fn killed_server_loses_no_metric_step_and_sync_sends_each_once() {
         "one warning per logger, naming the server: {unreachable_lines:#?}"
     );
     assert!(unreachable_lines.iter().all(|line| line.contains(&uri)));
+    eprintln!("the warning: {}", unreachable_lines[0]);
 
     let err = sync_run_folder(run_a.path(), &uri).expect_err("server still down");
     assert!(err.is_transient(), "{err}");
