@@ -156,6 +156,11 @@ fn val_of_the_best_checkpoint_reproduces_the_trainers_metrics() {
     ]);
     assert!(val.status.success(), "{}", stderr(&val));
     let report: serde_json::Value = serde_json::from_slice(&val.stdout).expect("val JSON");
+    // At confidence 0.001 even a one-epoch model predicts boxes: the numbers below come
+    // from real predictions, not from two empty evaluations.
+    let predicted = report["evaluation"]["per_class"][0]["n_predictions"].as_u64();
+    assert!(predicted.is_some_and(|n| n > 0), "{report}");
+    eprintln!("val after one epoch: {}", report["evaluation"]);
     for (ours, theirs) in [
         ("map50", "metrics/mAP50(B)"),
         ("map50_95", "metrics/mAP50-95(B)"),

@@ -46,22 +46,29 @@ pub struct Assignment {
     pub fg_mask: Tensor,
 }
 
-/// `TaskAlignedAssigner.forward` without gradients.
-///
-/// - `pd_scores` `[B, A, C]` sigmoid scores; `pd_bboxes` `[B, A, 4]` xyxy pixels;
-/// - `anc_points` `[A, 2]` anchor centres in pixels;
-/// - `gt_labels` `[B, M, 1]`, `gt_bboxes` `[B, M, 4]` xyxy pixels, `mask_gt` `[B, M, 1]`
-///   (padding rows are zero).
+/// The padded ground truth of a batch.
+#[derive(Debug)]
+pub struct GroundTruth<'a> {
+    /// `[B, M, 1]` classes.
+    pub labels: &'a Tensor,
+    /// `[B, M, 4]` xyxy pixels.
+    pub bboxes: &'a Tensor,
+    /// `[B, M, 1]`: 1 for real boxes, 0 for padding rows.
+    pub mask: &'a Tensor,
+}
+
+/// `TaskAlignedAssigner.forward` without gradients: `pd_scores` `[B, A, C]` sigmoid
+/// scores, `pd_bboxes` `[B, A, 4]` xyxy pixels, `anc_points` `[A, 2]` anchor centres in
+/// pixels.
 pub fn assign(
     config: &AssignerConfig,
     num_classes: i64,
     pd_scores: &Tensor,
     pd_bboxes: &Tensor,
     anc_points: &Tensor,
-    gt_labels: &Tensor,
-    gt_bboxes: &Tensor,
-    mask_gt: &Tensor,
+    truth: &GroundTruth<'_>,
 ) -> Assignment {
+    let (gt_labels, gt_bboxes, mask_gt) = (truth.labels, truth.bboxes, truth.mask);
     tch::no_grad(|| {
         let size = pd_scores.size();
         let (batch, anchors) = (size[0], size[1]);

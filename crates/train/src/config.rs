@@ -332,7 +332,7 @@ impl TrainConfig {
             Some("weight_decay and warmup_epochs must not be negative".into())
         } else if self.accumulate == Some(0) {
             Some("accumulate must be at least 1".into())
-        } else if self.time.is_some_and(|t| !(t > 0.0)) {
+        } else if self.time.is_some_and(|t| t.is_nan() || t <= 0.0) {
             Some("time (hours) must be positive".into())
         } else {
             None

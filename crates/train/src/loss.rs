@@ -10,7 +10,7 @@ use cardet_model::yolov8::REG_MAX;
 use tch::{Kind, Reduction, Tensor};
 
 use crate::Error;
-use crate::assigner::{AssignerConfig, assign};
+use crate::assigner::{AssignerConfig, GroundTruth, assign};
 
 /// Ultralytics' loss gains (`box`, `cls`, `dfl` in `default.yaml`).
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -122,9 +122,11 @@ impl DetectionLoss {
             &pred_scores.detach().sigmoid(),
             &(pred_bboxes.detach() * stride_tensor),
             &(anchor_points * stride_tensor),
-            &gt_labels,
-            &gt_bboxes,
-            &mask_gt,
+            &GroundTruth {
+                labels: &gt_labels,
+                bboxes: &gt_bboxes,
+                mask: &mask_gt,
+            },
         );
         let target_scores = &assignment.target_scores;
         let target_scores_sum = target_scores.sum(Kind::Float).clamp_min(1.0);

@@ -135,3 +135,62 @@ fn one_epoch_then_resume_equals_two_epochs_straight() {
     };
     assert_eq!(losses(&csv), losses(&straight_csv));
 }
+
+/// Records each epoch's validation metrics.
+#[derive(Default)]
+struct Record {
+    map50: Vec<f64>,
+}
+
+impl TrainObserver for Record {
+    fn on_start(&mut self, _params: &BTreeMap<String, String>) {}
+    fn on_step(&mut self, _step: u64, _metrics: &[(String, f64)]) {}
+    fn on_epoch_end(&mut self, _epoch: u64, metrics: &[(String, f64)]) {
+        if let Some((_, value)) = metrics.iter().find(|(k, _)| k == "metrics/mAP50(B)") {
+            self.map50.push(*value);
+        }
+    }
+    fn on_artifact(&mut self, _path: &Path) {}
+    fn on_end(&mut self, _summary: &TrainSummary) {}
+}
+
+#[test]
+fn a_short_run_learns_synthetic_vehicles() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = common::synth_dataset(&dir.path().join("data"), 48, 16, (256, 192));
+    let config = TrainConfig {
+        data: data.clone(),
+        model: "n".into(),
+        epochs: 12,
+        batch: 8,
+        imgsz: 256,
+        warmup_epochs: 0.0,
+        accumulate: Some(1),
+        close_mosaic: 0,
+        workers: 2,
+        seed: 1,
+        project: dir.path().join("runs"),
+        name: "learn".into(),
+        ..TrainConfig::default()
+    };
+    let mut config = config;
+    config.augment.mosaic = 0.0;
+    let mut record = Record::default();
+    let started = std::time::Instant::now();
+    let summary = train(
+        config,
+        None,
+        Hooks {
+            sync: &SingleProcess,
+            observer: &mut record,
+            stop: None,
+        },
+    )
+    .expect("trains");
+    eprintln!(
+        "mAP50 per epoch {:?} in {:.0} s",
+        record.map50,
+        started.elapsed().as_secs_f64()
+    );
+    eprintln!("{summary:?}");
+}
