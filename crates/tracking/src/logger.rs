@@ -93,6 +93,10 @@ pub struct FinishReport {
 /// in the journal for [`crate::sync_run_folder`]. Opening a folder that already
 /// has a journal continues the same run (a resumed training).
 ///
+/// One logger or sync per run folder at a time: the journal is not locked, and
+/// two senders that both find the run missing each create one (seen in a test
+/// that reopened a folder while the dropped logger's thread was still sending).
+///
 /// ```no_run
 /// use cardet_tracking::{RunLogger, RunSpec, RunStatus, TrackingConfig};
 /// # fn main() -> Result<(), cardet_tracking::Error> {

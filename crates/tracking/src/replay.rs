@@ -257,3 +257,54 @@ fn batchable_prefix(pending: &VecDeque<Record>) -> usize {
 fn tag_of(kv: &KeyValue) -> Tag {
     Tag::new(&kv.key, &kv.value)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::MetricPoint;
+
+    fn metrics(n: usize) -> Event {
+        let point = MetricPoint {
+            key: "loss".into(),
+            value: 1.0,
+            timestamp_ms: 0,
+            step: 0,
+        };
+        Event::Metrics {
+            metrics: vec![point; n],
+        }
+    }
+
+    fn params(n: usize) -> Event {
+        let param = KeyValue {
+            key: "k".into(),
+            value: "v".into(),
+        };
+        Event::Params {
+            params: vec![param; n],
+        }
+    }
+
+    fn check(events: Vec<Event>, expected: usize) {
+        let pending: VecDeque<Record> = (events.into_iter().enumerate())
+            .map(|(seq, event)| Record {
+                seq: seq as u64,
+                event,
+            })
+            .collect();
+        assert_eq!(batchable_prefix(&pending), expected);
+    }
+
+    #[test]
+    fn events_batch_together_up_to_log_batch_limits() {
+        let end = || Event::EndRun {
+            status: RunStatus::Finished,
+            end_time_ms: 0,
+        };
+        check(vec![metrics(4), metrics(4), params(2), end()], 3);
+        check(vec![metrics(600), metrics(600)], 1);
+        check(vec![metrics(2500)], 1);
+        check(vec![params(60), params(60), metrics(1)], 1);
+        check(vec![metrics(1), end(), metrics(1)], 1);
+    }
+}

@@ -358,6 +358,78 @@ fn run_logger_delivers_live_and_a_later_sync_sends_nothing_twice() {
     assert_eq!(again.run_id.as_deref(), Some(run_id.as_str()));
 }
 
+#[test]
+fn the_server_keeps_one_point_when_the_same_metric_is_sent_twice() {
+    // A sync that crashed between a request and its acknowledgement sends the
+    // batch again; replay is only idempotent because the server keeps one copy.
+    let client = client();
+    let run = new_run(&client, "tracking-twice");
+    let point = cardet_tracking::Metric {
+        key: "loss".into(),
+        value: 0.25,
+        timestamp_ms: 1_700_000_000_123,
+        step: 7,
+    };
+    for _ in 0..2 {
+        client
+            .log_batch(&run.run_id, std::slice::from_ref(&point), &[], &[])
+            .expect("log");
+    }
+    let history = client.metric_history(&run.run_id, "loss").expect("history");
+    assert_eq!(history, [point]);
+}
+
+#[test]
+fn reopening_a_run_folder_continues_the_same_run() {
+    let run_dir = tempfile::tempdir().expect("temp dir");
+    let spec = RunSpec::new(unique_name("tracking-resume"));
+    // The first process never reaches a server (nothing listens on port 9) and
+    // dies without `finish`; the restarted one finds its journal.
+    let nowhere = TrackingConfig::new("http://127.0.0.1:9");
+    let mut first =
+        RunLogger::open_with(run_dir.path(), &nowhere, &spec, fast_options()).expect("open");
+    for step in 0..5 {
+        first
+            .log_metrics(step, [("loss", step as f64)])
+            .expect("log");
+    }
+    drop(first);
+    let mut resumed = RunLogger::open_with(run_dir.path(), &stack_config(), &spec, fast_options())
+        .expect("reopen");
+    for step in 5..10 {
+        resumed
+            .log_metrics(step, [("loss", step as f64)])
+            .expect("log");
+    }
+    let finished = resumed.finish(RunStatus::Finished).expect("finish");
+    assert_eq!(finished.unsent_events, 0, "{finished:?}");
+    let run_id = finished.run_id.expect("run id");
+    let client = client();
+    let steps: Vec<i64> = client
+        .metric_history(&run_id, "loss")
+        .expect("history")
+        .iter()
+        .map(|m| m.step)
+        .collect();
+    assert_eq!(sorted(steps), (0..10).collect::<Vec<_>>());
+    let experiment_id = client.get_run(&run_id).expect("run").info.experiment_id;
+    let runs = client
+        .search_runs_by_tag(
+            &experiment_id,
+            cardet_tracking::RUN_KEY_TAG,
+            &run_key(run_dir.path()),
+        )
+        .expect("search");
+    assert_eq!(runs.len(), 1, "one run for one journal");
+}
+
+fn run_key(run_dir: &Path) -> String {
+    let journal = std::fs::read_to_string(run_dir.join("mlflow/journal.jsonl")).expect("journal");
+    let first: serde_json::Value =
+        serde_json::from_str(journal.lines().next().expect("first line")).expect("json");
+    first["run_key"].as_str().expect("run_key").to_string()
+}
+
 fn sorted(mut steps: Vec<i64>) -> Vec<i64> {
     steps.sort_unstable();
     steps
