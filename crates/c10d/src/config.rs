@@ -13,7 +13,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 pub enum Backend {
     /// CPU tensors over TCP; always built.
     Gloo,
-    /// CUDA tensors over NCCL; needs the `cuda` feature and a CUDA libtorch.
+    /// CUDA tensors over NCCL; needs the `cuda` feature and a CUDA libtorch,
+    /// and tensors on `cuda:LOCAL_RANK`. Untested here (no GPU build). NCCL's
+    /// own watchdog, not this crate, decides what a timeout does to the process
+    /// (`TORCH_NCCL_ASYNC_ERROR_HANDLING`).
     Nccl,
 }
 

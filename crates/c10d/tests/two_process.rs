@@ -50,6 +50,10 @@ fn main() -> ExitCode {
             all_reduce_and_broadcast_match_on_both_ranks,
         ),
         (
+            "broadcast_parameters_copies_rank0_weights_and_buffers",
+            broadcast_parameters_copies_rank0_weights_and_buffers,
+        ),
+        (
             "bucketed_average_equals_unbucketed",
             bucketed_average_equals_unbucketed,
         ),
@@ -175,6 +179,37 @@ fn all_reduce_and_broadcast_match_on_both_ranks() -> anyhow::Result<()> {
         ensure!(
             env.starts_with(&format!("RANK={rank} LOCAL_RANK={rank} WORLD_SIZE=2 LOCAL_WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=")),
             "rank {rank} saw {env}"
+        );
+    }
+    Ok(())
+}
+
+fn broadcast_parameters_copies_rank0_weights_and_buffers() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    launch_workers("parameters", dir.path())?;
+    let [rank0, rank1] = load_ranks(dir.path())?;
+    for var_idx in 0..3 {
+        let rank0_before = named(&rank0, &format!("before_{var_idx}"))?;
+        let rank1_before = named(&rank1, &format!("before_{var_idx}"))?;
+        ensure!(
+            !rank0_before.equal(rank1_before),
+            "var {var_idx}: the ranks start equal"
+        );
+        for (rank, tensors) in [(0, &rank0), (1, &rank1)] {
+            let after = named(tensors, &format!("after_{var_idx}"))?;
+            ensure!(
+                after.equal(rank0_before),
+                "var {var_idx}: rank {rank} does not hold rank 0's value"
+            );
+        }
+    }
+    let leaf0 = named(&rank0, "leaf_input")?;
+    let leaf1 = named(&rank1, "leaf_input")?;
+    let expected = (leaf0 + leaf1) / 2.0;
+    for (rank, tensors) in [(0, &rank0), (1, &rank1)] {
+        ensure!(
+            named(tensors, "leaf")?.equal(&expected),
+            "rank {rank}: averaged leaf is wrong"
         );
     }
     Ok(())
@@ -388,6 +423,7 @@ fn worker(scenario: &str) -> anyhow::Result<()> {
     match scenario {
         "collectives" => collectives_worker(&dir),
         "buckets" => buckets_worker(&dir),
+        "parameters" => parameters_worker(&dir),
         "kill-peer" | "stall-peer" => failing_peer_worker(scenario, &dir),
         "fail-rank" if rank == 1 => {
             // Fail only once rank 0 is up, so the test can check it was stopped.
@@ -444,6 +480,34 @@ fn collectives_worker(dir: &Path) -> anyhow::Result<()> {
             format!("broadcast_{tensor_idx}"),
             broadcast[tensor_idx].shallow_clone(),
         ));
+    }
+    save_rank(dir, rank, &named)
+}
+
+fn parameters_worker(dir: &Path) -> anyhow::Result<()> {
+    let group = ProcessGroup::new(&DistConfig::from_env()?)?;
+    let rank = group.rank();
+    tch::manual_seed(3000 + rank as i64);
+    let float = (Kind::Float, tch::Device::Cpu);
+    // A trainable weight, a BatchNorm running mean and its int64 batch counter.
+    let vars = [
+        Tensor::randn([8, 3], float).set_requires_grad(true),
+        Tensor::randn([8], float),
+        Tensor::from_slice(&[10 + rank as i64]),
+    ];
+    let before: Vec<Tensor> = vars.iter().map(|var| var.detach().copy()).collect();
+    group.broadcast_parameters(&vars)?;
+    // Averaging a leaf that requires grad must not trip autograd's in-place check.
+    let leaf = Tensor::randn([5], float).set_requires_grad(true);
+    let leaf_input = leaf.detach().copy();
+    group.all_reduce(std::slice::from_ref(&leaf), ReduceOp::Average)?;
+    let mut named = vec![
+        ("leaf_input".to_owned(), leaf_input),
+        ("leaf".to_owned(), leaf.detach()),
+    ];
+    for (var_idx, (var, before)) in vars.iter().zip(before).enumerate() {
+        named.push((format!("before_{var_idx}"), before));
+        named.push((format!("after_{var_idx}"), var.detach()));
     }
     save_rank(dir, rank, &named)
 }
