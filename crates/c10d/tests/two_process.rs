@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use cardet_c10d::{
-    Compression, DistConfig, Error, GradientBuckets, LaunchConfig, ProcessGroup, ReduceOp, launch,
+    Compression, DataParallel, DistConfig, Error, GradientBuckets, LaunchConfig, ProcessGroup,
+    ReduceOp, launch,
 };
 use tch::{Kind, Tensor};
 
@@ -52,6 +53,10 @@ fn main() -> ExitCode {
         (
             "broadcast_parameters_copies_rank0_weights_and_buffers",
             broadcast_parameters_copies_rank0_weights_and_buffers,
+        ),
+        (
+            "data_parallel_sgd_matches_full_batch_training",
+            data_parallel_sgd_matches_full_batch_training,
         ),
         (
             "bucketed_average_equals_unbucketed",
@@ -212,6 +217,39 @@ fn broadcast_parameters_copies_rank0_weights_and_buffers() -> anyhow::Result<()>
             "rank {rank}: averaged leaf is wrong"
         );
     }
+    Ok(())
+}
+
+/// Two ranks, each on half of the batch, with averaged gradients, must follow
+/// the same weights as one process on the whole batch, from rank 0's start.
+fn data_parallel_sgd_matches_full_batch_training() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    launch_workers("sgd", dir.path())?;
+    let [rank0, rank1] = load_ranks(dir.path())?;
+    let weight = named(&rank0, "initial_weight")?
+        .copy()
+        .set_requires_grad(true);
+    let bias = named(&rank0, "initial_bias")?
+        .copy()
+        .set_requires_grad(true);
+    let (inputs, targets) = regression_batch();
+    train_linear(&weight, &bias, &inputs, &targets, None)?;
+    for (name, expected) in [("weight", &weight), ("bias", &bias)] {
+        let on_rank0 = named(&rank0, name)?;
+        ensure!(
+            on_rank0.equal(named(&rank1, name)?),
+            "{name}: ranks 0 and 1 differ"
+        );
+        ensure!(
+            on_rank0.allclose(&expected.detach(), 1e-5, 1e-6, false),
+            "{name}: data-parallel {on_rank0:?} differs from full-batch {expected:?}"
+        );
+    }
+    let start = named(&rank1, "own_start_weight")?;
+    ensure!(
+        !start.equal(named(&rank0, "initial_weight")?),
+        "rank 1 started from rank 0's weights anyway"
+    );
     Ok(())
 }
 
@@ -424,6 +462,7 @@ fn worker(scenario: &str) -> anyhow::Result<()> {
         "collectives" => collectives_worker(&dir),
         "buckets" => buckets_worker(&dir),
         "parameters" => parameters_worker(&dir),
+        "sgd" => sgd_worker(&dir),
         "kill-peer" | "stall-peer" => failing_peer_worker(scenario, &dir),
         "fail-rank" if rank == 1 => {
             // Fail only once rank 0 is up, so the test can check it was stopped.
@@ -512,6 +551,40 @@ fn parameters_worker(dir: &Path) -> anyhow::Result<()> {
     save_rank(dir, rank, &named)
 }
 
+fn sgd_worker(dir: &Path) -> anyhow::Result<()> {
+    let buckets = GradientBuckets::new(SMALL_BUCKET_CAP_MB, Compression::None)?;
+    let data_parallel = DataParallel::new(&DistConfig::from_env()?, buckets)?;
+    let rank = data_parallel.rank();
+    // Each rank initialises differently; the broadcast must make them agree.
+    tch::manual_seed(4000 + rank as i64);
+    let float = (Kind::Float, tch::Device::Cpu);
+    let weight = Tensor::randn([REGRESSION_FEATURES, 1], float).set_requires_grad(true);
+    let bias = Tensor::randn([1], float).set_requires_grad(true);
+    let own_start_weight = weight.detach().copy();
+    data_parallel.broadcast_parameters(&[weight.shallow_clone(), bias.shallow_clone()])?;
+    let initial_weight = weight.detach().copy();
+    let initial_bias = bias.detach().copy();
+    let (inputs, targets) = regression_batch();
+    let shard_rows = inputs.size()[0] / data_parallel.world_size() as i64;
+    let shard = |tensor: &Tensor| tensor.narrow(0, rank as i64 * shard_rows, shard_rows);
+    train_linear(
+        &weight,
+        &bias,
+        &shard(&inputs),
+        &shard(&targets),
+        Some(&data_parallel),
+    )?;
+    data_parallel.barrier()?;
+    let named = vec![
+        ("own_start_weight".to_owned(), own_start_weight),
+        ("initial_weight".to_owned(), initial_weight),
+        ("initial_bias".to_owned(), initial_bias),
+        ("weight".to_owned(), weight.detach()),
+        ("bias".to_owned(), bias.detach()),
+    ];
+    save_rank(dir, rank, &named)
+}
+
 fn buckets_worker(dir: &Path) -> anyhow::Result<()> {
     let group = ProcessGroup::new(&DistConfig::from_env()?)?;
     let rank = group.rank();
@@ -582,6 +655,45 @@ fn failing_peer_worker(scenario: &str, dir: &Path) -> anyhow::Result<()> {
 }
 
 // ---- helpers ----
+
+const REGRESSION_FEATURES: i64 = 4;
+
+/// The same 16-row regression batch in every process.
+fn regression_batch() -> (Tensor, Tensor) {
+    tch::manual_seed(42);
+    let float = (Kind::Float, tch::Device::Cpu);
+    let inputs = Tensor::randn([16, REGRESSION_FEATURES], float);
+    let targets = Tensor::randn([16, 1], float);
+    (inputs, targets)
+}
+
+/// Plain SGD on a mean squared error, gradients averaged through `sync` if given.
+fn train_linear(
+    weight: &Tensor,
+    bias: &Tensor,
+    inputs: &Tensor,
+    targets: &Tensor,
+    sync: Option<&DataParallel>,
+) -> anyhow::Result<()> {
+    const LEARNING_RATE: f64 = 0.1;
+    for _ in 0..20 {
+        let predictions = inputs.matmul(weight) + bias;
+        let loss = (predictions - targets).square().mean(Kind::Float);
+        loss.backward();
+        let grads = [weight.grad(), bias.grad()];
+        if let Some(data_parallel) = sync {
+            data_parallel.all_reduce_gradients(&grads)?;
+        }
+        tch::no_grad(|| -> anyhow::Result<()> {
+            for (param, grad) in [weight, bias].into_iter().zip(&grads) {
+                let _updated: Tensor = param.shallow_clone().f_sub_(&(grad * LEARNING_RATE))?;
+                let _zeroed: Tensor = grad.shallow_clone().f_zero_()?;
+            }
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
 
 fn launch_workers(scenario: &str, dir: &Path) -> Result<std::process::ExitStatus, Error> {
     let program = std::env::current_exe().map_err(|source| Error::LaunchIo {
