@@ -65,6 +65,12 @@ pub enum Error {
     #[error("{} holds no run start event: it is not a cardet MLflow journal", path.display())]
     NoRunInJournal { path: PathBuf },
 
+    #[error(
+        "another logger or sync holds {}: one sender per run folder at a time",
+        path.display()
+    )]
+    FolderBusy { path: PathBuf },
+
     #[error("run {run_id} has no metric {metric:?}")]
     MissingMetric { run_id: String, metric: String },
 

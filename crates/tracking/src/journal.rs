@@ -100,6 +100,42 @@ pub(crate) enum Ack {
     Rejected { seq: u64, error: String },
 }
 
+pub(crate) const LOCK_FILE: &str = "sender.lock";
+
+/// Held by whoever sends a folder's journal (a logger's thread or a sync), so
+/// two senders never both create the run. An advisory `flock`: the kernel drops
+/// it when the holder's process dies, so a crash leaves no stale lock.
+pub(crate) struct SenderLock {
+    _file: File,
+}
+
+impl SenderLock {
+    /// Takes the lock, waiting up to `wait` for a holder that is about to let go
+    /// (a dropped logger's thread making its last attempt).
+    pub fn acquire(run_dir: &Path, wait: std::time::Duration) -> Result<SenderLock, Error> {
+        let dir = journal_dir(run_dir);
+        std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
+        let path = dir.join(LOCK_FILE);
+        let file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(Error::io(&path))?;
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(SenderLock { _file: file }),
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => return Err(Error::FolderBusy { path }),
+                Err(std::fs::TryLockError::Error(err)) => return Err(Error::io(&path)(err)),
+            }
+        }
+    }
+}
+
 /// A line that could not be read, kept as data rather than stopping a sync.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JournalDiagnostic {

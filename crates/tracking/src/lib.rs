@@ -86,20 +86,28 @@ pub fn sync_run_folder(run_dir: &Path, tracking_uri: &str) -> Result<SyncReport,
 /// Replays a run folder's journal to the server in `config`.
 ///
 /// Acknowledged events (`<run_dir>/mlflow/sent.jsonl`) are skipped, so a second
-/// sync sends nothing. The acknowledgements name the server they came from: to
+/// sync sends nothing. While a [`RunLogger`] of the folder is alive this fails
+/// with [`Error::FolderBusy`]. The acknowledgements name the server they came from: to
 /// replay a run to another server, move `sent.jsonl` aside first. If the server
 /// is unreachable the error says so and the acknowledged part stays recorded.
 pub fn sync_run_folder_with(run_dir: &Path, config: &TrackingConfig) -> Result<SyncReport, Error> {
+    let client = MlflowClient::new(config)?;
+    // A running logger of this folder sends by itself: fail at once rather than race it.
+    let lock = journal::SenderLock::acquire(run_dir, std::time::Duration::ZERO)?;
     let state = journal::JournalState::load(run_dir)?;
     if state.records.is_empty() {
         return Err(Error::NoRunInJournal {
             path: journal_dir(run_dir).join(journal::JOURNAL_FILE),
         });
     }
-    let client = MlflowClient::new(config)?;
     let mut pending: std::collections::VecDeque<_> = state.unsent().into();
-    let mut replayer =
-        replay::Replayer::new(client, run_dir, state.start.clone(), state.run.as_ref())?;
+    let mut replayer = replay::Replayer::new(
+        client,
+        run_dir,
+        state.start.clone(),
+        state.run.as_ref(),
+        lock,
+    )?;
     replayer.report.already_acknowledged = (state.records.len() - pending.len()) as u64;
     replayer.report.diagnostics = state.diagnostics.clone();
     replayer.send(&mut pending)?;

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use crate::client::{MlflowClient, TrackingConfig};
 use crate::journal::{
-    Event, JOURNAL_FILE, JournalState, JsonLines, KeyValue, MetricPoint, Record, StartRun,
-    journal_dir,
+    Event, JOURNAL_FILE, JournalState, JsonLines, KeyValue, MetricPoint, Record, SenderLock,
+    StartRun, journal_dir,
 };
 use crate::replay::{Replayer, SyncReport};
 use crate::types::{RunStatus, Tag, check_metric_key, check_param, check_tag, sanitize_key};
@@ -93,9 +93,10 @@ pub struct FinishReport {
 /// in the journal for [`crate::sync_run_folder`]. Opening a folder that already
 /// has a journal continues the same run (a resumed training).
 ///
-/// One logger or sync per run folder at a time: the journal is not locked, and
-/// two senders that both find the run missing each create one (seen in a test
-/// that reopened a folder while the dropped logger's thread was still sending).
+/// One sender per run folder: the logger's thread holds `<run_dir>/mlflow/sender.lock`
+/// (an advisory lock the kernel drops with the process), because two senders
+/// that both find the run missing would each create one. Opening waits up to
+/// `finish_timeout` for a dropped logger's thread to let go.
 ///
 /// ```no_run
 /// use cardet_tracking::{RunLogger, RunSpec, RunStatus, TrackingConfig};
@@ -161,6 +162,9 @@ impl RunLogger {
             check_tag(tag)?;
         }
         let client = MlflowClient::new(config)?;
+        // Before reading the state: a previous logger of this folder may still be
+        // writing acknowledgements in its last attempt.
+        let lock = SenderLock::acquire(run_dir, options.finish_timeout)?;
         let state = JournalState::load(run_dir)?;
         for diagnostic in &state.diagnostics {
             tracing::warn!("skipping an unreadable journal line: {diagnostic}");
@@ -188,7 +192,7 @@ impl RunLogger {
                 start
             }
         };
-        let replayer = Replayer::new(client, run_dir, Some(start), state.run.as_ref())?;
+        let replayer = Replayer::new(client, run_dir, Some(start), state.run.as_ref(), lock)?;
         let shared = Arc::new(Mutex::new(SharedState {
             run_id: replayer.run_id().map(str::to_string),
             queued: pending.len(),

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use crate::client::MlflowClient;
 use crate::journal::{
-    Ack, Event, JournalDiagnostic, JsonLines, KeyValue, RUN_KEY_TAG, Record, SENT_FILE, StartRun,
-    journal_dir,
+    Ack, Event, JournalDiagnostic, JsonLines, KeyValue, RUN_KEY_TAG, Record, SENT_FILE, SenderLock,
+    StartRun, journal_dir,
 };
 use crate::types::{Metric, Param, RunInfo, RunStatus, Tag, limits};
 use crate::{Error, error_chain};
@@ -36,14 +36,18 @@ pub(crate) struct Replayer {
     sent: JsonLines,
     journal_path: PathBuf,
     pub report: SyncReport,
+    /// Released when the replayer (and with it the logger's thread) ends.
+    _lock: SenderLock,
 }
 
 impl Replayer {
+    /// `lock` must be held before the journal state was read, so that state is current.
     pub fn new(
         client: MlflowClient,
         run_dir: &Path,
         start: Option<StartRun>,
         known_run: Option<&Ack>,
+        lock: SenderLock,
     ) -> Result<Replayer, Error> {
         let dir = journal_dir(run_dir);
         let run = match known_run {
@@ -74,6 +78,7 @@ impl Replayer {
             sent: JsonLines::open(&dir.join(SENT_FILE))?,
             journal_path: dir.join(crate::journal::JOURNAL_FILE),
             report,
+            _lock: lock,
         })
     }
 

@@ -383,16 +383,18 @@ fn the_server_keeps_one_point_when_the_same_metric_is_sent_twice() {
 fn reopening_a_run_folder_continues_the_same_run() {
     let run_dir = tempfile::tempdir().expect("temp dir");
     let spec = RunSpec::new(unique_name("tracking-resume"));
-    // The first process never reaches a server (nothing listens on port 9) and
-    // dies without `finish`; the restarted one finds its journal.
-    let nowhere = TrackingConfig::new("http://127.0.0.1:9");
     let mut first =
-        RunLogger::open_with(run_dir.path(), &nowhere, &spec, fast_options()).expect("open");
+        RunLogger::open_with(run_dir.path(), &stack_config(), &spec, fast_options()).expect("open");
     for step in 0..5 {
         first
             .log_metrics(step, [("loss", step as f64)])
             .expect("log");
     }
+    let busy = sync_run_folder(run_dir.path(), &Stack::from_env().mlflow_uri)
+        .expect_err("the live logger holds the folder");
+    assert!(matches!(busy, Error::FolderBusy { .. }), "{busy}");
+    // Dropped without `finish`, as in a crash: its thread may still be creating
+    // the run while the next logger opens, which waits for it instead of racing it.
     drop(first);
     let mut resumed = RunLogger::open_with(run_dir.path(), &stack_config(), &spec, fast_options())
         .expect("reopen");
