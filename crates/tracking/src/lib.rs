@@ -92,13 +92,16 @@ pub fn sync_run_folder(run_dir: &Path, tracking_uri: &str) -> Result<SyncReport,
 /// is unreachable the error says so and the acknowledged part stays recorded.
 pub fn sync_run_folder_with(run_dir: &Path, config: &TrackingConfig) -> Result<SyncReport, Error> {
     let client = MlflowClient::new(config)?;
+    let journal_path = journal_dir(run_dir).join(journal::JOURNAL_FILE);
+    // Checked before the lock, which would create `mlflow/` in a mistyped folder.
+    if !journal_path.is_file() {
+        return Err(Error::NoRunInJournal { path: journal_path });
+    }
     // A running logger of this folder sends by itself: fail at once rather than race it.
     let lock = journal::SenderLock::acquire(run_dir, std::time::Duration::ZERO)?;
     let state = journal::JournalState::load(run_dir)?;
     if state.records.is_empty() {
-        return Err(Error::NoRunInJournal {
-            path: journal_dir(run_dir).join(journal::JOURNAL_FILE),
-        });
+        return Err(Error::NoRunInJournal { path: journal_path });
     }
     let mut pending: std::collections::VecDeque<_> = state.unsent().into();
     let mut replayer = replay::Replayer::new(
@@ -230,6 +233,15 @@ mod tests {
         assert_eq!(git_commit(outside.path()), None);
         let inside = git_commit(Path::new(env!("CARGO_MANIFEST_DIR")));
         assert!(inside.as_ref().is_some_and(|c| c.len() == 40), "{inside:?}");
+    }
+
+    #[test]
+    fn sync_of_a_folder_without_journal_names_the_file_and_creates_nothing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let err = sync_run_folder(dir.path(), "http://127.0.0.1:9").expect_err("no journal");
+        assert!(matches!(err, Error::NoRunInJournal { .. }), "{err}");
+        assert!(err.to_string().contains("journal.jsonl"), "{err}");
+        assert!(!journal_dir(dir.path()).exists());
     }
 
     #[test]
