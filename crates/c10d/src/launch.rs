@@ -113,6 +113,7 @@ fn supervise(workers: &mut [Worker], grace_period: Duration) -> Result<ExitStatu
     let mut interrupted: Option<i32> = None;
     // Set once the launcher starts stopping workers; SIGKILL follows at this instant.
     let mut kill_at: Option<Instant> = None;
+    let mut killed = false;
     loop {
         let signal = PENDING_SIGNAL.swap(0, Ordering::SeqCst);
         if signal != 0 {
@@ -121,6 +122,7 @@ fn supervise(workers: &mut [Worker], grace_period: Duration) -> Result<ExitStatu
             interrupted = Some(signal);
             kill_at.get_or_insert_with(|| Instant::now() + grace_period);
         }
+        let mut newly_failed = false;
         for worker in workers.iter_mut().filter(|worker| worker.status.is_none()) {
             let status = worker.child.try_wait().map_err(|source| Error::LaunchIo {
                 context: format!("waiting for rank {}", worker.rank),
@@ -128,22 +130,27 @@ fn supervise(workers: &mut [Worker], grace_period: Duration) -> Result<ExitStatu
             })?;
             let Some(status) = status else { continue };
             worker.status = Some(status);
+            // After an interrupt, workers dying of the forwarded signal are expected.
             if !status.success() && failure.is_none() && interrupted.is_none() {
                 tracing::error!(rank = worker.rank, %status, "worker failed; stopping the others");
                 failure = Some((worker.rank, worker.child.id(), status));
-                kill_at.get_or_insert_with(|| Instant::now() + grace_period);
+                newly_failed = true;
             }
         }
-        if failure.is_some() {
-            // Repeated each round, so a worker that was between checks gets it too;
-            // SIGTERM to a process already handling it is harmless.
+        if newly_failed {
             signal_running(workers, libc::SIGTERM);
+            kill_at.get_or_insert_with(|| Instant::now() + grace_period);
         }
         if workers.iter().all(|worker| worker.status.is_some()) {
             break;
         }
-        if kill_at.is_some_and(|deadline| Instant::now() >= deadline) {
+        if !killed && kill_at.is_some_and(|deadline| Instant::now() >= deadline) {
+            tracing::warn!(
+                ?grace_period,
+                "workers outlived the grace period; killing them"
+            );
             signal_running(workers, libc::SIGKILL);
+            killed = true;
         }
         std::thread::sleep(POLL_INTERVAL);
     }

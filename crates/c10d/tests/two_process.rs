@@ -75,6 +75,10 @@ fn main() -> ExitCode {
             launcher_reports_the_failed_rank_and_stops_the_others,
         ),
         (
+            "launcher_kills_a_rank_that_ignores_sigterm",
+            launcher_kills_a_rank_that_ignores_sigterm,
+        ),
+        (
             "launcher_forwards_sigterm_to_the_workers",
             launcher_forwards_sigterm_to_the_workers,
         ),
@@ -392,6 +396,26 @@ fn launcher_reports_the_failed_rank_and_stops_the_others() -> anyhow::Result<()>
     Ok(())
 }
 
+fn launcher_kills_a_rank_that_ignores_sigterm() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let error = launch_workers_with_grace("fail-rank-deaf", dir.path(), Duration::from_secs(1))
+        .expect_err("rank 1 exits with 7");
+    match error {
+        Error::RankFailed { rank: 1, .. } => {}
+        other => bail!("expected rank 1 to be named, got {other}"),
+    }
+    let survivor = read_pid(&dir.path().join("pid0.txt"))?;
+    ensure!(
+        !process_exists(survivor),
+        "rank 0 (pid {survivor}) still runs"
+    );
+    ensure!(
+        !dir.path().join("finished0.txt").exists(),
+        "rank 0 ran to completion instead of being killed"
+    );
+    Ok(())
+}
+
 fn launcher_forwards_sigterm_to_the_workers() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let pid_files = [dir.path().join("pid0.txt"), dir.path().join("pid1.txt")];
@@ -454,6 +478,11 @@ fn worker(scenario: &str) -> anyhow::Result<()> {
         .unwrap_or_default()
         .parse()
         .unwrap_or(0);
+    if scenario == "fail-rank-deaf" && rank == 0 {
+        // Before the pid file: rank 1 fails as soon as that file appears.
+        // SAFETY: SIG_IGN installs no handler code.
+        unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+    }
     std::fs::write(
         dir.join(format!("pid{rank}.txt")),
         std::process::id().to_string(),
@@ -464,14 +493,14 @@ fn worker(scenario: &str) -> anyhow::Result<()> {
         "parameters" => parameters_worker(&dir),
         "sgd" => sgd_worker(&dir),
         "kill-peer" | "stall-peer" => failing_peer_worker(scenario, &dir),
-        "fail-rank" if rank == 1 => {
+        "fail-rank" | "fail-rank-deaf" if rank == 1 => {
             // Fail only once rank 0 is up, so the test can check it was stopped.
             while !dir.join("pid0.txt").exists() {
                 std::thread::sleep(Duration::from_millis(10));
             }
             std::process::exit(7)
         }
-        "fail-rank" | "sleep" => {
+        "fail-rank" | "fail-rank-deaf" | "sleep" => {
             std::thread::sleep(Duration::from_secs(60));
             std::fs::write(dir.join(format!("finished{rank}.txt")), "")?;
             Ok(())
@@ -696,6 +725,14 @@ fn train_linear(
 }
 
 fn launch_workers(scenario: &str, dir: &Path) -> Result<std::process::ExitStatus, Error> {
+    launch_workers_with_grace(scenario, dir, Duration::from_secs(5))
+}
+
+fn launch_workers_with_grace(
+    scenario: &str,
+    dir: &Path,
+    grace_period: Duration,
+) -> Result<std::process::ExitStatus, Error> {
     let program = std::env::current_exe().map_err(|source| Error::LaunchIo {
         context: "locating the test binary".to_owned(),
         source,
@@ -705,7 +742,7 @@ fn launch_workers(scenario: &str, dir: &Path) -> Result<std::process::ExitStatus
         (OsString::from(ROLE_VAR), OsString::from(scenario)),
         (OsString::from(DIR_VAR), dir.as_os_str().to_owned()),
     ];
-    config.grace_period = Duration::from_secs(5);
+    config.grace_period = grace_period;
     launch(&config)
 }
 
