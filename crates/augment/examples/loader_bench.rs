@@ -3,9 +3,9 @@
 //! augmentation, at the same size, batch and number of workers.
 //!
 //! ```text
-//! cargo run --release -p cardet-augment --example loader_bench -- [N_IMAGES] [EPOCHS] [DIR]
+//! cargo run --release -p cardet-augment --example loader_bench -- [N_IMAGES] [EPOCHS] [DIR] [WORKERS]
 //! ```
-//! Defaults: 256 images of 640x480, 3 epochs, imgsz 320, batch 8, 2 workers, in
+//! Defaults: 256 images of 640x480, 3 epochs, 2 workers (imgsz 320, batch 8), in
 //! `$TMPDIR/cardet-augment-bench`. The dataset is written once and reused.
 
 use std::path::{Path, PathBuf};
@@ -19,13 +19,13 @@ use cardet_detect::synth::render_scene;
 
 const IMGSZ: u32 = 320;
 const BATCH_SIZE: usize = 8;
-const WORKERS: usize = 2;
 const IMAGE_SIZE: (u32, u32) = (640, 480);
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let arguments: Vec<String> = std::env::args().skip(1).collect();
     let n_images: usize = arguments.first().map_or(Ok(256), |value| value.parse())?;
     let epochs: u64 = arguments.get(1).map_or(Ok(3), |value| value.parse())?;
+    let workers: usize = arguments.get(3).map_or(Ok(2), |value| value.parse())?;
     let folder = arguments.get(2).map_or_else(
         || std::env::temp_dir().join("cardet-augment-bench"),
         PathBuf::from,
@@ -42,7 +42,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .into());
     }
     let config = LoaderConfig {
-        workers: WORKERS,
+        workers,
         ..LoaderConfig::train(IMGSZ, BATCH_SIZE, 0)
     };
     let loader = Loader::new(dataset.train, config)?;
@@ -72,7 +72,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .args([
             IMGSZ.to_string(),
             BATCH_SIZE.to_string(),
-            WORKERS.to_string(),
+            workers.to_string(),
             epochs.to_string(),
         ])
         .env("YOLO_OFFLINE", "1")
@@ -101,7 +101,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         reply["epoch_seconds"]
     );
     let case = format!(
-        "train loader, mosaic, imgsz {IMGSZ}, batch {BATCH_SIZE}, {WORKERS} workers, \
+        "train loader, mosaic, imgsz {IMGSZ}, batch {BATCH_SIZE}, {workers} workers, \
          {n_loaded} images (JPEG {}x{}) over {epochs} epochs",
         IMAGE_SIZE.0, IMAGE_SIZE.1
     );

@@ -12,6 +12,7 @@
 //! loaded images). A group's images are decoded once, by whichever worker needs
 //! them first, and dropped when the group's last batch is built.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -406,7 +407,8 @@ fn build_batch(shared: &EpochShared, batch_idx: usize) -> Result<Batch, Error> {
     let (width, height) = shared.batch_shapes[batch_idx];
     let plane = width as usize * height as usize;
     let n_images = positions.len();
-    let mut images = vec![0_u8; n_images * 3 * plane];
+    // Filled plane by plane in order, so never zeroed first.
+    let mut images = Vec::with_capacity(n_images * 3 * plane);
     let mut targets = Vec::new();
     let mut items = Vec::with_capacity(n_images);
     for (image_idx, position) in positions.enumerate() {
@@ -424,10 +426,7 @@ fn build_batch(shared: &EpochShared, batch_idx: usize) -> Result<Batch, Error> {
                 (sample, loaded.original_size, transform)
             }
         };
-        write_chw(
-            &sample.image,
-            &mut images[image_idx * 3 * plane..(image_idx + 1) * 3 * plane],
-        );
+        append_chw(&sample.image, &mut images);
         let (w, h) = (width as f32, height as f32);
         for labeled in &sample.boxes {
             let bbox = labeled.bbox;
@@ -445,6 +444,7 @@ fn build_batch(shared: &EpochShared, batch_idx: usize) -> Result<Batch, Error> {
             original_size,
             transform,
         });
+        give_back_scratch(&WARP_BUFFER, sample.image.into_raw());
     }
     Ok(Batch {
         images,
@@ -470,7 +470,7 @@ fn augmented_sample(
     let group = shared.group_images(group_idx);
     let primary = load_cached(shared, &group, position)?;
     let use_mosaic = shared.mosaic && rng.random::<f32>() < augment.mosaic;
-    let mosaic_image;
+    let mut mosaic_image = None;
     let warp_input: &LabeledImage = if use_mosaic {
         let group_len = group.slots.len();
         let mut partners = Vec::with_capacity(3);
@@ -478,7 +478,7 @@ fn augmented_sample(
             let partner_position = group.first_position + rng.random_range(0..group_len);
             partners.push(load_cached(shared, &group, partner_position)?);
         }
-        mosaic_image = transforms::random_mosaic(
+        mosaic_image = Some(transforms::random_mosaic_into(
             [
                 &primary.labeled,
                 &partners[0].labeled,
@@ -487,13 +487,22 @@ fn augmented_sample(
             ],
             imgsz,
             &mut rng,
-        );
-        &mosaic_image
+            take_scratch(&CANVAS_BUFFER),
+        ));
+        mosaic_image.as_ref().unwrap_or(&primary.labeled)
     } else {
         &primary.labeled
     };
     let params = PerspectiveParams::random(augment, &mut rng);
-    let mut sample = transforms::perspective(warp_input, &params, (imgsz, imgsz));
+    let mut sample = transforms::perspective_into(
+        warp_input,
+        &params,
+        (imgsz, imgsz),
+        take_scratch(&WARP_BUFFER),
+    );
+    if let Some(mosaic) = mosaic_image {
+        give_back_scratch(&CANVAS_BUFFER, mosaic.image.into_raw());
+    }
     transforms::random_colour_and_flips(&mut sample, augment, &mut rng);
     Ok((sample, primary.original_size))
 }
@@ -544,14 +553,24 @@ fn sample_rng(config: &LoaderConfig, epoch: u64, rank_position: usize) -> ChaCha
     ChaCha8Rng::from_seed(key)
 }
 
-/// HWC RGB into one `[3, h, w]` slice of the batch.
-fn write_chw(image: &image::RgbImage, chw: &mut [u8]) {
-    let plane = image.width() as usize * image.height() as usize;
-    let (red, rest) = chw.split_at_mut(plane);
-    let (green, blue) = rest.split_at_mut(plane);
-    for (pixel_idx, pixel) in image.as_raw().chunks_exact(3).enumerate().take(plane) {
-        red[pixel_idx] = pixel[0];
-        green[pixel_idx] = pixel[1];
-        blue[pixel_idx] = pixel[2];
+/// HWC RGB appended to the batch as its `[3, h, w]` planes.
+fn append_chw(image: &image::RgbImage, images: &mut Vec<u8>) {
+    for channel in 0..3 {
+        images.extend(image.as_raw().chunks_exact(3).map(|pixel| pixel[channel]));
     }
+}
+
+thread_local! {
+    /// Each worker's mosaic canvas and warp output, reused from sample to sample:
+    /// allocations of a megabyte are mapped and zeroed by the kernel each time.
+    static CANVAS_BUFFER: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+    static WARP_BUFFER: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+fn take_scratch(slot: &'static std::thread::LocalKey<Cell<Vec<u8>>>) -> Vec<u8> {
+    slot.with(Cell::take)
+}
+
+fn give_back_scratch(slot: &'static std::thread::LocalKey<Cell<Vec<u8>>>, buffer: Vec<u8>) {
+    slot.with(|cell| cell.set(buffer));
 }

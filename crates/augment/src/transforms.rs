@@ -88,6 +88,17 @@ pub fn long_side_size(size: (u32, u32), imgsz: u32) -> (u32, u32) {
 /// the centre from the top left, 1 top right, 2 bottom left, 3 bottom right. Boxes
 /// are shifted with their tile, clipped to the canvas, and dropped at zero area.
 pub fn mosaic_at(tiles: [&LabeledImage; 4], imgsz: u32, centre: (i64, i64)) -> LabeledImage {
+    mosaic_at_into(tiles, imgsz, centre, Vec::new())
+}
+
+/// [`mosaic_at`] painting into `buffer`'s memory (its contents do not matter), so a
+/// worker can reuse one canvas allocation for every mosaic.
+pub fn mosaic_at_into(
+    tiles: [&LabeledImage; 4],
+    imgsz: u32,
+    centre: (i64, i64),
+    buffer: Vec<u8>,
+) -> LabeledImage {
     let side = i64::from(imgsz) * 2;
     // A centre off the canvas would place tiles outside it.
     let centre = (centre.0.clamp(0, side), centre.1.clamp(0, side));
@@ -96,7 +107,7 @@ pub fn mosaic_at(tiles: [&LabeledImage; 4], imgsz: u32, centre: (i64, i64)) -> L
         .enumerate()
         .map(|(tile_idx, tile)| TilePlacement::new(tile_idx, tile, side, centre))
         .collect();
-    let image = paint_mosaic(&tiles, &placements, side as usize);
+    let image = paint_mosaic(&tiles, &placements, side as usize, buffer);
     let mut boxes = Vec::new();
     for (tile, placement) in tiles.iter().zip(&placements) {
         let shift_x = (placement.x1a - placement.x1b) as f32;
@@ -171,8 +182,14 @@ impl TilePlacement {
 
 /// The `side x side` canvas, written once row by row: grey 114 where no tile
 /// lands, each tile's pixels where it does (tiles of one row never overlap).
-fn paint_mosaic(tiles: &[&LabeledImage; 4], placements: &[TilePlacement], side: usize) -> RgbImage {
-    let mut raw: Vec<u8> = Vec::with_capacity(side * side * 3);
+fn paint_mosaic(
+    tiles: &[&LabeledImage; 4],
+    placements: &[TilePlacement],
+    side: usize,
+    mut raw: Vec<u8>,
+) -> RgbImage {
+    raw.clear();
+    raw.reserve(side * side * 3);
     // Left to right; the tiles a row crosses then come in that order too.
     let mut order = [0, 1, 2, 3];
     order.sort_by_key(|&tile_idx| placements[tile_idx].x1a);
@@ -204,11 +221,21 @@ fn paint_mosaic(tiles: &[&LabeledImage; 4], placements: &[TilePlacement], side: 
 /// [`mosaic_at`] with Ultralytics' random centre: `int(uniform(imgsz / 2, 3 * imgsz / 2))`
 /// for y, then x.
 pub fn random_mosaic(tiles: [&LabeledImage; 4], imgsz: u32, rng: &mut impl Rng) -> LabeledImage {
+    random_mosaic_into(tiles, imgsz, rng, Vec::new())
+}
+
+/// [`random_mosaic`] painting into `buffer`'s memory.
+pub fn random_mosaic_into(
+    tiles: [&LabeledImage; 4],
+    imgsz: u32,
+    rng: &mut impl Rng,
+    buffer: Vec<u8>,
+) -> LabeledImage {
     let low = f64::from(imgsz) / 2.0;
     let high = f64::from(imgsz) * 1.5;
     let yc = rng.random_range(low..high) as i64;
     let xc = rng.random_range(low..high) as i64;
-    mosaic_at(tiles, imgsz, (xc, yc))
+    mosaic_at_into(tiles, imgsz, (xc, yc), buffer)
 }
 
 /// The parameters `RandomPerspective` draws, in the units its hyper-parameters use.
@@ -371,8 +398,18 @@ pub fn perspective(
     params: &PerspectiveParams,
     output_size: (u32, u32),
 ) -> LabeledImage {
+    perspective_into(input, params, output_size, Vec::new())
+}
+
+/// [`perspective`] warping into `buffer`'s memory (its contents do not matter).
+pub fn perspective_into(
+    input: &LabeledImage,
+    params: &PerspectiveParams,
+    output_size: (u32, u32),
+    buffer: Vec<u8>,
+) -> LabeledImage {
     let matrix = params.matrix(input.image.dimensions(), output_size);
-    let image = warp(&input.image, &matrix, output_size);
+    let image = warp_into(&input.image, &matrix, output_size, buffer);
     let (width, height) = (output_size.0 as f32, output_size.1 as f32);
     let boxes = input
         .boxes
@@ -450,8 +487,20 @@ pub fn box_candidate(before: &BoundingBox, after: &BoundingBox) -> bool {
 /// integer coordinates), bilinear in `f32`, rounded to nearest even. One pass over
 /// output rows, no allocation but the output. A singular matrix gives a grey image.
 pub fn warp(input: &RgbImage, matrix: &Matrix3, output_size: (u32, u32)) -> RgbImage {
+    warp_into(input, matrix, output_size, Vec::new())
+}
+
+/// [`warp`] into `buffer`'s memory (its contents do not matter), so a worker can
+/// reuse one allocation for every output.
+pub fn warp_into(
+    input: &RgbImage,
+    matrix: &Matrix3,
+    output_size: (u32, u32),
+    mut output: Vec<u8>,
+) -> RgbImage {
     let (out_width, out_height) = (output_size.0 as usize, output_size.1 as usize);
-    let mut output = vec![PAD_VALUE; out_width * out_height * 3];
+    output.clear();
+    output.resize(out_width * out_height * 3, PAD_VALUE);
     let affine = matrix.is_affine();
     let inverse = if affine {
         matrix.affine_inverse()
@@ -461,15 +510,25 @@ pub fn warp(input: &RgbImage, matrix: &Matrix3, output_size: (u32, u32)) -> RgbI
     if let Some(inverse) = inverse {
         let m = inverse.0.map(|row| row.map(|value| value as f32));
         let sampler = Sampler::new(input);
-        for (y, row) in output.chunks_exact_mut(out_width * 3).enumerate() {
-            let y = y as f32;
-            for (x, pixel) in row.chunks_exact_mut(3).enumerate() {
-                let x = x as f32;
-                let source_x = x * m[0][0] + y * m[0][1] + m[0][2];
-                let source_y = x * m[1][0] + y * m[1][1] + m[1][2];
-                if affine {
+        let rows = output.chunks_exact_mut(out_width * 3).enumerate();
+        // Two loops rather than a test per pixel.
+        if affine {
+            for (y, row) in rows {
+                let y = y as f32;
+                for (x, pixel) in row.chunks_exact_mut(3).enumerate() {
+                    let x = x as f32;
+                    let source_x = x * m[0][0] + y * m[0][1] + m[0][2];
+                    let source_y = x * m[1][0] + y * m[1][1] + m[1][2];
                     sampler.sample(source_x, source_y, pixel);
-                } else {
+                }
+            }
+        } else {
+            for (y, row) in rows {
+                let y = y as f32;
+                for (x, pixel) in row.chunks_exact_mut(3).enumerate() {
+                    let x = x as f32;
+                    let source_x = x * m[0][0] + y * m[0][1] + m[0][2];
+                    let source_y = x * m[1][0] + y * m[1][1] + m[1][2];
                     let w = x * m[2][0] + y * m[2][1] + m[2][2];
                     sampler.sample(source_x / w, source_y / w, pixel);
                 }
