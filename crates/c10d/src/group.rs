@@ -51,6 +51,13 @@ impl ProcessGroup {
                 ),
             });
         }
+        if config.backend == Backend::Nccl && !cfg!(feature = "cuda") {
+            // Refused before the rendezvous, which would otherwise wait for peers.
+            return Err(Error::Config {
+                field: "backend",
+                reason: "NCCL needs cardet-c10d built with the `cuda` feature".to_owned(),
+            });
+        }
         if !config.is_distributed() {
             return Ok(ProcessGroup {
                 raw: None,
@@ -260,4 +267,64 @@ fn to_c_int(field: &'static str, value: usize) -> Result<c_int, Error> {
         field,
         reason: format!("{value} does not fit a C int"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(config: DistConfig, expected: &str) {
+        let error = ProcessGroup::new(&config).expect_err("an invalid group");
+        assert_eq!(error.to_string(), expected);
+    }
+
+    #[test]
+    fn impossible_groups_are_refused_before_any_rendezvous() {
+        let two_ranks = DistConfig {
+            world_size: 2,
+            rank: 1,
+            ..DistConfig::single_process()
+        };
+        check(
+            DistConfig {
+                rank: 2,
+                ..two_ranks.clone()
+            },
+            "invalid rank: 2 is not below world size 2",
+        );
+        check(
+            two_ranks.clone().with_timeout(std::time::Duration::ZERO),
+            "invalid timeout: 0ns is not between 1 ms and i64::MAX ms",
+        );
+        if !cfg!(feature = "cuda") {
+            check(
+                two_ranks.with_backend(Backend::Nccl),
+                "invalid backend: NCCL needs cardet-c10d built with the `cuda` feature",
+            );
+        }
+    }
+
+    #[test]
+    fn a_group_of_one_leaves_tensors_as_they_are() {
+        let group = ProcessGroup::new(&DistConfig::single_process()).expect("group of one");
+        let tensors = [
+            Tensor::from_slice(&[1.5_f32, -2.0]),
+            Tensor::from_slice(&[7_i64]),
+        ];
+        let before: Vec<Tensor> = tensors.iter().map(Tensor::copy).collect();
+        group.all_reduce(&tensors, ReduceOp::Sum).expect("sum");
+        group
+            .all_reduce(&tensors[..1], ReduceOp::Average)
+            .expect("average");
+        group.broadcast(&tensors, 0).expect("broadcast");
+        group.barrier().expect("barrier");
+        for (after, before) in tensors.iter().zip(&before) {
+            assert!(after.equal(before));
+        }
+        let error = group.broadcast(&tensors, 1).expect_err("root 1 of 1");
+        assert_eq!(
+            error.to_string(),
+            "invalid broadcast root: 1 is not below world size 1"
+        );
+    }
 }
