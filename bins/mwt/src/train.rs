@@ -10,6 +10,7 @@ use cardet_train::{Hooks, SingleProcess, TrainConfig, TrainObserver, TrainSummar
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// The flags of `mwt train`; unset flags keep `--cfg`'s value, else Ultralytics' default.
+/// Multi-word flags also answer to Ultralytics' spelling (`--weight_decay`).
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Examples:\n  mwt train --data data/cars/data.yaml --model n --epochs 50 --imgsz 640\n  mwt train --data data.yaml --model runs/train/exp/weights/best.safetensors --epochs 10 --lr0 0.002\n  mwt train --cfg runs/train/exp/args.yaml --epochs 5 --device cuda:0\n  mwt train --resume runs/train/exp           # continue an interrupted run exactly\n  mwt train --data data.yaml --time 0.5 --json  # half an hour, summary as JSON"
@@ -39,22 +40,22 @@ pub struct TrainFlags {
     lrf: Option<f64>,
     #[arg(long)]
     momentum: Option<f64>,
-    #[arg(long)]
+    #[arg(long, alias = "weight_decay")]
     weight_decay: Option<f64>,
-    #[arg(long)]
+    #[arg(long, alias = "warmup_epochs")]
     warmup_epochs: Option<f64>,
-    #[arg(long)]
+    #[arg(long, alias = "warmup_momentum")]
     warmup_momentum: Option<f64>,
-    #[arg(long)]
+    #[arg(long, alias = "warmup_bias_lr")]
     warmup_bias_lr: Option<f64>,
     /// SGD, AdamW or auto.
     #[arg(long)]
     optimizer: Option<String>,
     /// Cosine instead of linear learning-rate decay.
-    #[arg(long)]
+    #[arg(long, alias = "cos_lr")]
     cos_lr: bool,
     /// Turn mosaic off for this many final epochs.
-    #[arg(long)]
+    #[arg(long, alias = "close_mosaic")]
     close_mosaic: Option<usize>,
     #[arg(long)]
     seed: Option<u64>,
@@ -93,11 +94,11 @@ pub struct TrainFlags {
     shear: Option<f32>,
     #[arg(long)]
     perspective: Option<f32>,
-    #[arg(long)]
+    #[arg(long, alias = "hsv_h")]
     hsv_h: Option<f32>,
-    #[arg(long)]
+    #[arg(long, alias = "hsv_s")]
     hsv_s: Option<f32>,
-    #[arg(long)]
+    #[arg(long, alias = "hsv_v")]
     hsv_v: Option<f32>,
     #[arg(long)]
     fliplr: Option<f32>,

@@ -136,47 +136,62 @@ fn one_epoch_then_resume_equals_two_epochs_straight() {
     assert_eq!(losses(&csv), losses(&straight_csv));
 }
 
-/// Records each epoch's validation metrics.
-#[derive(Default)]
-struct Record {
-    map50: Vec<f64>,
-}
-
-impl TrainObserver for Record {
-    fn on_start(&mut self, _params: &BTreeMap<String, String>) {}
-    fn on_step(&mut self, _step: u64, _metrics: &[(String, f64)]) {}
-    fn on_epoch_end(&mut self, _epoch: u64, metrics: &[(String, f64)]) {
-        if let Some((_, value)) = metrics.iter().find(|(k, _)| k == "metrics/mAP50(B)") {
-            self.map50.push(*value);
-        }
-    }
-    fn on_artifact(&mut self, _path: &Path) {}
-    fn on_end(&mut self, _summary: &TrainSummary) {}
-}
-
 #[test]
-fn a_short_run_learns_synthetic_vehicles() {
+fn a_short_run_fits_synthetic_vehicles() {
+    // Learning from scratch to a val mAP on unseen scenes takes far more CPU than a
+    // test may (a 12-epoch run on 48 scenes at 256 px still scored mAP50 0.0 after 4
+    // epochs, ~80 s each on the shared 2-core box). So this test checks that the loss,
+    // assigner, optimiser and EMA together fit a small set: the val split holds the
+    // same 8 scenes as train, augmentation is off, and mAP50 must rise from the
+    // untrained model's (0.0) to well above it.
     let dir = tempfile::tempdir().expect("temp dir");
-    let data = common::synth_dataset(&dir.path().join("data"), 48, 16, (256, 192));
-    let config = TrainConfig {
+    let data = common::synth_dataset_same_val(&dir.path().join("data"), 8, (160, 120));
+    let mut config = TrainConfig {
         data: data.clone(),
         model: "n".into(),
-        epochs: 12,
-        batch: 8,
-        imgsz: 256,
+        epochs: 30,
+        // Small batches give more optimiser steps: BatchNorm's running statistics
+        // (momentum 0.03), which evaluation uses, need ~100 steps to follow the weights.
+        batch: 2,
+        imgsz: 160,
+        optimizer: OptimizerName::AdamW,
+        lr0: 0.005,
         warmup_epochs: 0.0,
         accumulate: Some(1),
         close_mosaic: 0,
         workers: 2,
         seed: 1,
         project: dir.path().join("runs"),
-        name: "learn".into(),
+        name: "fit".into(),
         ..TrainConfig::default()
     };
-    let mut config = config;
-    config.augment.mosaic = 0.0;
-    let mut record = Record::default();
+    config.augment = cardet_augment::AugmentConfig::none();
+
+    tch::manual_seed(config.seed as i64);
+    let (dataset, _) = cardet_detect::dataset::read_dataset(&data).expect("dataset");
+    let untrained =
+        cardet_train::trainer::initial_model("n", &dataset.data.names, tch::Device::Cpu)
+            .expect("fresh model");
+    let loader = cardet_augment::Loader::new(
+        dataset.val.clone(),
+        cardet_augment::LoaderConfig::val(config.imgsz, 16),
+    )
+    .expect("val loader");
+    let before = cardet_train::validate(
+        &untrained.net,
+        &dataset.data.names,
+        &dataset.val,
+        &loader,
+        tch::Device::Cpu,
+        None,
+        0,
+    )
+    .expect("validates")
+    .report
+    .map50;
+
     let started = std::time::Instant::now();
+    let mut record = Record::default();
     let summary = train(
         config,
         None,
@@ -187,10 +202,29 @@ fn a_short_run_learns_synthetic_vehicles() {
         },
     )
     .expect("trains");
+    eprintln!("mAP50 per epoch {:?}", record.map50);
+    let after = summary.metrics["metrics/mAP50(B)"];
     eprintln!(
-        "mAP50 per epoch {:?} in {:.0} s",
-        record.map50,
+        "mAP50 untrained {before:.4}, after 30 epochs {after:.4} ({:.0} s)",
         started.elapsed().as_secs_f64()
     );
-    eprintln!("{summary:?}");
+    assert!(after > before + 0.3, "mAP50 {before} -> {after}");
+}
+
+/// Records each epoch's validation mAP@0.5.
+#[derive(Default)]
+struct Record {
+    map50: Vec<f64>,
+}
+
+impl TrainObserver for Record {
+    fn on_start(&mut self, _params: &BTreeMap<String, String>) {}
+    fn on_step(&mut self, _step: u64, _metrics: &[(String, f64)]) {}
+    fn on_epoch_end(&mut self, _epoch: u64, metrics: &[(String, f64)]) {
+        if let Some((_, value)) = metrics.iter().find(|(k, _)| k == "metrics/mAP50(B)") {
+            self.map50.push((value * 1000.0).round() / 1000.0);
+        }
+    }
+    fn on_artifact(&mut self, _path: &Path) {}
+    fn on_end(&mut self, _summary: &TrainSummary) {}
 }

@@ -1,0 +1,65 @@
+"""The baseline of examples/train_step_bench.rs: one Ultralytics training step, eager.
+
+  train_step.py OUT_DIR STEPS THREADS
+
+Builds a seeded yolov8n (3 classes), writes its weights and one batch (8 images at
+320 px with targets) for the Rust side, then times STEPS steps of forward +
+v8DetectionLoss + backward + SGD (momentum 0.937, Nesterov) after 2 warm-up steps.
+Prints one JSON line: median and mean step milliseconds and the peak RSS in MiB.
+"""
+
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+os.environ["YOLO_OFFLINE"] = "1"
+os.environ.setdefault("YOLO_VERBOSE", "False")
+
+import torch  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+
+def main(out_dir, steps, threads):
+    from ultralytics.cfg import get_cfg
+    from ultralytics.nn.tasks import DetectionModel
+    from ultralytics.utils.loss import v8DetectionLoss
+
+    torch.set_num_threads(int(threads))
+    torch.manual_seed(0)
+    model = DetectionModel("yolov8n.yaml", nc=3, verbose=False)
+    model.args = get_cfg()
+    names = [model.names[i] for i in range(3)]
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, os.path.join(out_dir, "weights.safetensors"), metadata={"names": json.dumps(names), "scale": "n", "nc": "3"})
+    generator = torch.Generator().manual_seed(1)
+    images = torch.rand(8, 3, 320, 320, generator=generator)
+    rows = []
+    for image in range(8):
+        for _ in range(6):
+            w, h = (torch.rand(2, generator=generator) * 0.3 + 0.05).tolist()
+            cx, cy = (torch.rand(2, generator=generator) * 0.5 + 0.25).tolist()
+            rows.append([image, float(torch.randint(0, 3, (1,), generator=generator)), cx, cy, w, h])
+    targets = torch.tensor(rows, dtype=torch.float32)
+    save_file({"images": images, "targets": targets}, os.path.join(out_dir, "batch.safetensors"))
+    batch = {"batch_idx": targets[:, 0], "cls": targets[:, 1:2], "bboxes": targets[:, 2:]}
+    criterion = v8DetectionLoss(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.937, nesterov=True)
+    model.train()
+    times = []
+    for step in range(int(steps) + 2):
+        started = time.perf_counter()
+        optimizer.zero_grad()
+        loss, _ = criterion(model(images), batch)
+        loss.sum().backward()
+        optimizer.step()
+        if step >= 2:
+            times.append((time.perf_counter() - started) * 1000)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"median_ms": statistics.median(times), "mean_ms": statistics.mean(times), "peak_rss_mib": peak}))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

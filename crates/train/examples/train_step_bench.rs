@@ -1,0 +1,118 @@
+//! One training step of yolov8n (320 px, batch 8, CPU): ours (tch forward,
+//! `DetectionLoss`, backward, our SGD) against Ultralytics' model and
+//! `v8DetectionLoss` in eager PyTorch, on the same weights and batch, in one run.
+//!
+//! ```text
+//! cargo run --release -p cardet-train --example train_step_bench -- [STEPS] [ROUNDS]
+//! ```
+//! Each round runs the Python baseline (`benches/train_step.py`, its own process) and
+//! then ours in a child process of this example, so peak RSS is per side; the rounds
+//! interleave so machine load hits both alike. Prints the medians and the ratio.
+
+use std::process::Command;
+
+use cardet_model::Detector;
+use cardet_train::optim::{Optimizer, OptimizerChoice, OptimizerName};
+use cardet_train::{DetectionLoss, LossGains};
+use tch::{Device, Kind, Tensor};
+
+const SCRIPT: &str = include_str!("../benches/train_step.py");
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--ours") {
+        return ours(&args[2], args[3].parse()?);
+    }
+    let steps: usize = args.get(1).map_or(Ok(10), |s| s.parse())?;
+    let rounds: usize = args.get(2).map_or(Ok(3), |s| s.parse())?;
+    let threads = tch::get_num_threads();
+    let dir = tempfile::tempdir()?;
+    let script = dir.path().join("train_step.py");
+    std::fs::write(&script, SCRIPT)?;
+    let dir_str = dir.path().to_str().ok_or("utf-8 temp dir")?;
+    let mut theirs = Vec::new();
+    let mut mine = Vec::new();
+    for round in 0..rounds {
+        let output = Command::new(cardet_testkit::venv_python())
+            .arg(&script)
+            .args([dir_str, &steps.to_string(), &threads.to_string()])
+            .env("YOLO_CONFIG_DIR", dir.path())
+            .output()?;
+        if !output.status.success() {
+            return Err(String::from_utf8_lossy(&output.stderr).into_owned().into());
+        }
+        let baseline: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+        let output = Command::new(std::env::current_exe()?)
+            .args(["--ours", dir_str, &steps.to_string()])
+            .output()?;
+        if !output.status.success() {
+            return Err(String::from_utf8_lossy(&output.stderr).into_owned().into());
+        }
+        let ours: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+        println!("round {round}: ultralytics {baseline} ours {ours}");
+        theirs.push(baseline);
+        mine.push(ours);
+    }
+    let median = |values: &[serde_json::Value], key: &str| {
+        let mut v: Vec<f64> = values.iter().filter_map(|x| x[key].as_f64()).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let (t, o) = (median(&theirs, "median_ms"), median(&mine, "median_ms"));
+    println!(
+        "threads {threads}: ultralytics {t:.1} ms/step, ours {o:.1} ms/step, ours/theirs {:.2}x time; peak RSS ultralytics {:.0} MiB, ours {:.0} MiB",
+        o / t,
+        median(&theirs, "peak_rss_mib"),
+        median(&mine, "peak_rss_mib")
+    );
+    Ok(())
+}
+
+fn ours(dir: &str, steps: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let dir = std::path::Path::new(dir);
+    let detector = Detector::load(&dir.join("weights.safetensors"), Device::Cpu)?;
+    let batch: std::collections::HashMap<String, Tensor> =
+        Tensor::read_safetensors(dir.join("batch.safetensors"))?
+            .into_iter()
+            .collect();
+    let images = &batch["images"];
+    let flat = Vec::<f32>::try_from(&batch["targets"].to_kind(Kind::Float).flatten(0, -1))?;
+    let targets: Vec<[f32; 6]> = flat
+        .chunks_exact(6)
+        .map(|r| [r[0], r[1], r[2], r[3], r[4], r[5]])
+        .collect();
+    let criterion = DetectionLoss::new(3, LossGains::default());
+    let choice = OptimizerChoice {
+        name: OptimizerName::Sgd,
+        lr0: 0.01,
+        momentum: 0.937,
+        zero_bias_warmup: false,
+    };
+    let mut optimizer = Optimizer::new(&choice, detector.vs.variables(), 0.0)?;
+    let mut times = Vec::new();
+    for step in 0..steps + 2 {
+        let started = std::time::Instant::now();
+        optimizer.zero_grad();
+        let head = detector.net.forward_t(images, true);
+        criterion.compute(&head, &targets)?.total.backward();
+        optimizer.step();
+        if step >= 2 {
+            times.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
+    times.sort_by(f64::total_cmp);
+    let median = times.get(times.len() / 2).copied().unwrap_or(f64::NAN);
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let peak_kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN);
+    println!(
+        "{}",
+        serde_json::json!({"median_ms": median, "mean_ms": mean, "peak_rss_mib": peak_kib / 1024.0})
+    );
+    Ok(())
+}
