@@ -168,6 +168,23 @@ impl GradientBuckets {
     }
 }
 
+impl std::str::FromStr for Compression {
+    type Err = Error;
+
+    /// `none`, `fp16` or `bf16`, as a `--grad-compression` flag spells them.
+    fn from_str(name: &str) -> Result<Compression, Error> {
+        match name.to_ascii_lowercase().as_str() {
+            "none" => Ok(Compression::None),
+            "fp16" => Ok(Compression::Fp16),
+            "bf16" => Ok(Compression::Bf16),
+            _ => Err(Error::Config {
+                field: "compression",
+                reason: format!("{name:?} is not one of none, fp16, bf16"),
+            }),
+        }
+    }
+}
+
 impl Compression {
     fn wire_kind(self) -> Option<Kind> {
         match self {
@@ -287,6 +304,26 @@ mod tests {
                 .to_string()
                 .starts_with("all_reduce_gradients: tensor 0: gradient is undefined"),
             "{error}"
+        );
+    }
+
+    #[test]
+    fn compression_names_parse() {
+        let parsed: Vec<Result<Compression, String>> = ["none", "FP16", "bf16", "int8"]
+            .iter()
+            .map(|name| {
+                name.parse::<Compression>()
+                    .map_err(|error| error.to_string())
+            })
+            .collect();
+        assert_eq!(
+            parsed,
+            [
+                Ok(Compression::None),
+                Ok(Compression::Fp16),
+                Ok(Compression::Bf16),
+                Err("invalid compression: \"int8\" is not one of none, fp16, bf16".to_owned()),
+            ]
         );
     }
 

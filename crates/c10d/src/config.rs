@@ -20,6 +20,22 @@ pub enum Backend {
     Nccl,
 }
 
+impl std::str::FromStr for Backend {
+    type Err = Error;
+
+    /// `gloo` or `nccl`, as torch.distributed names them.
+    fn from_str(name: &str) -> Result<Backend, Error> {
+        match name.to_ascii_lowercase().as_str() {
+            "gloo" => Ok(Backend::Gloo),
+            "nccl" => Ok(Backend::Nccl),
+            _ => Err(Error::Config {
+                field: "backend",
+                reason: format!("{name:?} is not one of gloo, nccl"),
+            }),
+        }
+    }
+}
+
 /// One process's view of a data-parallel job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DistConfig {
@@ -205,6 +221,17 @@ mod tests {
         check(
             &[("WORLD_SIZE", "1"), ("RANK", "0"), ("LOCAL_RANK", "0")],
             Ok((1, 0, 0, "127.0.0.1", 29500)),
+        );
+    }
+
+    #[test]
+    fn backend_names_parse() {
+        assert_eq!("gloo".parse::<Backend>().ok(), Some(Backend::Gloo));
+        assert_eq!("NCCL".parse::<Backend>().ok(), Some(Backend::Nccl));
+        let error = "mpi".parse::<Backend>().expect_err("not built");
+        assert_eq!(
+            error.to_string(),
+            "invalid backend: \"mpi\" is not one of gloo, nccl"
         );
     }
 
