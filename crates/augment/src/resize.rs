@@ -4,6 +4,7 @@
 //! weights, a horizontal pass into `i32` rows, then the vertical blend with
 //! OpenCV's vectorised rounding. Integer arithmetic throughout, two cached rows.
 
+use cardet_detect::letterbox::PAD_VALUE;
 use image::RgbImage;
 
 /// Fixed-point bits of OpenCV's resize weights (`INTER_RESIZE_COEF_BITS`).
@@ -12,12 +13,12 @@ const COEF_SCALE: f32 = (1 << COEF_BITS) as f32;
 
 /// The image resized to `size` (`(width, height)`, each at least 1).
 pub fn resize_linear(image: &RgbImage, size: (u32, u32)) -> RgbImage {
-    if image.dimensions() == size || size.0 == 0 || size.1 == 0 || image.width() == 0 {
-        return if size.0 == 0 || size.1 == 0 {
-            RgbImage::new(size.0, size.1)
-        } else {
-            image.clone()
-        };
+    if size.0 == 0 || size.1 == 0 || image.width() == 0 || image.height() == 0 {
+        // Nothing to sample from, or nothing to fill: grey, like padding.
+        return RgbImage::from_pixel(size.0, size.1, image::Rgb([PAD_VALUE; 3]));
+    }
+    if image.dimensions() == size {
+        return image.clone();
     }
     let (src_width, src_height) = (image.width() as usize, image.height() as usize);
     let (dst_width, dst_height) = (size.0 as usize, size.1 as usize);
@@ -123,6 +124,17 @@ mod tests {
         check(100, 200, 0, (0, 2048, 0));
         check(100, 200, 1, (0, 1536, 512));
         check(100, 200, 199, (99, 2048, 0));
+    }
+
+    #[test]
+    fn empty_images_give_grey_not_a_panic() {
+        let empty = RgbImage::new(0, 5);
+        let resized = resize_linear(&empty, (3, 2));
+        assert!(resized.pixels().all(|pixel| pixel.0 == [PAD_VALUE; 3]));
+        assert_eq!(
+            resize_linear(&RgbImage::new(4, 4), (0, 3)).dimensions(),
+            (0, 3)
+        );
     }
 
     #[test]

@@ -499,6 +499,9 @@ pub fn warp_into(
     mut output: Vec<u8>,
 ) -> RgbImage {
     let (out_width, out_height) = (output_size.0 as usize, output_size.1 as usize);
+    if out_width == 0 || out_height == 0 {
+        return RgbImage::new(output_size.0, output_size.1);
+    }
     output.clear();
     output.resize(out_width * out_height * 3, PAD_VALUE);
     let affine = matrix.is_affine();
