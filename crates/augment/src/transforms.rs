@@ -744,18 +744,8 @@ impl<'a> Sampler<'a> {
             let top = y0 as usize * self.stride + x0 as usize * 3;
             let bottom = top + self.stride;
             let (upper, lower) = (&self.raw[top..top + 6], &self.raw[bottom..bottom + 6]);
-            for (channel, value) in out.iter_mut().enumerate() {
-                *value = blend(
-                    [
-                        upper[channel],
-                        upper[channel + 3],
-                        lower[channel],
-                        lower[channel + 3],
-                    ],
-                    fx,
-                    fy,
-                );
-            }
+            let blended = blend_rgb(upper, lower, fx, fy);
+            out.copy_from_slice(&blended);
             return;
         }
         self.sample_at_border(x0, y0, fx, fy, out);
@@ -786,6 +776,67 @@ impl<'a> Sampler<'a> {
             );
         }
     }
+}
+
+/// [`blend`] for the three channels of two neighbouring pixels on two rows
+/// (`upper` and `lower` hold 6 bytes each), the channels side by side in SSE2
+/// lanes: the same IEEE operations lane by lane, so the same bits as [`blend`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn blend_rgb(upper: &[u8], lower: &[u8], fx: f32, fy: f32) -> [u8; 3] {
+    // SAFETY: SSE2 is part of the x86-64 baseline; every x86-64 CPU has it.
+    unsafe { blend_rgb_sse2(upper, lower, fx, fy) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse2")]
+fn blend_rgb_sse2(upper: &[u8], lower: &[u8], fx: f32, fy: f32) -> [u8; 3] {
+    use std::arch::x86_64::{
+        _mm_add_ps, _mm_cvtps_epi32, _mm_cvtsi128_si32, _mm_mul_ps, _mm_packs_epi32,
+        _mm_packus_epi16, _mm_set1_ps, _mm_setzero_si128, _mm_sub_ps,
+    };
+    let (p00, p01) = (rgb_lanes(&upper[..3]), rgb_lanes(&upper[3..6]));
+    let (p10, p11) = (rgb_lanes(&lower[..3]), rgb_lanes(&lower[3..6]));
+    let (fx, fy) = (_mm_set1_ps(fx), _mm_set1_ps(fy));
+    let top = _mm_add_ps(p00, _mm_mul_ps(fx, _mm_sub_ps(p01, p00)));
+    let bottom = _mm_add_ps(p10, _mm_mul_ps(fx, _mm_sub_ps(p11, p10)));
+    let value = _mm_add_ps(top, _mm_mul_ps(fy, _mm_sub_ps(bottom, top)));
+    // Round to nearest even (the default rounding mode), then saturate to bytes.
+    let rounded = _mm_cvtps_epi32(value);
+    let bytes = _mm_packus_epi16(_mm_packs_epi32(rounded, rounded), _mm_setzero_si128());
+    let [red, green, blue, _] = _mm_cvtsi128_si32(bytes).to_le_bytes();
+    [red, green, blue]
+}
+
+/// Three bytes as floats in the low three lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse2")]
+fn rgb_lanes(pixel: &[u8]) -> std::arch::x86_64::__m128 {
+    use std::arch::x86_64::{
+        _mm_cvtepi32_ps, _mm_cvtsi32_si128, _mm_setzero_si128, _mm_unpacklo_epi8,
+        _mm_unpacklo_epi16,
+    };
+    let packed = i32::from_le_bytes([pixel[0], pixel[1], pixel[2], 0]);
+    let zero = _mm_setzero_si128();
+    let words = _mm_unpacklo_epi8(_mm_cvtsi32_si128(packed), zero);
+    _mm_cvtepi32_ps(_mm_unpacklo_epi16(words, zero))
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn blend_rgb(upper: &[u8], lower: &[u8], fx: f32, fy: f32) -> [u8; 3] {
+    std::array::from_fn(|channel| {
+        blend(
+            [
+                upper[channel],
+                upper[channel + 3],
+                lower[channel],
+                lower[channel + 3],
+            ],
+            fx,
+            fy,
+        )
+    })
 }
 
 /// OpenCV's order of operations: along x on both rows, then along y, then
@@ -916,6 +967,44 @@ mod tests {
         let matrix = PerspectiveParams::identity().matrix((100, 60), (128, 128));
         assert_eq!(matrix.apply(0.0, 0.0), (14.0, 34.0));
         assert!(matrix.is_affine());
+    }
+
+    #[test]
+    fn vector_blend_matches_scalar_blend_bit_for_bit() {
+        let mut state = 0x2545_F491_4F6C_DD1D_u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..100_000 {
+            let bytes = next().to_le_bytes();
+            let more = next().to_le_bytes();
+            let (upper, lower) = (
+                &bytes[..6],
+                &[bytes[6], bytes[7], more[0], more[1], more[2], more[3]],
+            );
+            let fx = (next() % 1_000_000) as f32 / 1_000_000.0;
+            let fy = (next() % 1024) as f32 / 1024.0;
+            let scalar: [u8; 3] = std::array::from_fn(|channel| {
+                blend(
+                    [
+                        upper[channel],
+                        upper[channel + 3],
+                        lower[channel],
+                        lower[channel + 3],
+                    ],
+                    fx,
+                    fy,
+                )
+            });
+            assert_eq!(
+                blend_rgb(upper, lower, fx, fy),
+                scalar,
+                "{upper:?} {lower:?} {fx} {fy}"
+            );
+        }
     }
 
     #[test]
