@@ -8,7 +8,7 @@ use cardet_augment::transforms::{
     self, LabeledBox, LabeledImage, PerspectiveParams, flip_horizontal, flip_vertical,
 };
 use cardet_detect::BoundingBox;
-use common::{PALETTE, Rectangle, colour_extent, render};
+use common::{PALETTE, Rectangle, colour_extent, palette_extents, render};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -109,14 +109,14 @@ fn check_trials(
         assert_eq!(output.image.dimensions(), (IMGSZ, IMGSZ));
 
         let side = IMGSZ as f32;
+        let extents = palette_extents(&output.image);
         for labeled in &output.boxes {
             let bbox = labeled.bbox;
             assert!(
                 bbox.x1 >= 0.0 && bbox.y1 >= 0.0 && bbox.x2 <= side && bbox.y2 <= side,
                 "trial {trial}: {bbox:?} is not clipped"
             );
-            let extent = colour_extent(&output.image, PALETTE[labeled.class_id]);
-            let Some(extent) = extent else {
+            let Some(extent) = extents[labeled.class_id] else {
                 panic!(
                     "trial {trial}: class {} has a box {bbox:?} but no pixels",
                     labeled.class_id
@@ -142,7 +142,7 @@ fn check_trials(
         // The other way round: a rectangle still plainly visible kept its box
         // (`box_candidates` drops only boxes under a tenth of their scaled area).
         for before in &mosaic.boxes {
-            let Some(extent) = colour_extent(&output.image, PALETTE[before.class_id]) else {
+            let Some(extent) = extents[before.class_id] else {
                 continue;
             };
             let scaled_area = before.bbox.area() * (params.scale * params.scale) as f32;

@@ -114,6 +114,37 @@ pub fn write_rectangles_dataset(root: &Path, n_images: usize) -> Vec<DatasetItem
         .collect()
 }
 
+/// [`colour_extent`] of every palette colour, in one pass over the image.
+pub fn palette_extents(image: &RgbImage) -> [Option<BoundingBox>; PALETTE.len()] {
+    let mut extents: [Option<(u32, u32, u32, u32)>; PALETTE.len()] = [None; PALETTE.len()];
+    for (x, y, pixel) in image.enumerate_pixels() {
+        // Palette colours are at least 255 apart in some channel, so a pixel is
+        // within the tolerance of one colour at most.
+        let Some(class_id) = PALETTE.iter().position(|&colour| is_close(pixel.0, colour)) else {
+            continue;
+        };
+        extents[class_id] = Some(match extents[class_id] {
+            None => (x, y, x, y),
+            Some((x1, y1, x2, y2)) => (x1.min(x), y1.min(y), x2.max(x), y2.max(y)),
+        });
+    }
+    extents.map(|extent| {
+        extent.map(|(x1, y1, x2, y2)| BoundingBox {
+            x1: x1 as f32,
+            y1: y1 as f32,
+            x2: (x2 + 1) as f32,
+            y2: (y2 + 1) as f32,
+        })
+    })
+}
+
+fn is_close(pixel: [u8; 3], colour: [u8; 3]) -> bool {
+    pixel
+        .iter()
+        .zip(colour)
+        .all(|(&a, b)| (i32::from(a) - i32::from(b)).abs() <= COLOUR_TOLERANCE)
+}
+
 /// The extent `[min, max + 1)` of the pixels within [`COLOUR_TOLERANCE`] of `colour`.
 pub fn colour_extent(image: &RgbImage, colour: [u8; 3]) -> Option<BoundingBox> {
     let mut extent: Option<(u32, u32, u32, u32)> = None;
