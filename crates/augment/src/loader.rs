@@ -8,9 +8,9 @@
 //! padded epoch)`, so which thread built a batch, and when, changes nothing.
 //!
 //! Mosaic partners are drawn from the sample's group of 8 consecutive batches of
-//! this rank (Ultralytics draws them from a buffer of about that many recently
-//! loaded images). A group's images are decoded once, by whichever worker needs
-//! them first, and dropped when the group's last batch is built.
+//! this rank, at most 1000 images (Ultralytics draws them from a buffer of about
+//! that many recently loaded images). A group's images are decoded once, by
+//! whichever worker needs them first, and dropped when its last batch is built.
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
@@ -30,8 +30,17 @@ use crate::error::Error;
 use crate::sampler;
 use crate::transforms::{self, LabeledImage, LoadedImage, PerspectiveParams};
 
-/// Consecutive batches whose images form one mosaic group.
+/// Consecutive batches whose images form one mosaic group, at most.
 pub const MOSAIC_GROUP_BATCHES: usize = 8;
+/// Images of one mosaic group, at most (Ultralytics caps its buffer at 1000 too),
+/// which bounds the decoded images held at once for large batches.
+pub const MOSAIC_GROUP_MAX_IMAGES: usize = 1000;
+
+/// Batches per mosaic group for this batch size: 8, fewer when 8 batches would
+/// exceed [`MOSAIC_GROUP_MAX_IMAGES`], at least 1.
+pub fn mosaic_group_batches(batch_size: usize) -> usize {
+    (MOSAIC_GROUP_MAX_IMAGES / batch_size.max(1)).clamp(1, MOSAIC_GROUP_BATCHES)
+}
 
 /// One image of a batch and how to map its boxes back.
 #[derive(Clone, Debug)]
@@ -124,7 +133,8 @@ impl Loader {
     pub fn epoch(&self, epoch: u64, mosaic: bool) -> EpochBatches {
         let order = self.plan.rank_order(epoch);
         let batch_shapes = self.plan.batch_shapes(&order);
-        let n_groups = self.plan.n_batches.div_ceil(MOSAIC_GROUP_BATCHES);
+        let group_batches = mosaic_group_batches(self.plan.config.batch_size);
+        let n_groups = self.plan.n_batches.div_ceil(group_batches);
         let shared = Arc::new(EpochShared {
             plan: Arc::clone(&self.plan),
             epoch,
@@ -140,8 +150,8 @@ impl Loader {
             groups: Mutex::new(HashMap::new()),
             group_batches_left: (0..n_groups)
                 .map(|group_idx| {
-                    let first = group_idx * MOSAIC_GROUP_BATCHES;
-                    AtomicUsize::new((self.plan.n_batches - first).min(MOSAIC_GROUP_BATCHES))
+                    let first = group_idx * group_batches;
+                    AtomicUsize::new((self.plan.n_batches - first).min(group_batches))
                 })
                 .collect(),
         });
@@ -395,7 +405,7 @@ fn build_batch_catching_panics(shared: &EpochShared, batch_idx: usize) -> Result
         build_batch(shared, batch_idx)
     }))
     .unwrap_or(Err(Error::WorkerPanicked { batch_idx }));
-    shared.finish_group_batch(batch_idx / MOSAIC_GROUP_BATCHES);
+    shared.finish_group_batch(batch_idx / mosaic_group_batches(shared.plan.config.batch_size));
     result
 }
 
@@ -466,7 +476,7 @@ fn augmented_sample(
     let config = &shared.plan.config;
     let imgsz = config.imgsz;
     let mut rng = sample_rng(config, shared.epoch, position);
-    let group_idx = batch_idx / MOSAIC_GROUP_BATCHES;
+    let group_idx = batch_idx / mosaic_group_batches(config.batch_size);
     let group = shared.group_images(group_idx);
     let primary = load_cached(shared, &group, position)?;
     let use_mosaic = shared.mosaic && rng.random::<f32>() < augment.mosaic;
@@ -536,7 +546,7 @@ fn group_positions(
     config: &LoaderConfig,
     n_positions: usize,
 ) -> std::ops::Range<usize> {
-    let group_len = MOSAIC_GROUP_BATCHES * config.batch_size;
+    let group_len = mosaic_group_batches(config.batch_size) * config.batch_size;
     let start = (group_idx * group_len).min(n_positions);
     start..(start + group_len).min(n_positions)
 }
