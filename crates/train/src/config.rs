@@ -46,6 +46,10 @@ pub struct TrainConfig {
     /// Validate after every epoch (the last is always validated).
     pub val: bool,
     pub plots: bool,
+    /// Mixed precision (`crate::amp`): fp16 autocast with a loss scaler on CUDA, a bf16
+    /// copy of the model on CPU. Off by default: on CPU it is slower (BENCHMARKS.md).
+    #[serde(default)]
+    pub amp: bool,
     #[serde(flatten)]
     pub gains: LossGains,
     #[serde(flatten)]
@@ -80,6 +84,7 @@ impl Default for TrainConfig {
             time: None,
             val: true,
             plots: true,
+            amp: false,
             gains: LossGains::default(),
             augment: AugmentConfig::default(),
         }
@@ -101,7 +106,6 @@ const IGNORED_KEYS: &[&str] = &[
     "single_cls",
     "rect",
     "resume",
-    "amp",
     "fraction",
     "profile",
     "freeze",
@@ -229,6 +233,7 @@ impl TrainConfig {
             "time" => self.time = if is_null { None } else { Some(float()?) },
             "val" => self.val = boolean()?,
             "plots" => self.plots = boolean()?,
+            "amp" => self.amp = boolean()?,
             "box" => self.gains.box_gain = float()?,
             "cls" => self.gains.cls_gain = float()?,
             "dfl" => self.gains.dfl_gain = float()?,

@@ -15,6 +15,7 @@
 //! # Ok::<(), cardet_train::Error>(())
 //! ```
 
+pub mod amp;
 pub mod assigner;
 pub mod checkpoint;
 pub mod config;
@@ -28,6 +29,7 @@ pub mod schedule;
 pub mod trainer;
 pub mod validate;
 
+pub use amp::GradScaler;
 pub use config::TrainConfig;
 pub use ema::ModelEma;
 pub use error::Error;

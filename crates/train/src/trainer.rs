@@ -14,6 +14,7 @@ use cardet_detect::dataset::read_dataset;
 use cardet_model::{Detector, Scale};
 use tch::{Device, Tensor};
 
+use crate::amp::{Bf16Shadow, GradScaler, head_to_float};
 use crate::checkpoint::{self, GRAD_PREFIX, OPTIMIZER_PREFIX, TRAIN_PREFIX, TrainState};
 use crate::config::TrainConfig;
 use crate::ema::ModelEma;
@@ -28,6 +29,10 @@ use crate::{Error, plots};
 pub const MAX_GRAD_NORM: f64 = 10.0;
 /// Validation images drawn with their boxes at the end of a run.
 const SAMPLE_IMAGES: usize = 3;
+/// Test hook: a folder where every rank writes its trainable weights after every
+/// optimiser step (`rank<R>_step<N>.safetensors`), so multi-process tests can compare
+/// the replicas with each other and with a single process.
+pub const DEBUG_STEP_WEIGHTS_ENV: &str = "CARDET_DEBUG_STEP_WEIGHTS";
 
 /// What plugs into a run.
 pub struct Hooks<'a> {
@@ -243,6 +248,14 @@ pub fn train(
     let mut optimizer = Optimizer::new(&choice, model.vs.variables(), weight_decay)?;
     let mut ema = ModelEma::new(&model)?;
     let criterion = DetectionLoss::new(names.len() as i64, config.gains);
+    let amp_cuda = config.amp && device.is_cuda();
+    let mut scaler = GradScaler::new(amp_cuda);
+    let bf16_shadow = if config.amp && !device.is_cuda() {
+        Some(Bf16Shadow::new(&model)?)
+    } else {
+        None
+    };
+    let debug_weights_dir = std::env::var_os(DEBUG_STEP_WEIGHTS_ENV).map(PathBuf::from);
 
     let mut start_epoch = 0;
     let mut last_opt_step: i64 = -1;
@@ -277,11 +290,12 @@ pub fn train(
         }
         None => unique_run_dir(&config),
     };
-    let trainable: Vec<Tensor> = optimizer
-        .parameters()
-        .map(|(_, t)| t.shallow_clone())
-        .collect();
-    sync.broadcast_parameters(&trainable)?;
+    // Rank 0's weights and BatchNorm buffers, in name order (the same on every rank);
+    // rank 0's EMA was made from exactly these.
+    let mut variables: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
+    variables.sort_by(|a, b| a.0.cmp(&b.0));
+    let variables: Vec<Tensor> = variables.into_iter().map(|(_, t)| t).collect();
+    sync.broadcast_parameters(&variables)?;
 
     let weights_dir = run_dir.join("weights");
     let last_path = weights_dir.join("last.safetensors");
@@ -358,9 +372,18 @@ pub fn train(
                 }
             }
             let images = crate::validate::images_to_tensor(&batch.images, batch.shape, device)?;
-            let head = model.net.forward_t(&images, true);
+            let head = match &bf16_shadow {
+                Some(shadow) => shadow.forward(&images)?,
+                None if amp_cuda => {
+                    head_to_float(&tch::autocast(true, || model.net.forward_t(&images, true)))?
+                }
+                None => model.net.forward_t(&images, true),
+            };
             let loss = criterion.compute(&head, &batch.targets)?;
-            (&loss.total * world as f64).backward();
+            scaler.scale_loss(&(&loss.total * world as f64)).backward();
+            if let Some(shadow) = &bf16_shadow {
+                shadow.accumulate_into_master()?;
+            }
             let parts = loss.parts();
             for (mean, part) in running.iter_mut().zip(parts) {
                 *mean = (*mean * i as f64 + part) / (i + 1) as f64;
@@ -374,10 +397,18 @@ pub fn train(
                     .filter(Tensor::defined)
                     .collect();
                 sync.all_reduce_gradients(&grads)?;
-                optimizer.clip_grad_norm(MAX_GRAD_NORM);
-                optimizer.step();
+                // Every rank unscales the same reduced gradients, so all skip together.
+                let finite = scaler.unscale(&grads)?;
+                if finite {
+                    optimizer.clip_grad_norm(MAX_GRAD_NORM);
+                    optimizer.step();
+                }
+                scaler.update(!finite);
                 optimizer.zero_grad();
                 ema.update(&model)?;
+                if let Some(dir) = &debug_weights_dir {
+                    dump_step_weights(dir, rank, optimizer.steps, &optimizer)?;
+                }
                 last_opt_step = ni as i64;
                 if budget.is_some_and(|limit| elapsed(&started) > limit) {
                     out_of_time = true;
@@ -435,6 +466,13 @@ pub fn train(
                 val_losses = output.losses.unwrap_or([f64::NAN; 3]);
                 last_metrics = metric_columns(&output);
                 let fitness = output.fitness();
+                if best_fitness.is_none_or(|best| fitness > best) {
+                    best_fitness = Some(fitness);
+                    best_epoch = epoch + 1;
+                }
+            } else if val_loader.is_none() {
+                // No val split: Ultralytics' fallback fitness is the negative train loss.
+                let fitness = -running.iter().sum::<f64>();
                 if best_fitness.is_none_or(|best| fitness > best) {
                     best_fitness = Some(fitness);
                     best_epoch = epoch + 1;
@@ -635,6 +673,24 @@ fn restore_pending_grads(
             }
         }
         Ok(())
+    })
+}
+
+fn dump_step_weights(
+    dir: &Path,
+    rank: usize,
+    step: impl std::fmt::Display,
+    optimizer: &Optimizer,
+) -> Result<(), Error> {
+    create_dir(dir)?;
+    let path = dir.join(format!("rank{rank}_step{step}.safetensors"));
+    let named: Vec<(&str, &Tensor)> = optimizer
+        .parameters()
+        .map(|(name, tensor)| (name.as_str(), tensor))
+        .collect();
+    Tensor::write_safetensors(&named, &path).map_err(|source| Error::Checkpoint {
+        path,
+        reason: source.to_string(),
     })
 }
 
