@@ -1,11 +1,13 @@
 //! `mwt`: the trainer. It will train, validate, export and serve predictions of the
 //! YOLOv8 detector on libtorch (through tch), on one process or data parallel.
 //!
-//! Built: `info`, `train`, `val`, `export`, `predict`, `eval`. `launch` belongs to the
+//! Built: `info`, `train` (tracked in MLflow when `MLFLOW_TRACKING_URI` is set),
+//! `mlflow-sync`, `val`, `export`, `predict`, `eval`. `launch` belongs to the
 //! distributed issue; until it lands it says so and exits 2.
 
 mod eval;
 mod export;
+mod mlflow;
 mod predict;
 mod train;
 mod val;
@@ -44,6 +46,9 @@ enum Command {
     /// COCO mAP@0.5 and mAP@0.5:0.95 of predictions against ground truth (COCO JSON
     /// or YOLO label folders).
     Eval(eval::EvalFlags),
+    /// Send what a run folder's MLflow journal holds that the server never got (after
+    /// a `mwt train` while MLflow was down).
+    MlflowSync(mlflow::SyncFlags),
     /// NOT BUILT YET (the distributed issue): start N local data-parallel workers.
     Launch(Unbuilt),
 }
@@ -64,6 +69,7 @@ fn main() -> ExitCode {
         Command::Export(flags) => export::run(&flags),
         Command::Predict(flags) => predict::run(&flags),
         Command::Eval(flags) => eval::run(&flags),
+        Command::MlflowSync(flags) => mlflow::sync(&flags),
         Command::Launch(_) => Err(cardet_cli::not_built("mwt launch", "the distributed issue")),
     };
     cardet_cli::exit_code("mwt", result)

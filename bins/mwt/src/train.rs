@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 /// Multi-word flags also answer to Ultralytics' spelling (`--weight_decay`).
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  mwt train --data data/cars/data.yaml --model n --epochs 50 --imgsz 640\n  mwt train --data data.yaml --model runs/train/exp/weights/best.safetensors --epochs 10 --lr0 0.002\n  mwt train --cfg runs/train/exp/args.yaml --epochs 5 --device cuda:0\n  mwt train --resume runs/train/exp           # continue an interrupted run exactly\n  mwt train --data data.yaml --time 0.5 --json  # half an hour, summary as JSON"
+    after_help = "Examples:\n  mwt train --data data/cars/data.yaml --model n --epochs 50 --imgsz 640\n  mwt train --data data.yaml --model runs/train/exp/weights/best.safetensors --epochs 10 --lr0 0.002\n  mwt train --cfg runs/train/exp/args.yaml --epochs 5 --device cuda:0\n  mwt train --resume runs/train/exp           # continue an interrupted run exactly\n  mwt train --data data.yaml --time 0.5 --json  # half an hour, summary as JSON\n  MLFLOW_TRACKING_URI=http://127.0.0.1:5000 mwt train --data data.yaml --register yolov8n_car  # tracked, registered"
 )]
 pub struct TrainFlags {
     /// An Ultralytics-style `args.yaml`; flags given here override it.
@@ -107,6 +107,8 @@ pub struct TrainFlags {
     /// No progress bar; print the summary as one JSON object.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    tracking: crate::mlflow::TrackingFlags,
 }
 
 impl TrainFlags {
@@ -205,21 +207,25 @@ pub fn run(flags: &TrainFlags) -> anyhow::Result<()> {
             path.display()
         );
     }
+    let mut tracking = crate::mlflow::MlflowObserver::from_flags(&flags.tracking)?;
     let stop = cardet_cli::stop_flag_on_signal("mwt train: stopping after this batch");
     let mut progress = EpochProgress::new(!flags.json);
-    let summary = cardet_train::train(
+    let trained = cardet_train::train(
         config,
         resume.as_deref(),
         Hooks {
             sync: &SingleProcess,
-            observer: &mut progress,
+            observer: &mut crate::mlflow::Fanout(&mut progress, &mut tracking),
             stop: Some(stop),
         },
-    )
-    .context("training")?;
+    );
+    let mlflow = tracking.conclude(trained.is_ok());
+    let summary = trained.context("training")?;
     let mut stdout = std::io::stdout().lock();
     if flags.json {
-        writeln!(stdout, "{}", serde_json::to_string(&summary)?)?;
+        let mut json = serde_json::to_value(&summary)?;
+        mlflow.add_to_json(&mut json)?;
+        writeln!(stdout, "{json}")?;
     } else {
         writeln!(
             stdout,
@@ -235,6 +241,7 @@ pub fn run(flags: &TrainFlags) -> anyhow::Result<()> {
             writeln!(stdout, "  {name:<22} {value:.4}")?;
         }
         writeln!(stdout, "weights: {}", summary.best.display())?;
+        mlflow.print_text(&mut stdout)?;
     }
     Ok(())
 }
