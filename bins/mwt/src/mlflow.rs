@@ -152,6 +152,8 @@ pub struct MlflowOutcome {
     run_dir: Option<PathBuf>,
     #[serde(skip)]
     enabled: bool,
+    #[serde(skip)]
+    register_requested: Option<String>,
 }
 
 impl MlflowOutcome {
@@ -185,9 +187,13 @@ impl MlflowOutcome {
         }
         if self.mlflow_unsent_events > 0 {
             let run_dir = self.run_dir.as_deref().unwrap_or(Path::new("<run_dir>"));
+            let register = match &self.register_requested {
+                Some(name) => format!(" --register {name}"),
+                None => String::new(),
+            };
             writeln!(
                 out,
-                "MLflow: {} events were not sent; run `mwt mlflow-sync {}` when the server is back",
+                "MLflow: {} events were not sent; run `mwt mlflow-sync {}{register}` when the server is back",
                 self.mlflow_unsent_events,
                 run_dir.display()
             )?;
@@ -217,6 +223,7 @@ impl MlflowObserver {
         Ok(MlflowObserver {
             outcome: MlflowOutcome {
                 enabled: settings.is_some(),
+                register_requested: settings.as_ref().and_then(|s| s.register.clone()),
                 ..MlflowOutcome::default()
             },
             settings,
@@ -346,11 +353,7 @@ impl MlflowObserver {
                 return;
             }
         };
-        self.outcome.mlflow_run_url = Some(run_url(
-            &settings.config.tracking_uri,
-            &run.experiment_id,
-            &run.run_id,
-        ));
+        self.outcome.mlflow_run_url = Some(run_url_of(&settings.config.tracking_uri, &run));
         let Some(model_name) = &settings.register else {
             return;
         };
@@ -365,38 +368,55 @@ impl MlflowObserver {
             );
             return;
         }
-        let registered = (|| -> Result<_, cardet_tracking::Error> {
-            client.ensure_registered_model(model_name)?;
-            let version = client.create_model_version(model_name, &run, MODEL_ARTIFACT_DIR)?;
-            let promotion = client.promote_if_better(
-                model_name,
-                CHAMPION_ALIAS,
-                &version.version,
-                CHAMPION_METRIC,
-                MetricGoal::Maximize,
-            )?;
-            Ok((version.version, promotion))
-        })();
-        match registered {
-            Ok((version, promotion)) => {
-                tracing::info!(
-                    "registered {model_name} version {version} ({} {:.4}; previous champion {:?}): {}",
-                    CHAMPION_METRIC,
-                    promotion.candidate_value,
-                    promotion.previous_champion,
-                    if promotion.promoted {
-                        "now the champion"
-                    } else {
-                        "the champion stays"
-                    }
-                );
+        match register_model(&client, &run, model_name) {
+            Ok(registration) => {
                 self.outcome.registered_model = Some(model_name.clone());
-                self.outcome.registered_version = Some(version);
-                self.outcome.champion = promotion.promoted;
+                self.outcome.registered_version = Some(registration.version);
+                self.outcome.champion = registration.champion;
             }
             Err(err) => tracing::warn!("registering {model_name} in MLflow: {err}"),
         }
     }
+}
+
+/// A registered version and whether it holds the `champion` alias now.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Registration {
+    pub version: String,
+    pub champion: bool,
+}
+
+/// Registers the run's `model/` artifact folder as a new version of `model_name` and
+/// moves `champion` to it when its mAP50-95 beats the holder's.
+pub fn register_model(
+    client: &MlflowClient,
+    run: &cardet_tracking::RunInfo,
+    model_name: &str,
+) -> Result<Registration, cardet_tracking::Error> {
+    client.ensure_registered_model(model_name)?;
+    let version = client.create_model_version(model_name, run, MODEL_ARTIFACT_DIR)?;
+    let promotion = client.promote_if_better(
+        model_name,
+        CHAMPION_ALIAS,
+        &version.version,
+        CHAMPION_METRIC,
+        MetricGoal::Maximize,
+    )?;
+    tracing::info!(
+        "registered {model_name} version {} ({CHAMPION_METRIC} {:.4}; previous champion {:?}): {}",
+        version.version,
+        promotion.candidate_value,
+        promotion.previous_champion,
+        if promotion.promoted {
+            "now the champion"
+        } else {
+            "the champion stays"
+        }
+    );
+    Ok(Registration {
+        version: version.version,
+        champion: promotion.promoted,
+    })
 }
 
 impl TrainObserver for MlflowObserver {
@@ -538,7 +558,7 @@ pub fn dataset_hash(data_yaml: &Path) -> anyhow::Result<String> {
 /// The flags of `mwt mlflow-sync`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  mwt mlflow-sync runs/train/exp                 # to MLFLOW_TRACKING_URI\n  mwt mlflow-sync runs/train/exp --mlflow-uri http://mlflow:5000 --json"
+    after_help = "Examples:\n  mwt mlflow-sync runs/train/exp                 # to MLFLOW_TRACKING_URI\n  mwt mlflow-sync runs/train/exp --mlflow-uri http://mlflow:5000 --json\n  mwt mlflow-sync runs/train/exp --register yolov8n_car   # then register, champion if better"
 )]
 pub struct SyncFlags {
     /// The run folder `mwt train` wrote (it holds `mlflow/journal.jsonl`).
@@ -546,6 +566,10 @@ pub struct SyncFlags {
     /// MLflow tracking server (default: MLFLOW_TRACKING_URI, else http://127.0.0.1:5000).
     #[arg(long, value_name = "URI")]
     mlflow_uri: Option<String>,
+    /// After the sync, register the run's `model/` folder under this name and move the
+    /// `champion` alias to it when it is better (for a run trained while MLflow was down).
+    #[arg(long, value_name = "NAME")]
+    register: Option<String>,
     /// One JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -567,20 +591,46 @@ pub fn sync(flags: &SyncFlags) -> anyhow::Result<()> {
     for (seq, error) in &report.rejected {
         tracing::warn!("the server refused journal event {seq}: {error}");
     }
-    let run_url = match &report.run_id {
-        Some(run_id) => {
-            let config = TrackingConfig::new(uri.clone()).with_auth_from_env();
-            MlflowClient::new(&config)
-                .and_then(|client| client.get_run(run_id))
-                .map(|run| run_url(&uri, &run.info.experiment_id, run_id))
-                .ok()
+    let mut run_url = None;
+    let mut registration = None;
+    if let Some(run_id) = &report.run_id {
+        let client = MlflowClient::new(&TrackingConfig::new(uri.clone()).with_auth_from_env())?;
+        let run = client
+            .get_run(run_id)
+            .with_context(|| format!("reading run {run_id} from MLflow at {uri}"))?
+            .info;
+        run_url = Some(run_url_of(&uri, &run));
+        if let Some(model_name) = &flags.register {
+            let model_files = client
+                .list_artifacts(run_id, Some(MODEL_ARTIFACT_DIR))
+                .with_context(|| format!("listing run {run_id}'s artifacts"))?;
+            anyhow::ensure!(
+                !model_files.is_empty(),
+                "--register {model_name}: run {run_id} has no `{MODEL_ARTIFACT_DIR}/` artifact folder (training did not finish?)"
+            );
+            let registered = register_model(&client, &run, model_name)
+                .with_context(|| format!("registering {model_name}"))?;
+            registration = Some((model_name.as_str(), registered));
         }
-        None => None,
-    };
-    print_sync_report(&report, run_url.as_deref(), flags.json)
+    } else {
+        anyhow::ensure!(
+            flags.register.is_none(),
+            "--register: the journal's run was never created on the server"
+        );
+    }
+    print_sync_report(&report, run_url.as_deref(), registration, flags.json)
 }
 
-fn print_sync_report(report: &SyncReport, run_url: Option<&str>, json: bool) -> anyhow::Result<()> {
+fn run_url_of(uri: &str, run: &cardet_tracking::RunInfo) -> String {
+    run_url(uri, &run.experiment_id, &run.run_id)
+}
+
+fn print_sync_report(
+    report: &SyncReport,
+    run_url: Option<&str>,
+    registration: Option<(&str, Registration)>,
+    json: bool,
+) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     if json {
         let value = serde_json::json!({
@@ -594,6 +644,9 @@ fn print_sync_report(report: &SyncReport, run_url: Option<&str>, json: bool) -> 
                 .map(|(seq, error)| serde_json::json!({"seq": seq, "error": error}))
                 .collect::<Vec<_>>(),
             "unreadable_lines": report.diagnostics.len(),
+            "registered_model": registration.as_ref().map(|(name, _)| name),
+            "registered_version": registration.as_ref().map(|(_, r)| &r.version),
+            "champion": registration.as_ref().is_some_and(|(_, r)| r.champion),
         });
         writeln!(stdout, "{value}")?;
     } else {
@@ -617,6 +670,18 @@ fn print_sync_report(report: &SyncReport, run_url: Option<&str>, json: bool) -> 
             (None, Some(run_id)) => writeln!(stdout, "MLflow run: {run_id}")?,
             (None, None) => {}
         }
+        if let Some((name, registered)) = &registration {
+            let champion = if registered.champion {
+                "now the champion"
+            } else {
+                "the champion stays"
+            };
+            writeln!(
+                stdout,
+                "registered {name} version {} ({champion})",
+                registered.version
+            )?;
+        }
     }
     Ok(())
 }
@@ -634,6 +699,42 @@ mod tests {
         );
         assert_eq!(artifact_dir_of(run, Path::new("/r/exp/results.csv")), None);
         assert_eq!(artifact_dir_of(run, Path::new("/elsewhere/x.png")), None);
+    }
+
+    #[test]
+    fn dataset_hash_is_stable_and_follows_every_label() {
+        use cardet_detect::dataset::{DatasetWriter, YoloLabel};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let writer = DatasetWriter::create(dir.path(), vec!["car".into()], "png").expect("dataset");
+        for index in 0..3_u64 {
+            let scene = cardet_detect::synth::render_scene(5, index, (64, 64));
+            let labels: Vec<YoloLabel> = scene
+                .objects
+                .iter()
+                .map(|object| YoloLabel::from_box(0, &object.bbox, (64, 64)))
+                .collect();
+            let split = if index < 2 { "train" } else { "val" };
+            writer
+                .add(split, &format!("s{index}"), &scene.image, &labels)
+                .expect("scene");
+        }
+        let data_yaml = writer.finish().expect("data.yaml");
+        let first = dataset_hash(&data_yaml).expect("hash");
+        assert!(
+            first.starts_with("sha256:") && first.len() == 7 + 64,
+            "{first}"
+        );
+        assert_eq!(dataset_hash(&data_yaml).expect("hash"), first);
+
+        let data = cardet_detect::dataset::read_data_yaml(&data_yaml).expect("data.yaml");
+        let image = data.split_images("val").expect("val")[0].clone();
+        let label = cardet_detect::dataset::label_path_for_image(&image);
+        let text = std::fs::read_to_string(&label).expect("label");
+        std::fs::write(&label, format!("{text}0 0.5 0.5 0.1 0.1\n")).expect("label");
+        let changed = dataset_hash(&data_yaml).expect("hash");
+        assert_ne!(changed, first);
+        std::fs::remove_file(&label).expect("remove label");
+        assert_ne!(dataset_hash(&data_yaml).expect("hash"), changed);
     }
 
     #[test]

@@ -271,6 +271,7 @@ fn a_run_trained_while_mlflow_is_down_is_sent_by_mlflow_sync() {
     let data = synth_dataset(&dir.path().join("data"), 4, 2, (96, 64));
     let project = dir.path().join("runs");
     let experiment = cardet_testkit::unique_name("mwt-offline");
+    let model_name = cardet_testkit::unique_name("mwt-offline-car");
     // A port nobody listens on: bound, then released.
     let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
@@ -279,7 +280,7 @@ fn a_run_trained_while_mlflow_is_down_is_sent_by_mlflow_sync() {
     let dead_uri = format!("http://127.0.0.1:{dead_port}");
 
     let mut args = train_args(&data, &project, "offline", "2");
-    args.extend(["--experiment", &experiment]);
+    args.extend(["--experiment", &experiment, "--register", &model_name]);
     let train = mwt(&args, &[("MLFLOW_TRACKING_URI", &dead_uri)]);
     let log = stderr(&train);
     assert!(train.status.success(), "{log}");
@@ -287,6 +288,8 @@ fn a_run_trained_while_mlflow_is_down_is_sent_by_mlflow_sync() {
     assert!(log.contains(&dead_uri), "{log}");
     let summary: serde_json::Value = serde_json::from_slice(&train.stdout).expect("summary JSON");
     assert!(summary["mlflow_run_id"].is_null(), "{summary}");
+    assert!(summary["registered_version"].is_null(), "{summary}");
+    assert_eq!(summary["champion"], false, "{summary}");
     assert!(
         summary["mlflow_unsent_events"]
             .as_u64()
@@ -303,7 +306,9 @@ fn a_run_trained_while_mlflow_is_down_is_sent_by_mlflow_sync() {
         &stack.mlflow_uri,
         "--json",
     ];
-    let sync = mwt(&sync_args, &[]);
+    let mut register_args = sync_args.to_vec();
+    register_args.extend(["--register", &model_name]);
+    let sync = mwt(&register_args, &[]);
     assert!(sync.status.success(), "{}", stderr(&sync));
     let report: serde_json::Value = serde_json::from_slice(&sync.stdout).expect("sync JSON");
     let run_id = report["mlflow_run_id"]
@@ -321,6 +326,8 @@ fn a_run_trained_while_mlflow_is_down_is_sent_by_mlflow_sync() {
         "{report}"
     );
     assert_eq!(report["rejected"], serde_json::json!([]), "{report}");
+    assert_eq!(report["registered_version"], "1", "{report}");
+    assert_eq!(report["champion"], true, "{report}");
 
     let client = client(&stack.mlflow_uri);
     let run = client.get_run(&run_id).expect("get run");
@@ -338,6 +345,19 @@ fn a_run_trained_while_mlflow_is_down_is_sent_by_mlflow_sync() {
     let again: serde_json::Value = serde_json::from_slice(&again.stdout).expect("sync JSON");
     assert_eq!(again["events_sent"], 0, "{again}");
     assert_eq!(again["mlflow_run_id"], run_id.as_str());
+    assert!(again["registered_version"].is_null(), "{again}");
+
+    // The same run registered again ties with the champion: a tie keeps it.
+    let tie = mwt(&register_args, &[]);
+    assert!(tie.status.success(), "{}", stderr(&tie));
+    let tie: serde_json::Value = serde_json::from_slice(&tie.stdout).expect("sync JSON");
+    assert_eq!(tie["registered_version"], "2", "{tie}");
+    assert_eq!(tie["champion"], false, "{tie}");
+    let champion = client
+        .get_alias(&model_name, "champion")
+        .expect("alias")
+        .expect("champion set");
+    assert_eq!(champion.version, "1");
 }
 
 #[test]
