@@ -409,3 +409,57 @@ fn no_mlflow_and_register_conflict() {
         assert!(text.contains(flag), "train --help lacks {flag}");
     }
 }
+
+#[test]
+fn ctrl_c_ends_the_mlflow_run_as_killed_without_registering() {
+    let stack = cardet_testkit::Stack::from_env();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = synth_dataset(&dir.path().join("data"), 4, 2, (96, 64));
+    let project = dir.path().join("runs");
+    let experiment = cardet_testkit::unique_name("mwt-killed");
+    let model_name = cardet_testkit::unique_name("mwt-killed-car");
+    let mut args = train_args(&data, &project, "killed", "200");
+    args.extend(["--experiment", &experiment, "--register", &model_name]);
+    let child = Command::new(env!("CARGO_BIN_EXE_mwt"))
+        .args(&args)
+        .env("MLFLOW_TRACKING_URI", &stack.mlflow_uri)
+        .env_remove("MLFLOW_EXPERIMENT_NAME")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn mwt");
+    // Interrupt once the first epoch is in results.csv (header + one row).
+    let results = project.join("killed/results.csv");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
+    while std::fs::read_to_string(&results).map_or(0, |text| text.lines().count()) < 2 {
+        assert!(std::time::Instant::now() < deadline, "no epoch finished");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let output = child.wait_with_output().expect("mwt ends");
+    assert!(output.status.success(), "{}", stderr(&output));
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).expect("summary JSON");
+    assert_eq!(summary["stop_reason"], "stopped", "{summary}");
+    assert!(summary["registered_version"].is_null(), "{summary}");
+    let run_id = summary["mlflow_run_id"].as_str().expect("run id");
+
+    let client = client(&stack.mlflow_uri);
+    let run = client.get_run(run_id).expect("get run");
+    assert_eq!(run.info.status, cardet_tracking::RunStatus::Killed);
+    assert_epoch_metrics_once(&client, run_id, &results);
+    // The checkpoints of the interrupted run are there to resume from.
+    let weights: Vec<String> = client
+        .list_artifacts(run_id, Some("weights"))
+        .expect("list")
+        .into_iter()
+        .map(|f| f.path)
+        .collect();
+    assert!(
+        weights.iter().any(|p| p == "weights/last.safetensors"),
+        "{weights:?}"
+    );
+}
