@@ -1,29 +1,191 @@
-//! `triton_client`: runs images through any KServe v2 / Triton server and draws the detections.
-//!
-//! NOT BUILT YET: the client and upload issue builds it. Until then it says so and exits 2.
+//! `triton_client`: runs images through any KServe v2 / Triton server and draws the
+//! detections. Glue over [`cardet_client::run`].
 
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::Parser;
+use anyhow::Context;
+use cardet_client::{InputSpec, Protocol, RunConfig};
+use clap::{Parser, ValueEnum};
 
-/// runs images through any KServe v2 / Triton server and draws the detections.
+/// Runs images through any KServe v2 / Triton server and draws the detections.
 ///
-/// NOT BUILT YET (the client and upload issue): every invocation exits 2.
+/// Input size and tensor names come from the model's metadata; letterbox,
+/// YOLOv8 decoding and NMS are the same code `mwt` validates with. One JSON line per
+/// image goes to stdout (or --jsonl); a summary with images/s and latency
+/// percentiles, and mAP for a dataset split, goes to stderr.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(
+    version,
+    after_help = "Examples:
+  triton_client --model yolov8n_car street.jpg
+  triton_client --url http://127.0.0.1:8000 --model yolov8n_car --out drawn/ 'frames/**/*.jpg'
+  triton_client --protocol grpc --url http://127.0.0.1:8001 --model yolov8n_car frames/
+  triton_client --model yolov8n_car --json street.jpg          # JSON tensors, not binary
+  triton_client --model yolov8n_car --dataset data/synth/data.yaml --split val --conf 0.001 --metrics-out map.json
+  triton_client --model yolov8n_car --concurrency 8 --batch 4 --retries 5 frames/ > detections.jsonl
+
+A server that is down or a model that is not ready fails at once with one line;
+--retries retries those (and 503/429, UNAVAILABLE) with exponential back-off."
+)]
 struct Flags {
-    /// Arguments of the stage to come.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    args: Vec<String>,
+    /// Image files, folders (searched recursively) or glob patterns.
+    #[arg(conflicts_with = "dataset")]
+    inputs: Vec<String>,
+    /// A YOLO dataset's data.yaml: run a split and report mAP against its labels.
+    #[arg(long)]
+    dataset: Option<PathBuf>,
+    /// The dataset split.
+    #[arg(long, default_value = "val")]
+    split: String,
+    /// The server: its HTTP port, or its gRPC port with --protocol grpc.
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    url: String,
+    #[arg(long)]
+    model: String,
+    /// The model version (default: the server's choice).
+    #[arg(long)]
+    version: Option<String>,
+    #[arg(long, value_enum, default_value_t = ProtocolFlag::Http)]
+    protocol: ProtocolFlag,
+    /// Over HTTP, send and receive tensors as JSON numbers instead of Triton's binary data.
+    #[arg(long)]
+    json: bool,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Images per request.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Write annotated images here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Write the JSON lines here instead of stdout.
+    #[arg(long)]
+    jsonl: Option<PathBuf>,
+    /// Write the mAP report (JSON) here; default OUT/metrics.json with --out.
+    #[arg(long)]
+    metrics_out: Option<PathBuf>,
+    /// Keep boxes whose best class score is above this.
+    #[arg(long, default_value_t = 0.25)]
+    conf: f32,
+    /// NMS IoU threshold.
+    #[arg(long, default_value_t = 0.45)]
+    iou: f32,
+    #[arg(long, default_value_t = 300)]
+    max_det: usize,
+    /// One NMS across classes instead of one per class.
+    #[arg(long)]
+    agnostic: bool,
+    /// Input side when the model's metadata leaves it variable.
+    #[arg(long, default_value_t = 640)]
+    imgsz: u32,
+    /// Class names from a data.yaml (default: the dataset's, else COCO's 80).
+    #[arg(long)]
+    names: Option<PathBuf>,
+    /// Retries of a request that failed for a transient reason.
+    #[arg(long, default_value_t = 0)]
+    retries: u32,
+    /// Seconds before a request is abandoned.
+    #[arg(long, default_value_t = 120)]
+    timeout_s: u64,
+    /// No progress bar (it is drawn only on a terminal anyway).
+    #[arg(long)]
+    no_progress: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ProtocolFlag {
+    Http,
+    Grpc,
 }
 
 fn main() -> ExitCode {
-    let _flags = Flags::parse();
-    cardet_cli::exit_code(
-        "triton_client",
-        Err(cardet_cli::not_built(
-            "triton_client",
-            "the client and upload issue",
-        )),
-    )
+    cardet_cli::init_logging();
+    let flags = Flags::parse();
+    cardet_cli::exit_code("triton_client", run(flags))
+}
+
+#[tokio::main]
+async fn run(flags: Flags) -> anyhow::Result<()> {
+    let protocol = match (flags.protocol, flags.json) {
+        (ProtocolFlag::Grpc, true) => anyhow::bail!("--json is for HTTP; gRPC sends raw bytes"),
+        (ProtocolFlag::Grpc, false) => Protocol::Grpc,
+        (ProtocolFlag::Http, true) => Protocol::HttpJson,
+        (ProtocolFlag::Http, false) => Protocol::HttpBinary,
+    };
+    let input = match (&flags.dataset, flags.inputs.is_empty()) {
+        (Some(data_yaml), _) => InputSpec::Dataset {
+            data_yaml: data_yaml.clone(),
+            split: flags.split.clone(),
+        },
+        (None, false) => InputSpec::Paths(flags.inputs.clone()),
+        (None, true) => anyhow::bail!("give images, folders or globs, or --dataset data.yaml"),
+    };
+    let names = match &flags.names {
+        Some(path) => Some(
+            cardet_detect::dataset::read_data_yaml(path)
+                .with_context(|| format!("reading class names from {}", path.display()))?
+                .names,
+        ),
+        None => None,
+    };
+    let mut config = RunConfig::new(&flags.url, protocol, &flags.model);
+    config.version = flags.version.clone();
+    config.input = input;
+    config.concurrency = flags.concurrency;
+    config.batch = flags.batch;
+    config.out = flags.out.clone();
+    config.postprocess = cardet_detect::PostprocessConfig {
+        confidence_threshold: flags.conf,
+        iou_threshold: flags.iou,
+        max_detections: flags.max_det,
+        class_agnostic: flags.agnostic,
+        ..cardet_detect::PostprocessConfig::default()
+    };
+    config.default_image_size = (flags.imgsz, flags.imgsz);
+    config.names = names;
+    config.retries = flags.retries;
+    config.timeout = Duration::from_secs(flags.timeout_s.max(1));
+    config.progress_bar = !flags.no_progress;
+    config.metrics_out = flags
+        .metrics_out
+        .clone()
+        .or_else(|| flags.out.as_ref().map(|out| out.join("metrics.json")));
+
+    let summary = match &flags.jsonl {
+        Some(path) => {
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            let mut writer = std::io::BufWriter::new(file);
+            cardet_client::run(&config, &mut writer).await?
+        }
+        None => {
+            let mut stdout = std::io::BufWriter::new(std::io::stdout());
+            cardet_client::run(&config, &mut stdout).await?
+        }
+    };
+    let mut stderr = std::io::stderr().lock();
+    let _ = writeln!(
+        stderr,
+        "{} images ({} detections) in {:.2} s: {:.1} images/s, latency p50 {:.1} ms, p99 {:.1} ms ({protocol}, concurrency {}, batch {})",
+        summary.n_images,
+        summary.n_detections,
+        summary.elapsed_s,
+        summary.images_per_s,
+        summary.latency_p50_ms,
+        summary.latency_p99_ms,
+        flags.concurrency,
+        flags.batch,
+    );
+    if let Some(eval) = &summary.eval {
+        let _ = writeln!(
+            stderr,
+            "mAP@0.5 {:.6}  mAP@0.5:0.95 {:.6}  ({} images)",
+            eval.map50, eval.map50_95, eval.report.n_images
+        );
+    }
+    Ok(())
 }
