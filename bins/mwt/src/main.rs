@@ -2,9 +2,10 @@
 //! YOLOv8 detector on libtorch (through tch), on one process or data parallel.
 //!
 //! Built: `info`, `train` (tracked in MLflow when `MLFLOW_TRACKING_URI` is set),
-//! `mlflow-sync`, `val`, `export`, `predict`, `eval`. `launch` belongs to the
-//! distributed issue; until it lands it says so and exits 2.
+//! `mlflow-sync`, `val`, `export`, `predict`, `eval`, and `launch` (N local
+//! data-parallel ranks of `mwt train`, torchrun-style).
 
+mod distributed;
 mod eval;
 mod export;
 mod mlflow;
@@ -49,14 +50,8 @@ enum Command {
     /// Send what a run folder's MLflow journal holds that the server never got (after
     /// a `mwt train` while MLflow was down).
     MlflowSync(mlflow::SyncFlags),
-    /// NOT BUILT YET (the distributed issue): start N local data-parallel workers.
-    Launch(Unbuilt),
-}
-
-#[derive(Debug, clap::Args)]
-struct Unbuilt {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    args: Vec<String>,
+    /// Start N local data-parallel ranks of an `mwt` command (torchrun-style).
+    Launch(distributed::LaunchFlags),
 }
 
 fn main() -> ExitCode {
@@ -70,7 +65,7 @@ fn main() -> ExitCode {
         Command::Predict(flags) => predict::run(&flags),
         Command::Eval(flags) => eval::run(&flags),
         Command::MlflowSync(flags) => mlflow::sync(&flags),
-        Command::Launch(_) => Err(cardet_cli::not_built("mwt launch", "the distributed issue")),
+        Command::Launch(flags) => distributed::launch(&flags),
     };
     cardet_cli::exit_code("mwt", result)
 }

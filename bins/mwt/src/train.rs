@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use cardet_train::{Hooks, SingleProcess, TrainConfig, TrainObserver, TrainSummary};
+use cardet_train::{Hooks, TrainConfig, TrainObserver, TrainSummary};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// The flags of `mwt train`; unset flags keep `--cfg`'s value, else Ultralytics' default.
@@ -107,6 +107,12 @@ pub struct TrainFlags {
     /// No progress bar; print the summary as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Mixed precision: fp16 autocast with a dynamic loss scale on CUDA, a bf16 copy
+    /// of the model for the forward and backward on CPU (fp32 master weights).
+    #[arg(long)]
+    amp: bool,
+    #[command(flatten)]
+    dist: crate::distributed::DistFlags,
     #[command(flatten)]
     tracking: crate::mlflow::TrackingFlags,
 }
@@ -169,6 +175,7 @@ impl TrainFlags {
             ("hsv_v", text(&self.hsv_v)),
             ("fliplr", text(&self.fliplr)),
             ("flipud", text(&self.flipud)),
+            ("amp", self.amp.then(|| "true".to_string())),
         ];
         for (key, value) in pairs {
             set(&mut config, key, value)?;
@@ -193,7 +200,10 @@ fn resume_path(path: &Path) -> PathBuf {
 }
 
 pub fn run(flags: &TrainFlags) -> anyhow::Result<()> {
-    let config = flags.config()?;
+    let mut config = flags.config()?;
+    let job = crate::distributed::dist_config(&flags.dist, &config.device)?;
+    config.device = crate::distributed::rank_device(&config.device, &job);
+    let lead = job.rank == 0;
     let resume = flags.resume.as_deref().map(resume_path);
     if let Some(path) = &resume {
         anyhow::ensure!(
@@ -214,13 +224,17 @@ pub fn run(flags: &TrainFlags) -> anyhow::Result<()> {
         config,
         resume.as_deref(),
         Hooks {
-            sync: &SingleProcess,
+            sync: &crate::distributed::gradient_sync(&flags.dist, &job)?,
             observer: &mut crate::mlflow::Fanout(&mut progress, &mut tracking),
             stop: Some(stop),
         },
     );
     let mlflow = tracking.conclude(trained.is_ok());
     let summary = trained.context("training")?;
+    if !lead {
+        // Rank 0 reports for the job.
+        return Ok(());
+    }
     let mut stdout = std::io::stdout().lock();
     if flags.json {
         let mut json = serde_json::to_value(&summary)?;
