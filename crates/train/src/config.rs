@@ -47,7 +47,8 @@ pub struct TrainConfig {
     pub val: bool,
     pub plots: bool,
     /// Mixed precision (`crate::amp`): fp16 autocast with a loss scaler on CUDA, a bf16
-    /// copy of the model on CPU. Off by default: on CPU it is slower (BENCHMARKS.md).
+    /// copy of the model on CPU. Off by default: on CPU it gained nothing beyond noise
+    /// (BENCHMARKS.md, "distributed").
     #[serde(default)]
     pub amp: bool,
     #[serde(flatten)]
