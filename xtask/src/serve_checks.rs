@@ -6,7 +6,9 @@
 //! - `load`: the release `serve` with YOLOv8n, `wrk` posting binary requests at
 //!   `--connections` for `--secs` against 127.0.0.1; checks no crash and no non-2xx,
 //!   resident memory before and after, and against a bare process holding one ONNX
-//!   Runtime session; writes p50/p99 into BENCHMARKS.md.
+//!   Runtime session; writes p50/p99 into BENCHMARKS.md. Both memory readings are
+//!   taken with the server idle: the requests wrk left queued have finished and
+//!   `serve` has had the time it waits before returning freed memory.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -64,6 +66,39 @@ fn rss_kib(pid: u32) -> anyhow::Result<f64> {
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
         .context("no VmRSS")
+}
+
+/// Longer than `serve` waits, idle, before it returns freed memory to the system
+/// (`TRIM_WHEN_IDLE_FOR` in `crates/serve/src/batcher.rs`).
+const IDLE_SETTLE: Duration = Duration::from_secs(3);
+
+/// Requests queued or running in the server now, from `/metrics`.
+fn pending_requests(metrics: u16) -> anyhow::Result<u64> {
+    let text = ureq::get(&format!("http://127.0.0.1:{metrics}/metrics"))
+        .call()
+        .context("reading /metrics")?
+        .body_mut()
+        .read_to_string()
+        .context("reading /metrics")?;
+    Ok(text
+        .lines()
+        .filter(|line| line.starts_with("nv_inference_pending_request_count{"))
+        .filter_map(|line| line.split_whitespace().last()?.parse::<u64>().ok())
+        .sum())
+}
+
+/// Waits until the server has answered every request still queued when the load
+/// stopped, then for [`IDLE_SETTLE`].
+fn wait_until_idle(metrics: u16) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while pending_requests(metrics)? > 0 {
+        if started.elapsed() > Duration::from_secs(300) {
+            bail!("serve still has queued requests 300 s after the load stopped");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(IDLE_SETTLE);
+    Ok(())
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -228,6 +263,7 @@ fn drive(
             .send(body)
             .context("warm-up request")?;
     }
+    wait_until_idle(metrics)?;
     let before = rss_kib(server.id())?;
     let url = format!("{base}/v2/models/yolov8n/infer");
     let script_text = script.display().to_string();
@@ -254,7 +290,15 @@ fn drive(
     if server.try_wait()?.is_some() {
         bail!("serve crashed under load");
     }
+    let busy_kib = rss_kib(server.id())?;
+    wait_until_idle(metrics)?;
     let after = rss_kib(server.id())?;
+    println!(
+        "resident memory: {:.0} MiB before, {:.0} MiB as wrk stopped, {:.0} MiB idle after",
+        before / 1024.0,
+        busy_kib / 1024.0,
+        after / 1024.0
+    );
     let p50 = wrk_percentile(&text, "50").context("no p50 in wrk's output")?;
     let p99 = wrk_percentile(&text, "99").context("no p99 in wrk's output")?;
     let non_2xx = wrk_count(&text, "Non-2xx or 3xx responses:");
@@ -288,9 +332,10 @@ fn drive(
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
     let report = format!(
-        "| {connections} connections, {secs} s, YOLOv8n 640 batch 1, binary REST | {completed} | {non_2xx} | {failures} | {p50:.0} ms | {p99:.0} ms | {:.0} MiB → {:.0} MiB ({growth:+.1}%) | {:.2}× of {:.0} MiB | {socket_errors} | {date} | `cargo xtask serve-check load --secs {secs} --connections {connections}` |",
+        "| {connections} connections, {secs} s, YOLOv8n 640 batch 1, binary REST | {completed} | {non_2xx} | {failures} | {p50:.0} ms | {p99:.0} ms | {:.0} MiB → {:.0} MiB ({growth:+.1}%; {:.0} MiB as the load stopped) | {:.2}× of {:.0} MiB | {socket_errors} | {date} | `cargo xtask serve-check load --secs {secs} --connections {connections}` |",
         before / 1024.0,
         after / 1024.0,
+        busy_kib / 1024.0,
         versus_bare,
         bare_kib / 1024.0,
     );
@@ -322,7 +367,7 @@ const LOAD_END: &str = "<!-- serve-load:end -->";
 fn write_report(path: &Path, row: &str) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".to_string());
     let table = format!(
-        "{LOAD_BEGIN}\n| load | requests | non-2xx | failed | p50 | p99 | resident memory before → after | vs a bare ORT session | socket errors | date | command |\n|---|---|---|---|---|---|---|---|---|---|---|\n{row}\n{LOAD_END}"
+        "{LOAD_BEGIN}\n| load | requests | non-2xx | failed | p50 | p99 | resident memory before → after, idle | vs a bare ORT session | socket errors | date | command |\n|---|---|---|---|---|---|---|---|---|---|---|\n{row}\n{LOAD_END}"
     );
     let updated = match (text.find(LOAD_BEGIN), text.find(LOAD_END)) {
         (Some(start), Some(stop)) if stop > start => {

@@ -32,8 +32,15 @@ use clap::{Parser, ValueEnum};
 Message sizes: one 640x640 FP32 image is 4.9 MB, so the REST body limit and gRPC's
 message limits (tonic's default is 4 MB) are both raised to --max-message-bytes
 (default 128 MiB, enough for a batch of 8 as binary data or JSON of one image).
-A full queue (--max-queue-size) answers 503 / UNAVAILABLE; bad input answers 400 /
-INVALID_ARGUMENT with {\"error\": ...}."
+A full queue (--max-queue-size requests or --max-queue-bytes of inputs per model
+version, or a model's dynamic_batching { default_queue_policy { max_queue_size } })
+answers 503 / UNAVAILABLE naming the model; bad input answers 400 / INVALID_ARGUMENT
+with {\"error\": ...}.
+
+Threads: ONNX Runtime's intra-op threads do the inference; the async threads only
+move requests, so by default they are half the cores (1 on a 2-core machine) and do
+not take CPU time from inference. Set both on a shared machine:
+  serve --model-repository model_repo --intra-op-threads 2 --async-threads 1"
 )]
 struct Flags {
     /// Load ONNX Runtime, print its version and path as JSON, and exit.
@@ -77,6 +84,14 @@ struct Flags {
     /// Requests waiting or running per model version; more are refused with 503.
     #[arg(long, default_value_t = 64)]
     max_queue_size: usize,
+    /// Input bytes of the requests waiting or running per model version; more are
+    /// refused with 503 (default 1 GiB: 200 images of 640x640 FP32).
+    #[arg(long, default_value_t = 1 << 30)]
+    max_queue_bytes: usize,
+    /// Threads of the async runtime that runs HTTP and gRPC (default: half the cores,
+    /// at least 1, so they do not compete with ONNX Runtime's threads).
+    #[arg(long)]
+    async_threads: Option<usize>,
     /// Largest REST body and gRPC message, in bytes.
     #[arg(long, alias = "http-max-body-bytes", default_value_t = 128 << 20)]
     max_message_bytes: usize,
@@ -154,6 +169,7 @@ fn config(flags: &Flags) -> anyhow::Result<cardet_serve::Config> {
             inter_op: flags.inter_op_threads,
         },
         max_queue_size: flags.max_queue_size.max(1),
+        max_queue_bytes: flags.max_queue_bytes.max(1),
         max_message_bytes: flags.max_message_bytes,
         modelmesh_capacity_bytes: flags.modelmesh_capacity_bytes,
         cache_dir: flags.cache_dir.clone(),
@@ -174,7 +190,11 @@ fn run(flags: &Flags) -> anyhow::Result<()> {
     }
     let config = config(flags)?;
     let repository = config.model_repository.clone();
+    let async_threads = flags.async_threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, |cores| (cores.get() / 2).max(1))
+    });
     tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(async_threads.max(1))
         .enable_all()
         .build()
         .context("starting the async runtime")?

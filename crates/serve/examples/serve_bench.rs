@@ -124,9 +124,30 @@ fn raw(args: &Args) -> f64 {
     best
 }
 
-async fn serve(args: &Args) -> f64 {
+fn serve(args: &Args) -> f64 {
+    let async_threads =
+        std::thread::available_parallelism().map_or(1, |cores| (cores.get() / 2).max(1));
+    let server_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(async_threads)
+        .enable_all()
+        .build()
+        .expect("tokio");
+    let client_runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
     let repository = tempfile::tempdir().expect("tempdir");
-    let folder = repository.path().join("yolov8n/1");
+    let server = server_runtime.block_on(start_server(args, repository.path()));
+    let url = format!("http://{}/v2/models/yolov8n/infer", server.http);
+    let rate = client_runtime.block_on(drive(args, url));
+    server_runtime
+        .block_on(server.shutdown())
+        .expect("shutdown");
+    rate
+}
+
+async fn start_server(args: &Args, repository: &std::path::Path) -> cardet_serve::Server {
+    let folder = repository.join("yolov8n/1");
     std::fs::create_dir_all(&folder).expect("folder");
     std::fs::copy(model(), folder.join("model.onnx")).expect("model");
     let batching = if args.batching {
@@ -135,7 +156,7 @@ async fn serve(args: &Args) -> f64 {
         ""
     };
     std::fs::write(
-        repository.path().join("yolov8n/config.pbtxt"),
+        repository.join("yolov8n/config.pbtxt"),
         format!(
             "max_batch_size: 8\ninput [{{ name: \"images\" data_type: TYPE_FP32 dims: [3, 640, 640] }}]\n\
              output [{{ name: \"output0\" data_type: TYPE_FP32 dims: [-1, -1] }}]\n{batching}\n"
@@ -144,7 +165,7 @@ async fn serve(args: &Args) -> f64 {
     .expect("config");
     let runtime = Arc::new(cardet_onnx::load().expect("onnxruntime"));
     let config = cardet_serve::Config {
-        model_repository: repository.path().display().to_string(),
+        model_repository: repository.display().to_string(),
         http_address: "127.0.0.1".into(),
         http_port: 0,
         grpc_address: "127.0.0.1".into(),
@@ -156,8 +177,10 @@ async fn serve(args: &Args) -> f64 {
         },
         ..cardet_serve::Config::default()
     };
-    let server = cardet_serve::start(runtime, config).await.expect("server");
-    let url = format!("http://{}/v2/models/yolov8n/infer", server.http);
+    cardet_serve::start(runtime, config).await.expect("server")
+}
+
+async fn drive(args: &Args, url: String) -> f64 {
     let header = br#"{"inputs":[{"name":"images","shape":[1,3,640,640],"datatype":"FP32","parameters":{"binary_data_size":4915200}}],"outputs":[{"name":"output0","parameters":{"binary_data":true}}]}"#;
     let mut body = header.to_vec();
     for value in image(1) {
@@ -206,10 +229,46 @@ async fn serve(args: &Args) -> f64 {
     for task in tasks {
         task.await.expect("client");
     }
-    let rate = done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    let elapsed = started.elapsed();
+    let requests = done.load(Ordering::Relaxed);
+    let rate = requests as f64 / elapsed.as_secs_f64();
     eprintln!("serve, {} clients: {rate:.2} images/s", args.clients);
-    server.shutdown().await.expect("shutdown");
+    print_time_split(&client, &url, requests, elapsed).await;
     rate
+}
+
+/// Where a request's time went, from the server's own statistics (the two warm-up
+/// requests included): to see how much of the gap to a raw session is HTTP and copies.
+async fn print_time_split(
+    client: &reqwest::Client,
+    infer_url: &str,
+    requests: u64,
+    elapsed: Duration,
+) {
+    let stats_url = infer_url.replace("/infer", "/stats");
+    let Ok(response) = client.get(&stats_url).send().await else {
+        return;
+    };
+    let Ok(stats) = response.json::<serde_json::Value>().await else {
+        return;
+    };
+    let model = &stats["model_stats"][0];
+    let per = |part: &str| -> f64 {
+        let part = &model["inference_stats"][part];
+        let count = part["count"].as_f64().unwrap_or(0.0).max(1.0);
+        part["ns"].as_f64().unwrap_or(0.0) / count / 1e6
+    };
+    eprintln!(
+        "ms: wall time per image {:.2}; per request in serve {:.2} (queue {:.2}, merge {:.2}, ONNX Runtime {:.2} per batch, split {:.2}); {} batches for {} requests",
+        elapsed.as_secs_f64() * 1e3 / requests.max(1) as f64,
+        per("success"),
+        per("queue"),
+        per("compute_input"),
+        per("compute_infer"),
+        per("compute_output"),
+        model["execution_count"],
+        model["inference_count"],
+    );
 }
 
 /// Resident memory of this process holding one session after one inference, in KiB.
@@ -239,14 +298,7 @@ fn main() {
     let args = parse_args();
     match args.mode.as_str() {
         "raw" => report(raw(&args)),
-        "serve" => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("tokio");
-            report(runtime.block_on(serve(&args)));
-        }
+        "serve" => report(serve(&args)),
         "rss" => {
             rss();
         }

@@ -1,8 +1,10 @@
 //! Dynamic batching: a task owns each model version's queue and feeds its instances.
 //!
-//! [`Batcher::append`] takes a permit from a semaphore sized to the queue (no permit:
-//! the queue is full and the caller is told to come back, the queue never grows) and
-//! sends the request over a bounded channel. The batcher task waits for an idle
+//! [`Batcher::append`] takes a permit from a semaphore sized to the queue and permits
+//! for the request's input bytes from a second one sized to `queue_bytes` (no permit:
+//! the queue is full and the caller is told to come back; neither the number of
+//! requests nor the memory they hold grows without bound) and sends the request over
+//! a bounded channel. The batcher task waits for an idle
 //! instance, then calls [`next_batch`]: the oldest request plus whatever compatible
 //! requests arrive until `max_batch_size` rows or the oldest has waited
 //! `max_queue_delay`. Each instance is an OS thread owning one [`Backend`]; it merges
@@ -19,6 +21,33 @@ use crate::backend::{Backend, BackendError, Batch};
 use crate::metrics::ModelStats;
 use crate::tensor::Tensor;
 
+/// An instance idle this long hands the memory its last batches freed back to the
+/// system. Not after every batch: under load the next batch would fault the same
+/// pages in again, which costs throughput for nothing.
+const TRIM_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
+
+/// Returns the allocator's free memory to the system.
+///
+/// A batch of 8 images needs hundreds of MB of activations and request bodies; glibc
+/// keeps what they freed in its per-thread arenas (and raises its mmap threshold
+/// after the first large free, so later bodies land there too), so a server that
+/// saw one burst would stay at its peak for good. `malloc_trim` releases the free
+/// pages of every arena, ONNX Runtime's allocations (through glibc's `malloc`, its
+/// CPU arena is off) included.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        unsafe extern "C" {
+            fn malloc_trim(pad: usize) -> std::ffi::c_int;
+        }
+        // SAFETY: glibc's `malloc_trim` takes the arena locks itself; any thread may
+        // call it at any time.
+        unsafe {
+            malloc_trim(0);
+        }
+    }
+}
+
 /// How a model version's requests are batched and queued.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BatcherConfig {
@@ -28,6 +57,8 @@ pub struct BatcherConfig {
     pub max_queue_delay: Option<Duration>,
     /// Requests waiting or running at once; more are refused.
     pub queue_capacity: usize,
+    /// Input bytes of the requests waiting or running at once; more are refused.
+    pub queue_bytes: usize,
     /// Whether inputs carry a batch dimension (`max_batch_size > 0` in the config).
     pub batched_model: bool,
 }
@@ -36,6 +67,12 @@ pub struct BatcherConfig {
 pub enum BatchError {
     #[error("the queue is full ({0} requests waiting or running)")]
     QueueFull(usize),
+    #[error(
+        "the queue is full (its requests hold {held_mib} MiB of inputs; the limit is {limit_mib} MiB)"
+    )]
+    QueueBytesFull { held_mib: usize, limit_mib: usize },
+    #[error("the request's {bytes} bytes of inputs exceed the queue's limit of {limit} bytes")]
+    TooLarge { bytes: usize, limit: usize },
     #[error("the model is shutting down")]
     Closed,
     #[error(transparent)]
@@ -54,6 +91,30 @@ pub struct Batcher {
     queue: mpsc::Sender<Pending>,
     capacity: Arc<Semaphore>,
     queue_capacity: usize,
+    /// Permits are KiB of input data (tokio takes at most `u32::MAX` permits at once).
+    bytes: Arc<Semaphore>,
+    queue_kib: usize,
+    stats: Arc<ModelStats>,
+}
+
+/// Counts a request in [`ModelStats::pending`] from its queueing until it is answered.
+struct PendingCount(Arc<ModelStats>);
+
+impl PendingCount {
+    fn new(stats: &Arc<ModelStats>) -> PendingCount {
+        stats
+            .pending
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        PendingCount(stats.clone())
+    }
+}
+
+impl Drop for PendingCount {
+    fn drop(&mut self) {
+        self.0
+            .pending
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 struct Pending {
@@ -62,6 +123,8 @@ struct Pending {
     enqueued: Instant,
     reply: oneshot::Sender<Result<Executed, BackendError>>,
     _permit: OwnedSemaphorePermit,
+    _bytes: OwnedSemaphorePermit,
+    _counted: PendingCount,
 }
 
 impl Batcher {
@@ -88,8 +151,22 @@ impl Batcher {
                     if idle.send(instance).is_err() {
                         return;
                     }
-                    while let Ok(batch) = jobs.recv() {
+                    // The first idle second also returns what loading the session freed.
+                    let mut trimmed = false;
+                    loop {
+                        let batch = match jobs.recv_timeout(TRIM_WHEN_IDLE_FOR) {
+                            Ok(batch) => batch,
+                            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                                if !trimmed {
+                                    release_free_memory();
+                                    trimmed = true;
+                                }
+                                continue;
+                            }
+                            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                        };
                         run_batch(backend.as_ref(), batch, batched_model, &stats);
+                        trimmed = false;
                         if idle.send(instance).is_err() {
                             return;
                         }
@@ -101,11 +178,24 @@ impl Batcher {
             }
         }
         drop(idle_sender);
-        tokio::spawn(schedule(receiver, idle_receiver, instances, config, stats));
+        let queue_kib = config
+            .queue_bytes
+            .div_ceil(1024)
+            .clamp(1, Semaphore::MAX_PERMITS);
+        tokio::spawn(schedule(
+            receiver,
+            idle_receiver,
+            instances,
+            config,
+            stats.clone(),
+        ));
         Batcher {
             queue,
             capacity: Arc::new(Semaphore::new(queue_capacity)),
             queue_capacity,
+            bytes: Arc::new(Semaphore::new(queue_kib)),
+            queue_kib,
+            stats,
         }
     }
 
@@ -116,6 +206,23 @@ impl Batcher {
             .clone()
             .try_acquire_owned()
             .map_err(|_| BatchError::QueueFull(self.queue_capacity))?;
+        let bytes: usize = inputs.iter().map(|input| input.data.len()).sum();
+        let kib = bytes.div_ceil(1024);
+        let too_large = || BatchError::TooLarge {
+            bytes,
+            limit: self.queue_kib * 1024,
+        };
+        if kib > self.queue_kib {
+            return Err(too_large());
+        }
+        let byte_permit = self
+            .bytes
+            .clone()
+            .try_acquire_many_owned(u32::try_from(kib).map_err(|_| too_large())?)
+            .map_err(|_| BatchError::QueueBytesFull {
+                held_mib: (self.queue_kib - self.bytes.available_permits()) / 1024,
+                limit_mib: self.queue_kib / 1024,
+            })?;
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
             inputs,
@@ -123,6 +230,8 @@ impl Batcher {
             enqueued: Instant::now(),
             reply,
             _permit: permit,
+            _bytes: byte_permit,
+            _counted: PendingCount::new(&self.stats),
         };
         self.queue
             .send(pending)
@@ -370,6 +479,7 @@ mod tests {
             max_batch_size,
             max_queue_delay: delay_ms.map(Duration::from_millis),
             queue_capacity: capacity,
+            queue_bytes: 1 << 20,
             batched_model: true,
         }
     }
@@ -443,5 +553,47 @@ mod tests {
         for task in tasks {
             task.await.expect("task").expect("the first two run");
         }
+    }
+
+    #[tokio::test]
+    async fn queued_bytes_are_bounded() {
+        let mut small = config(1, None, 64);
+        // Room for two requests of 3 KiB, not three.
+        small.queue_bytes = 7 * 1024;
+        let (batcher, _) = start(small, Duration::from_millis(300));
+        let request = || Tensor::from_f32("x", vec![1, 768], &[1.0; 768]);
+        let mut tasks = Vec::new();
+        for _ in 0..2 {
+            let (batcher, input) = (batcher.clone(), request());
+            tasks.push(tokio::spawn(async move {
+                batcher.append(vec![input], 1).await.map(|_| ())
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let refused = batcher.append(vec![request()], 1).await;
+        assert!(
+            matches!(
+                refused,
+                Err(BatchError::QueueBytesFull {
+                    held_mib: 0,
+                    limit_mib: 0
+                })
+            ),
+            "{refused:?}"
+        );
+        let huge = Tensor::from_f32("x", vec![1, 4096], &[1.0; 4096]);
+        let refused = batcher.append(vec![huge], 1).await;
+        assert!(
+            matches!(refused, Err(BatchError::TooLarge { bytes: 16384, .. })),
+            "{refused:?}"
+        );
+        for task in tasks {
+            task.await.expect("task").expect("the first two run");
+        }
+        // Answered requests give their bytes back.
+        batcher
+            .append(vec![request()], 1)
+            .await
+            .expect("room again");
     }
 }

@@ -37,8 +37,11 @@ pub enum ControlMode {
 pub struct ModelOptions {
     pub control_mode: ControlMode,
     pub threads: Threads,
-    /// Requests waiting or running per model version before new ones are refused.
+    /// Requests waiting or running per model version before new ones are refused
+    /// (a model's `default_queue_policy { max_queue_size }` overrides it).
     pub max_queue_size: usize,
+    /// Input bytes waiting or running per model version before new requests are refused.
+    pub max_queue_bytes: usize,
 }
 
 /// A model version that answers requests.
@@ -228,10 +231,15 @@ impl Infer {
             .append(inputs, rows)
             .await
             .map_err(|error| match error {
-                BatchError::QueueFull(_) => ApiError::unavailable(format!(
-                    "model '{}' is overloaded: {error}; retry later",
-                    model.name
-                )),
+                BatchError::QueueFull(_) | BatchError::QueueBytesFull { .. } => {
+                    ApiError::unavailable(format!(
+                        "model '{}' version {} is overloaded: {error}; retry later",
+                        model.name, model.version
+                    ))
+                }
+                BatchError::TooLarge { .. } => {
+                    ApiError::validation(format!("model '{}': {error}", model.name))
+                }
                 BatchError::Closed => {
                     ApiError::unavailable(format!("model '{}' was unloaded; retry", model.name))
                 }
@@ -545,7 +553,12 @@ impl Infer {
                 .dynamic_batching
                 .as_ref()
                 .map(|batching| batching.max_queue_delay),
-            queue_capacity: self.inner.options.max_queue_size,
+            queue_capacity: config
+                .dynamic_batching
+                .as_ref()
+                .and_then(|batching| batching.max_queue_size)
+                .unwrap_or(self.inner.options.max_queue_size),
+            queue_bytes: self.inner.options.max_queue_bytes,
             batched_model: config.max_batch_size > 0,
         };
         let backends: Vec<Box<dyn Backend>> = backends

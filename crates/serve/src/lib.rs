@@ -71,6 +71,8 @@ pub struct Config {
     pub threads: Threads,
     /// Requests waiting or running per model version before new ones get 503.
     pub max_queue_size: usize,
+    /// Input bytes waiting or running per model version before new requests get 503.
+    pub max_queue_bytes: usize,
     /// Largest REST body and gRPC message, in bytes.
     pub max_message_bytes: usize,
     /// Memory ModelMesh may fill with models, in bytes.
@@ -95,6 +97,7 @@ impl Default for Config {
             load_models: Vec::new(),
             threads: Threads::default(),
             max_queue_size: 64,
+            max_queue_bytes: 1 << 30,
             max_message_bytes: 128 << 20,
             modelmesh_capacity_bytes: 4 << 30,
             cache_dir: None,
@@ -138,6 +141,7 @@ pub async fn start(runtime: Arc<cardet_onnx::Runtime>, config: Config) -> Result
             control_mode: config.control_mode,
             threads: config.threads,
             max_queue_size: config.max_queue_size,
+            max_queue_bytes: config.max_queue_bytes,
         },
     );
     load_initial_models(&infer, &config).await?;

@@ -50,6 +50,8 @@ pub struct ModelStats {
     pub last_inference_ms: AtomicU64,
     /// Backend calls and compute time by batch size.
     pub batches: Mutex<Vec<(u64, u64, u64)>>,
+    /// Requests queued or running now.
+    pub pending: AtomicU64,
 }
 
 impl ModelStats {
@@ -99,7 +101,13 @@ type Family = (
 /// Prometheus text for every `(model, version, stats)`.
 pub fn render(models: &[(String, i64, std::sync::Arc<ModelStats>)]) -> String {
     let mut text = String::new();
-    let families: [Family; 8] = [
+    let families: [Family; 9] = [
+        (
+            "nv_inference_pending_request_count",
+            "gauge",
+            "Number of inference requests queued or running",
+            |s| s.pending.load(Ordering::Relaxed),
+        ),
         (
             "nv_inference_request_success",
             "counter",

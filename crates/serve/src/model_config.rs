@@ -41,6 +41,10 @@ pub struct TensorConfig {
 pub struct DynamicBatching {
     pub preferred_batch_sizes: Vec<u32>,
     pub max_queue_delay: Duration,
+    /// `default_queue_policy { max_queue_size }`: requests this model version holds
+    /// at once before refusing more; `None` (or 0 in the config): the server's
+    /// `--max-queue-size`.
+    pub max_queue_size: Option<usize>,
 }
 
 /// Which versions of a model are served (Triton's `version_policy`).
@@ -148,9 +152,21 @@ impl ModelConfig {
             let delay = batching
                 .integer("max_queue_delay_microseconds")?
                 .unwrap_or(0);
+            let mut max_queue_size = None;
+            if let Some(policy) = batching.messages("default_queue_policy")?.first() {
+                let size = policy.integer("max_queue_size")?.unwrap_or(0);
+                let size = usize::try_from(size).map_err(|_| ConfigError {
+                    line: policy.line_of("max_queue_size"),
+                    message: format!(
+                        "default_queue_policy.max_queue_size is {size}; it must be 0 (the server's limit) or more"
+                    ),
+                })?;
+                max_queue_size = (size > 0).then_some(size);
+            }
             config.dynamic_batching = Some(DynamicBatching {
                 preferred_batch_sizes: preferred,
                 max_queue_delay: Duration::from_micros(u64::try_from(delay).unwrap_or(0)),
+                max_queue_size,
             });
         }
         let groups = root.messages("instance_group")?;
@@ -554,13 +570,14 @@ instance_group [ { kind: KIND_CPU } ]  # one instance
     #[test]
     fn batching_instances_and_policies_parse() {
         let text = format!(
-            "{ORIGINAL}\ndynamic_batching {{ preferred_batch_size: [4, 8] max_queue_delay_microseconds: 500 }}\n\
+            "{ORIGINAL}\ndynamic_batching {{ preferred_batch_size: [4, 8] max_queue_delay_microseconds: 500 default_queue_policy {{ max_queue_size: 3 }} }}\n\
              instance_group {{ count: 2 kind: KIND_CPU }}\nversion_policy: {{ specific {{ versions: [1, 3] }} }}"
         );
         let mut expected = original();
         expected.dynamic_batching = Some(DynamicBatching {
             preferred_batch_sizes: vec![4, 8],
             max_queue_delay: Duration::from_micros(500),
+            max_queue_size: Some(3),
         });
         expected.instance_count = 3;
         expected.version_policy = VersionPolicy::Specific(vec![1, 3]);

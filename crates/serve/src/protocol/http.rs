@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use serde_json::{Value, json};
+use tokio_stream::StreamExt;
 
 use crate::error::{ApiError, ErrorKind};
 use crate::infer::{Infer, InferRequest, LoadedVersion, VersionStats};
@@ -348,27 +349,51 @@ async fn version_infer(
     infer(state, model, Some(version), headers, body).await
 }
 
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+/// Binary tensor data starts on this boundary in the buffer [`read_body`] fills, so
+/// the backend can hand it to ONNX Runtime as a view instead of copying it.
+const BINARY_ALIGNMENT: usize = 8;
+
+/// Reads the body into one buffer, refusing bodies over `limit` bytes.
+///
+/// With binary tensor data (`json_length` is the JSON header's length) the buffer
+/// starts with padding so that the bytes after the header are aligned for any
+/// element type; the padding is sliced off the returned [`Bytes`]. The body's chunks
+/// are copied once, straight into that buffer, sized from `Content-Length`.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    json_length: Option<usize>,
+) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::validation(format!(
             "request body over the {limit}-byte limit (raise it with --http-max-body-bytes)"
         ))
     };
-    if headers
+    let content_length = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        .is_some_and(|length| length > limit)
-    {
+        .and_then(|v| v.parse::<usize>().ok());
+    if content_length.is_some_and(|length| length > limit) {
         return Err(too_large());
     }
-    axum::body::to_bytes(body, limit).await.map_err(|error| {
-        if error.to_string().contains("length limit") {
-            too_large()
-        } else {
-            ApiError::validation(format!("reading the request body: {error}"))
+    let mut buffer: Vec<u8> = Vec::with_capacity(content_length.unwrap_or(0) + BINARY_ALIGNMENT);
+    // The allocator's alignment (16 bytes for glibc) is kept when the buffer grows,
+    // so padding chosen now stays right if `Content-Length` was missing or short.
+    let padding = json_length.map_or(0, |json| {
+        (BINARY_ALIGNMENT - (buffer.as_ptr() as usize + json) % BINARY_ALIGNMENT) % BINARY_ALIGNMENT
+    });
+    buffer.resize(padding, 0);
+    let mut chunks = body.into_data_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk
+            .map_err(|error| ApiError::validation(format!("reading the request body: {error}")))?;
+        if buffer.len() - padding + chunk.len() > limit {
+            return Err(too_large());
         }
-    })
+        buffer.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(buffer).slice(padding..))
 }
 
 async fn infer(
@@ -378,14 +403,14 @@ async fn infer(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let body = read_body(&headers, body, state.max_body_bytes).await?;
     let header_length = headers
         .get("inference-header-content-length")
         .map(|v| v.to_str().unwrap_or("not text").to_string());
-    let json_bytes = header_length
+    let binary_header_length = header_length
         .as_deref()
-        .and_then(|l| l.trim().parse::<usize>().ok())
-        .unwrap_or(body.len());
+        .and_then(|l| l.trim().parse::<usize>().ok());
+    let body = read_body(&headers, body, state.max_body_bytes, binary_header_length).await?;
+    let json_bytes = binary_header_length.unwrap_or(body.len());
     let parsed = if json_bytes > BLOCKING_THRESHOLD {
         tokio::task::spawn_blocking(move || parse_infer_request(body, header_length.as_deref()))
             .await
@@ -440,7 +465,7 @@ async fn repository_index(
     headers: HeaderMap,
     body: Body,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let body = read_body(&headers, body, 1 << 20).await?;
+    let body = read_body(&headers, body, 1 << 20, None).await?;
     let ready_only = if body.iter().all(u8::is_ascii_whitespace) {
         false
     } else {
@@ -471,7 +496,7 @@ async fn repository_index(
 
 /// Load and unload bodies are optional JSON objects; parameters are not supported.
 async fn check_control_body(headers: &HeaderMap, body: Body) -> Result<(), ApiError> {
-    let body = read_body(headers, body, 1 << 20).await?;
+    let body = read_body(headers, body, 1 << 20, None).await?;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(());
     }
