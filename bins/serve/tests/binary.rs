@@ -87,6 +87,22 @@ impl Drop for Serve {
     }
 }
 
+/// The manifest the uploader writes last: `model.onnx` with its size and SHA-256.
+fn version_manifest(version: u64, model: &[u8]) -> Vec<u8> {
+    cardet_model_store::Manifest {
+        format: cardet_model_store::MANIFEST_FORMAT,
+        model: "tiny".into(),
+        version,
+        created_unix_s: 0,
+        files: vec![cardet_model_store::ManifestFile {
+            path: "model.onnx".into(),
+            size: model.len() as u64,
+            sha256: cardet_model_store::sha256_hex(model),
+        }],
+    }
+    .to_json()
+}
+
 fn tiny_request(x: [f32; 4]) -> Value {
     json!({ "inputs": [{ "name": "x", "datatype": "FP32", "shape": [1, 4], "data": x }] })
 }
@@ -210,7 +226,7 @@ async fn a_new_s3_version_is_picked_up_while_requests_run() {
     put("repo/tiny/1/model.onnx".into(), model_bytes(2.0)).await;
     put(
         "repo/tiny/1/manifest.json".into(),
-        b"{\"files\":[\"model.onnx\"]}".to_vec(),
+        version_manifest(1, &model_bytes(2.0)),
     )
     .await;
 
@@ -299,7 +315,7 @@ async fn a_new_s3_version_is_picked_up_while_requests_run() {
     );
     put(
         "repo/tiny/2/manifest.json".into(),
-        b"{\"files\":[\"model.onnx\"]}".to_vec(),
+        version_manifest(2, &model_bytes(3.0)),
     )
     .await;
     let started = Instant::now();
@@ -329,4 +345,89 @@ async fn a_new_s3_version_is_picked_up_while_requests_run() {
         .await
         .expect("stop");
     assert!(status.success(), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_s3_object_is_refused_with_a_checksum_error() {
+    let stack = cardet_testkit::Stack::from_env();
+    assert!(
+        !stack.s3_access_key.is_empty(),
+        "no S3 credentials: run `cargo xtask stack up s3` (it writes them into .env)"
+    );
+    let settings = cardet_model_store::S3Settings {
+        endpoint: Some(stack.s3_endpoint.clone()),
+        region: stack.s3_region.clone(),
+        access_key: Some(stack.s3_access_key.clone()),
+        secret_key: Some(stack.s3_secret_key.clone()),
+    };
+    let bucket = cardet_testkit::unique_name("serve-corrupt").to_lowercase();
+    let store = cardet_model_store::ModelStore::connect(&settings, &bucket, "repo").await;
+    let models = tempfile::tempdir().expect("tempdir");
+    common::tiny_repository(models.path());
+    store
+        .upload(
+            &models.path().join("tiny"),
+            "tiny",
+            &cardet_model_store::UploadOptions::default(),
+            &|_| {},
+        )
+        .await
+        .expect("upload");
+    // One byte flipped at rest, same size: only the manifest's SHA-256 can tell.
+    let mut corrupted = std::fs::read(models.path().join("tiny/1/model.onnx")).expect("model");
+    let middle = corrupted.len() / 2;
+    corrupted[middle] ^= 0x01;
+    settings
+        .client()
+        .await
+        .put_object()
+        .bucket(&bucket)
+        .key("repo/tiny/1/model.onnx")
+        .body(corrupted.into())
+        .send()
+        .await
+        .expect("overwriting the model");
+
+    let envs = [
+        ("AWS_ENDPOINT_URL", stack.s3_endpoint.clone()),
+        ("AWS_ACCESS_KEY_ID", stack.s3_access_key.clone()),
+        ("AWS_SECRET_ACCESS_KEY", stack.s3_secret_key.clone()),
+        ("AWS_REGION", stack.s3_region.clone()),
+    ];
+    let cache = tempfile::tempdir().expect("cache");
+    let repository = format!("s3://{bucket}/repo");
+    let cache_text = cache.path().display().to_string();
+    let serve = tokio::task::spawn_blocking(move || {
+        Serve::start(
+            &[
+                "--model-repository",
+                &repository,
+                "--model-control-mode",
+                "explicit",
+                "--cache-dir",
+                &cache_text,
+            ],
+            &envs,
+        )
+    })
+    .await
+    .expect("start");
+    let answer = reqwest::Client::new()
+        .post(format!("{}/v2/repository/models/tiny/load", serve.http))
+        .send()
+        .await
+        .expect("load request");
+    assert!(!answer.status().is_success(), "a corrupted model loaded");
+    let body: Value = answer.json().await.expect("a JSON error");
+    let message = body["error"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!(
+            "checksum mismatch for s3://{bucket}/repo/tiny/1/model.onnx"
+        )),
+        "{body}"
+    );
+    assert!(
+        !cache.path().join("tiny/1/manifest.json").exists(),
+        "the cache holds the corrupted version as complete"
+    );
 }

@@ -17,8 +17,9 @@ use clap::{Parser, ValueEnum};
 /// image goes to stdout (or --jsonl); a summary with images/s and latency
 /// percentiles, and mAP for a dataset split, goes to stderr.
 #[derive(Debug, Parser)]
+// `--version` is the model version, as in Triton's clients, so clap's own is off.
 #[command(
-    version,
+    disable_version_flag = true,
     after_help = "Examples:
   triton_client --model yolov8n_car street.jpg
   triton_client --url http://127.0.0.1:8000 --model yolov8n_car --out drawn/ 'frames/**/*.jpg'

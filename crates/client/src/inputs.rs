@@ -208,11 +208,25 @@ mod tests {
 
     #[test]
     fn paths_expand_folders_recursively_and_globs() {
-        let files = ["a.jpg", "b.png", "notes.txt", "sub/c.jpg", "sub/deeper/d.webp"];
-        check(&files, &[""], &["a.jpg", "b.png", "sub/c.jpg", "sub/deeper/d.webp"]);
+        let files = [
+            "a.jpg",
+            "b.png",
+            "notes.txt",
+            "sub/c.jpg",
+            "sub/deeper/d.webp",
+        ];
+        check(
+            &files,
+            &[""],
+            &["a.jpg", "b.png", "sub/c.jpg", "sub/deeper/d.webp"],
+        );
         check(&files, &["*.jpg"], &["a.jpg"]);
         check(&files, &["**/*.jpg"], &["a.jpg", "sub/c.jpg"]);
-        check(&files, &["b.png", "sub"], &["b.png", "sub/c.jpg", "sub/deeper/d.webp"]);
+        check(
+            &files,
+            &["b.png", "sub"],
+            &["b.png", "sub/c.jpg", "sub/deeper/d.webp"],
+        );
     }
 
     #[test]

@@ -289,7 +289,11 @@ impl KserveClient {
             body.extend_from_slice(&value.to_le_bytes());
         }
         let response = http
-            .post(format!("{}{}/infer", self.url, Self::model_path(model, version)))
+            .post(format!(
+                "{}{}/infer",
+                self.url,
+                Self::model_path(model, version)
+            ))
             .header("Inference-Header-Content-Length", header.len())
             .header("Content-Type", "application/octet-stream")
             .body(body)
@@ -315,7 +319,11 @@ impl KserveClient {
             "outputs": [{ "name": output_name, "parameters": { "binary_data": false } }],
         });
         let response = http
-            .post(format!("{}{}/infer", self.url, Self::model_path(model, version)))
+            .post(format!(
+                "{}{}/infer",
+                self.url,
+                Self::model_path(model, version)
+            ))
             .header("Content-Type", "application/json")
             .body(body.to_string())
             .send()
@@ -586,7 +594,10 @@ mod tests {
 
     #[test]
     fn little_endian_bytes_become_floats() {
-        let bytes: Vec<u8> = [1.5f32, -2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let bytes: Vec<u8> = [1.5f32, -2.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         assert_eq!(le_bytes_to_f32(&bytes), [1.5, -2.0]);
     }
 }

@@ -146,7 +146,10 @@ pub async fn run(config: &RunConfig, lines: &mut (dyn Write + Send)) -> Result<S
     }
     let client = KserveClient::new(&config.url, config.protocol, config.timeout)?;
     let version = config.version.as_deref();
-    with_retries(config.retries, || client.check_ready(&config.model, version)).await?;
+    with_retries(config.retries, || {
+        client.check_ready(&config.model, version)
+    })
+    .await?;
     let model_io = read_model_io(&client, config).await?;
     let planned = inputs::plan(&config.input)?;
     let names = Arc::new(
@@ -274,7 +277,12 @@ async fn read_model_io(client: &KserveClient, config: &RunConfig) -> Result<Mode
             input.name, chw[0]
         )));
     }
-    let side = |value: i64, default: u32| u32::try_from(value).ok().filter(|v| *v > 0).unwrap_or(default);
+    let side = |value: i64, default: u32| {
+        u32::try_from(value)
+            .ok()
+            .filter(|v| *v > 0)
+            .unwrap_or(default)
+    };
     let output = metadata
         .outputs
         .first()
@@ -322,7 +330,12 @@ async fn process_batch(
     let batch_size = prepared.names.len();
     let input = TensorF32 {
         name: shared.model_io.input_name.clone(),
-        shape: prepared.batch.shape.iter().map(|&side| side as i64).collect(),
+        shape: prepared
+            .batch
+            .shape
+            .iter()
+            .map(|&side| side as i64)
+            .collect(),
         data: prepared.batch.data,
     };
     let input = &input;
@@ -368,8 +381,11 @@ async fn process_batch(
         let postprocess_ms = postprocess_started.elapsed().as_secs_f64() * 1e3;
         let mut results = Vec::with_capacity(batch_size);
         let mut decoded = decoded.into_iter();
-        for (image_idx, ((name, detections), labels)) in
-            image_names.into_iter().zip(detections).zip(labels).enumerate()
+        for (image_idx, ((name, detections), labels)) in image_names
+            .into_iter()
+            .zip(detections)
+            .zip(labels)
+            .enumerate()
         {
             let draw_started = Instant::now();
             if let (Some(out), Some(mut image)) = (&out, decoded.next()) {
@@ -606,9 +622,9 @@ fn progress_bar(visible: bool, n_images: usize) -> indicatif::ProgressBar {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(n_images as u64);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{bar:40} {pos}/{len} images {per_sec} eta {eta}",
-    ) {
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} images {per_sec} eta {eta}")
+    {
         bar.set_style(style);
     }
     bar
@@ -619,7 +635,11 @@ mod tests {
     use super::*;
 
     fn check(values: &[f64], quantile: f64, expected: f64) {
-        assert_eq!(percentile(values, quantile), expected, "{values:?} {quantile}");
+        assert_eq!(
+            percentile(values, quantile),
+            expected,
+            "{values:?} {quantile}"
+        );
     }
 
     #[test]

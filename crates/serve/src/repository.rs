@@ -9,7 +9,9 @@
 //! (`s3://bucket/prefix`, endpoint and keys from the AWS variables) is mirrored into a
 //! local cache, version by version. A version in S3 counts only once its manifest
 //! ([`VERSION_MANIFEST`]) is there, because the uploader writes it last: a version
-//! being uploaded is never loaded half-written.
+//! being uploaded is never loaded half-written. Its files are fetched through
+//! [`cardet_model_store::ModelStore::download_version`], which checks each one's size
+//! and SHA-256 against the manifest, so a corrupted object is refused, not served.
 
 use std::path::{Path, PathBuf};
 
@@ -18,7 +20,7 @@ use crate::model_config::ModelConfig;
 
 /// The file an uploader writes last into `<model>/<version>/`; S3 versions without it
 /// are still being written and are skipped.
-pub const VERSION_MANIFEST: &str = "manifest.json";
+pub const VERSION_MANIFEST: &str = cardet_model_store::MANIFEST_FILE;
 
 /// Where models come from.
 #[derive(Clone, Debug)]
@@ -34,6 +36,8 @@ pub struct S3Repository {
     /// Empty, or ending in `/`.
     prefix: String,
     cache: PathBuf,
+    /// The same bucket and prefix, for verified version downloads.
+    store: cardet_model_store::ModelStore,
 }
 
 /// One model as read from the repository: ready to load from `folder`.
@@ -64,8 +68,16 @@ impl Repository {
             let s3_config = aws_sdk_s3::config::Builder::from(&shared)
                 .force_path_style(true)
                 .build();
+            let client = aws_sdk_s3::Client::from_conf(s3_config);
+            let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| "AWS S3".into());
             Ok(Repository::S3(S3Repository {
-                client: aws_sdk_s3::Client::from_conf(s3_config),
+                store: cardet_model_store::ModelStore::new(
+                    client.clone(),
+                    bucket,
+                    &prefix,
+                    &endpoint,
+                ),
+                client,
                 bucket: bucket.to_string(),
                 prefix,
                 cache: cache.to_path_buf(),
@@ -312,31 +324,19 @@ impl S3Repository {
         let local = fetch_local(&folder, name, false)?;
         let wanted = local.config.version_policy.select(&complete);
         for version in &wanted {
-            let version_prefix = format!("{model_prefix}{version}/");
             let version_folder = folder.join(version.to_string());
             if version_folder.join(VERSION_MANIFEST).is_file() {
                 continue;
             }
-            let mut files: Vec<&(String, i64)> = objects
-                .iter()
-                .filter(|(key, _)| key.starts_with(&version_prefix))
-                .collect();
-            // The manifest last, as the uploader wrote it, so the cache is complete too.
-            files.sort_by_key(|(key, _)| key.ends_with(VERSION_MANIFEST));
-            for (key, _) in files {
-                let Some(relative) = key.strip_prefix(&version_prefix) else {
-                    continue;
-                };
-                if relative.is_empty()
-                    || relative.ends_with('/')
-                    || relative
-                        .split('/')
-                        .any(|part| part == ".." || part.is_empty())
-                {
-                    continue;
-                }
-                self.download(key, &version_folder.join(relative)).await?;
-            }
+            let Ok(store_version) = u64::try_from(*version) else {
+                continue;
+            };
+            // Only the files the manifest lists, each checked against it; the manifest
+            // is written into the cache last, so a cached version with one is whole.
+            self.store
+                .download_version(name, store_version, &version_folder)
+                .await
+                .map_err(|error| self.error(&format!("{model_prefix}{version}/"), error))?;
         }
         let mut fetched = fetch_local(&folder, name, true)?;
         fetched

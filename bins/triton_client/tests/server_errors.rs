@@ -1,0 +1,149 @@
+//! The client against a server that refuses: an unknown model, a batch larger than
+//! the model allows, and no server at all. Each ends the run with a non-zero exit
+//! and one line carrying the server's own message.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+/// A `car` model at 160x160 that takes one image per request.
+fn repository(root: &Path) {
+    let onnx = cardet_testkit::cardet_home().join("fixtures/serve/yolov8n-dynamic.onnx");
+    assert!(
+        onnx.exists(),
+        "{} is made by serve's and the end-to-end tests",
+        onnx.display()
+    );
+    let folder = root.join("car");
+    std::fs::create_dir_all(folder.join("1")).expect("folder");
+    std::fs::write(
+        folder.join("config.pbtxt"),
+        "name: \"car\"\nbackend: \"onnxruntime\"\nmax_batch_size: 1\n\
+         input [ { name: \"images\" data_type: TYPE_FP32 dims: [ 3, 160, 160 ] } ]\n\
+         output [ { name: \"output0\" data_type: TYPE_FP32 dims: [ -1, -1 ] } ]\n",
+    )
+    .expect("config");
+    std::fs::copy(onnx, folder.join("1/model.onnx")).expect("model");
+}
+
+fn client(args: &[&str], image: &Path) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_triton_client"))
+        .args(args)
+        .args(["--no-progress", "--jsonl", "/dev/null"])
+        .arg(image)
+        .output()
+        .expect("running triton_client");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).trim().to_string(),
+    )
+}
+
+#[test]
+fn server_errors_reach_the_user_with_the_servers_message() {
+    let work = tempfile::tempdir().expect("tempdir");
+    repository(&work.path().join("repo"));
+    let image = work.path().join("street.png");
+    cardet_detect::image_io::save(
+        &cardet_detect::synth::render_scene(3, 0, (200, 120)).image,
+        &image,
+    )
+    .expect("image");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let server = runtime.block_on(async {
+        let config = cardet_serve::Config {
+            model_repository: work.path().join("repo").display().to_string(),
+            http_address: "127.0.0.1".into(),
+            http_port: 0,
+            grpc_address: "127.0.0.1".into(),
+            grpc_port: 0,
+            metrics_port: None,
+            load_models: vec!["*".into()],
+            threads: cardet_serve::Threads {
+                intra_op: 1,
+                inter_op: 1,
+            },
+            ..cardet_serve::Config::default()
+        };
+        cardet_serve::start(Arc::new(cardet_onnx::load().expect("onnxruntime")), config)
+            .await
+            .expect("serve starts")
+    });
+    let http = format!("http://{}", server.http);
+    let grpc = format!("http://{}", server.grpc);
+
+    // The model works: the failures below are the server's answers, not ours.
+    let (ok, stderr) = client(&["--url", &http, "--model", "car"], &image);
+    assert!(ok, "{stderr}");
+
+    for (url, protocol) in [(&http, "http"), (&grpc, "grpc")] {
+        let (ok, stderr) = client(
+            &["--url", url, "--protocol", protocol, "--model", "nope"],
+            &image,
+        );
+        assert!(!ok, "an unknown model succeeded over {protocol}");
+        assert!(
+            stderr.starts_with(&format!("triton_client: model nope is not ready at {url}:"))
+                || stderr.starts_with(&format!(
+                    "triton_client: the server at {url} refused the readiness check:"
+                )),
+            "{protocol}: {stderr}"
+        );
+        assert!(stderr.contains("nope"), "{protocol}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+
+    // Two images in one request to a model that takes one: the server's message.
+    let (ok, stderr) = client(
+        &["--url", &http, "--model", "car", "--batch", "2"],
+        &work.path().join("*.png"),
+    );
+    assert!(
+        ok,
+        "one image is one request whatever --batch says: {stderr}"
+    );
+    let second = work.path().join("second.png");
+    std::fs::copy(&image, &second).expect("second image");
+    for (url, protocol) in [(&http, "http"), (&grpc, "grpc")] {
+        let (ok, stderr) = client(
+            &[
+                "--url",
+                url,
+                "--protocol",
+                protocol,
+                "--model",
+                "car",
+                "--batch",
+                "2",
+            ],
+            work.path(),
+        );
+        assert!(
+            !ok,
+            "a batch of 2 for max_batch_size 1 succeeded over {protocol}"
+        );
+        assert!(
+            stderr.starts_with(&format!(
+                "triton_client: the server at {url} refused inference on model car:"
+            )),
+            "{protocol}: {stderr}"
+        );
+        assert!(stderr.contains("batch"), "{protocol}: {stderr}");
+    }
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port");
+    let dead = format!("http://127.0.0.1:{port}");
+    let (ok, stderr) = client(&["--url", &dead, "--model", "car"], &image);
+    assert!(!ok);
+    assert!(
+        stderr.starts_with(&format!(
+            "triton_client: cannot reach the inference server at {dead}:"
+        )),
+        "{stderr}"
+    );
+    drop(server);
+    drop(runtime);
+}
