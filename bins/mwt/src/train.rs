@@ -231,6 +231,14 @@ pub fn run(flags: &TrainFlags) -> anyhow::Result<()> {
     );
     let mlflow = tracking.conclude(trained.is_ok());
     let summary = trained.context("training")?;
+    // A rank stopped by a signal (the launcher tearing the job down after a peer
+    // failed) has not finished the job, whatever batch it stopped at.
+    anyhow::ensure!(
+        !(job.is_distributed() && summary.stop_reason == "stopped"),
+        "rank {} of {} stopped by a signal before the job finished",
+        job.rank,
+        job.world_size
+    );
     if !lead {
         // Rank 0 reports for the job.
         return Ok(());
