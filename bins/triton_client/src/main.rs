@@ -95,6 +95,9 @@ struct Flags {
     /// No progress bar (it is drawn only on a terminal anyway).
     #[arg(long)]
     no_progress: bool,
+    /// Also write the summary (images/s, latency, mAP and per-class AP) as JSON here.
+    #[arg(long, value_name = "PATH")]
+    summary_json: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -187,6 +190,27 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             "mAP@0.5 {:.6}  mAP@0.5:0.95 {:.6}  ({} images)",
             eval.map50, eval.map50_95, eval.report.n_images
         );
+    }
+    if let Some(path) = &flags.summary_json {
+        let mut object = serde_json::json!({
+            "n_images": summary.n_images,
+            "n_detections": summary.n_detections,
+            "elapsed_s": summary.elapsed_s,
+            "images_per_s": summary.images_per_s,
+            "latency_p50_ms": summary.latency_p50_ms,
+            "latency_p99_ms": summary.latency_p99_ms,
+            "protocol": protocol.to_string(),
+            "concurrency": flags.concurrency,
+            "batch": flags.batch,
+        });
+        if let Some(eval) = &summary.eval {
+            let report = eval.report.to_json();
+            object["map50"] = eval.map50.into();
+            object["map50_95"] = eval.map50_95.into();
+            object["per_class"] = report["per_class"].clone();
+        }
+        std::fs::write(path, object.to_string())
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

@@ -79,6 +79,9 @@ enum Command {
         /// Part size of multipart uploads, in MiB (at least 5).
         #[arg(long, default_value_t = 16)]
         part_size_mib: u64,
+        /// Print the result as one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
     },
     /// List models and their versions (complete ones have a manifest).
     List {
@@ -117,6 +120,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             dry_run,
             multipart_threshold_mib,
             part_size_mib,
+            json,
         } => {
             let options = UploadOptions {
                 version,
@@ -166,7 +170,21 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
                     }
                 })
                 .await?;
-            if report.dry_run {
+            if json {
+                let summary = serde_json::json!({
+                    "model": report.model,
+                    "version": report.version,
+                    "location": store.location().to_string(),
+                    "manifest": format!("s3://{}/{}", flags.bucket, report.manifest_key),
+                    "dry_run": report.dry_run,
+                    "resumed": report.resumed,
+                    "uploaded": report.n_uploaded,
+                    "skipped": report.n_skipped,
+                    "bytes_uploaded": report.bytes_uploaded,
+                    "bucket_created": report.bucket_created,
+                });
+                println!("{summary}");
+            } else if report.dry_run {
                 for file in report.config.iter().chain(&report.files) {
                     println!(
                         "would upload {} -> s3://{}/{} ({} bytes, sha256 {})",

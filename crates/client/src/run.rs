@@ -464,13 +464,15 @@ fn prepare(
     })
 }
 
+/// A labelled image's `(name, size, labels, detections)`, kept for the mAP.
+type LabelledImage = (String, (u32, u32), Vec<YoloLabel>, Vec<Detection>);
+
 /// Results as they arrive: written out, and kept for the summary.
 #[derive(Default)]
 struct Collected {
     latencies_ms: Vec<f64>,
     n_detections: usize,
-    /// `(name, size, labels, detections)` of labelled images.
-    labelled: Vec<(String, (u32, u32), Vec<YoloLabel>, Vec<Detection>)>,
+    labelled: Vec<LabelledImage>,
 }
 
 impl Collected {
