@@ -147,10 +147,10 @@ fn from_ort_type(ty: TensorElementType) -> Option<DataType> {
 
 /// A numeric input as ONNX Runtime sees it: a view of the request's bytes when they
 /// are aligned for `T` (no copy), else a typed copy.
-fn numeric_input<'a, T>(
-    tensor: &'a Tensor,
+fn numeric_input<T>(
+    tensor: &Tensor,
     from_le_bytes: fn(&[u8]) -> T,
-) -> ort::Result<SessionInputValue<'a>>
+) -> ort::Result<SessionInputValue<'_>>
 where
     T: ort::value::PrimitiveTensorElementType + std::fmt::Debug + Clone + 'static,
 {
