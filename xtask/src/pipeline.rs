@@ -213,7 +213,9 @@ impl Pipeline<'_> {
                 step_name(to)
             );
         }
-        // The binaries first, once: a build error is not a step's failure.
+        // The binaries first, once: a build error is not a step's failure. The whole
+        // workspace's binaries, so dependency features unify as in the test build and
+        // nothing is compiled twice.
         if from <= Client && to >= Produce {
             self.build_binaries()?;
         }
@@ -284,7 +286,7 @@ impl Pipeline<'_> {
         println!("pipeline: building the binaries ({})", self.plan.profile);
         cmd!(
             self.sh,
-            "cargo build --quiet {release...} -p produce -p sink -p mwt -p serve -p upload_model_to_minio -p triton_client"
+            "cargo build --quiet {release...} --workspace --bins"
         )
         .run()
         .context("building the pipeline's binaries")?;
