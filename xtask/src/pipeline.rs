@@ -47,7 +47,7 @@ impl Plan {
             Plan {
                 images: 40,
                 image_size: 128,
-                train_minutes: 2.0,
+                train_minutes: 1.0,
                 epochs: 1,
                 batch: 8,
                 profile: "debug",
@@ -526,7 +526,11 @@ impl Pipeline<'_> {
         )?;
         let summary = last_json(&stdout).context("mwt train printed no JSON summary")?;
         std::fs::write(self.run_dir.join("train.json"), summary.to_string())?;
-        let weights = self.run_dir.join("train/weights/best.safetensors");
+        // The trainer names the folder (`train`, `train2`, ... when one exists).
+        let weights = summary["best"]
+            .as_str()
+            .map(PathBuf::from)
+            .context("mwt train's summary names no `best` checkpoint")?;
         if !weights.is_file() {
             bail!("mwt train left no {}", weights.display());
         }
