@@ -10,37 +10,21 @@
 //! backward, BatchNorm's batch statistics are per image too, so DDP over N ranks and
 //! accumulation over N batches of 1 must give the same update, to float rounding.
 
+mod common;
+
+use common::path_str;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use cardet_detect::dataset::{DatasetWriter, YoloLabel};
-use cardet_detect::synth::render_scene;
 use tch::Tensor;
 
 const DEBUG_STEP_WEIGHTS_ENV: &str = "CARDET_DEBUG_STEP_WEIGHTS";
 
 fn synth_dataset(root: &Path, n_train: usize, n_val: usize) -> PathBuf {
-    let size = (96, 64);
-    let writer = DatasetWriter::create(root, vec!["vehicle".into()], "png").expect("folders");
-    for index in 0..n_train + n_val {
-        let scene = render_scene(23, index as u64, size);
-        let labels: Vec<YoloLabel> = scene
-            .objects
-            .iter()
-            .map(|object| YoloLabel::from_box(0, &object.bbox, size))
-            .collect();
-        let split = if index < n_train { "train" } else { "val" };
-        writer
-            .add(split, &format!("s{index}"), &scene.image, &labels)
-            .expect("scene");
-    }
-    writer.finish().expect("data.yaml")
-}
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().expect("utf-8 temp path")
+    common::synth_dataset(root, n_train, n_val, (96, 64), 23)
 }
 
 /// `mwt train` flags for a tiny deterministic run: no augmentation that could differ

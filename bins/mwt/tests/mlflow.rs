@@ -2,11 +2,13 @@
 //! metric histories, artifacts byte for byte, the registry's `champion` alias; and a
 //! run trained while MLflow is down, then sent by `mwt mlflow-sync`.
 
+mod common;
+
+use common::path_str;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use cardet_detect::dataset::{DatasetWriter, YoloLabel};
-use cardet_detect::synth::render_scene;
 use cardet_tracking::{MlflowClient, TrackingConfig, sanitize_key};
 use sha2::{Digest, Sha256};
 
@@ -27,25 +29,8 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-fn path_str(path: &Path) -> &str {
-    path.to_str().expect("utf-8 temp path")
-}
-
 fn synth_dataset(root: &Path, n_train: usize, n_val: usize, size: (u32, u32)) -> PathBuf {
-    let writer = DatasetWriter::create(root, vec!["vehicle".into()], "png").expect("folders");
-    for index in 0..n_train + n_val {
-        let scene = render_scene(23, index as u64, size);
-        let labels: Vec<YoloLabel> = scene
-            .objects
-            .iter()
-            .map(|object| YoloLabel::from_box(0, &object.bbox, size))
-            .collect();
-        let split = if index < n_train { "train" } else { "val" };
-        writer
-            .add(split, &format!("s{index}"), &scene.image, &labels)
-            .expect("scene");
-    }
-    writer.finish().expect("data.yaml")
+    common::synth_dataset(root, n_train, n_val, size, 23)
 }
 
 /// A short run's flags: `epochs` epochs of 6 images in batches of 2 at 64 px.

@@ -1,11 +1,12 @@
 //! `mwt train` and `mwt val` as a user runs them: flag errors, and a tiny run whose
 //! best checkpoint `mwt val` (tch and, after `mwt export`, ONNX Runtime) evaluates.
 
+mod common;
+
+use common::path_str;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-use cardet_detect::dataset::{DatasetWriter, YoloLabel};
-use cardet_detect::synth::render_scene;
 
 fn mwt(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mwt"))
@@ -18,25 +19,8 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-fn path_str(path: &Path) -> &str {
-    path.to_str().expect("utf-8 temp path")
-}
-
 fn synth_dataset(root: &Path, n_train: usize, n_val: usize, size: (u32, u32)) -> PathBuf {
-    let writer = DatasetWriter::create(root, vec!["vehicle".into()], "png").expect("folders");
-    for index in 0..n_train + n_val {
-        let scene = render_scene(11, index as u64, size);
-        let labels: Vec<YoloLabel> = scene
-            .objects
-            .iter()
-            .map(|object| YoloLabel::from_box(0, &object.bbox, size))
-            .collect();
-        let split = if index < n_train { "train" } else { "val" };
-        writer
-            .add(split, &format!("s{index}"), &scene.image, &labels)
-            .expect("scene");
-    }
-    writer.finish().expect("data.yaml")
+    common::synth_dataset(root, n_train, n_val, size, 11)
 }
 
 #[test]
