@@ -193,7 +193,7 @@ impl ModelStore {
     }
 
     /// Every `(key, size)` under `prefix`.
-    async fn list_objects(&self, prefix: &str) -> Result<Vec<(String, u64)>, Error> {
+    pub async fn list_objects(&self, prefix: &str) -> Result<Vec<(String, u64)>, Error> {
         let mut objects = Vec::new();
         let mut pages = self
             .client

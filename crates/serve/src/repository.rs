@@ -234,64 +234,13 @@ impl S3Repository {
         Ok(names)
     }
 
-    /// Every `(key, size)` under a prefix.
-    async fn list_objects(&self, prefix: &str) -> Result<Vec<(String, i64)>, Error> {
-        let mut objects = Vec::new();
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(prefix)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page =
-                page.map_err(|e| self.error(prefix, aws_sdk_s3::error::DisplayErrorContext(e)))?;
-            for object in page.contents() {
-                if let Some(key) = object.key() {
-                    objects.push((key.to_string(), object.size().unwrap_or(0)));
-                }
-            }
-        }
-        Ok(objects)
-    }
-
-    async fn download(&self, key: &str, path: &Path) -> Result<(), Error> {
-        let object = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| self.error(key, aws_sdk_s3::error::DisplayErrorContext(e)))?;
-        let body = object
-            .body
-            .collect()
-            .await
-            .map_err(|e| self.error(key, e))?
-            .into_bytes();
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|source| Error::Io {
-                path: parent.to_path_buf(),
-                source,
-            })?;
-        }
-        // Write then rename, so a crash never leaves a half file that looks complete.
-        let partial = path.with_extension("partial");
-        std::fs::write(&partial, &body).map_err(|source| Error::Io {
-            path: partial.clone(),
-            source,
-        })?;
-        std::fs::rename(&partial, path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })
-    }
-
     async fn fetch(&self, name: &str) -> Result<FetchedModel, Error> {
         let model_prefix = format!("{}{name}/", self.prefix);
-        let objects = self.list_objects(&model_prefix).await?;
+        let objects = self
+            .store
+            .list_objects(&model_prefix)
+            .await
+            .map_err(|error| self.error(&model_prefix, error))?;
         if objects.is_empty() {
             return Err(Error::Model {
                 model: name.to_string(),
@@ -305,9 +254,13 @@ impl S3Repository {
         })?;
         let config_key = format!("{model_prefix}config.pbtxt");
         let config_path = folder.join("config.pbtxt");
-        if objects.iter().any(|(key, _)| *key == config_key) {
-            self.download(&config_key, &config_path).await?;
-        } else if config_path.exists() {
+        let has_config = objects.iter().any(|(key, _)| *key == config_key)
+            && self
+                .store
+                .download_config(name, &config_path)
+                .await
+                .map_err(|error| self.error(&config_key, error))?;
+        if !has_config && config_path.exists() {
             let _ = std::fs::remove_file(&config_path);
         }
         // The versions whose manifest is there; read the config to apply the policy.
