@@ -25,13 +25,3 @@ fn mwt_starts_without_library_environment() {
     let library = report["libtorch"].as_str().unwrap_or_default();
     assert!(library.ends_with("torch/lib/libtorch_cpu.so"), "{report}");
 }
-
-#[test]
-fn unbuilt_stages_say_so_and_exit_2() {
-    let output = Command::new(env!("CARGO_BIN_EXE_mwt"))
-        .args(["launch", "--nproc-per-node", "2"])
-        .output()
-        .expect("mwt");
-    assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("not built yet"));
-}

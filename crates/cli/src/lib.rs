@@ -2,8 +2,7 @@
 //! turning the outcome of `run` into an exit code.
 //!
 //! Errors print as one line, `name: context: cause`, and exit 2; a closed pipe
-//! (`mwt info | head -1`) is not an error. A stage that is not built yet says so
-//! and exits 2 through [`not_built`], so nothing pretends to work.
+//! (`mwt info | head -1`) is not an error.
 //!
 //! ```no_run
 //! fn run() -> anyhow::Result<()> { Ok(()) }
@@ -37,11 +36,6 @@ pub fn exit_code(binary: &str, result: anyhow::Result<()>) -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-/// The error for a stage that a later issue builds.
-pub fn not_built(stage: &str, issue: &str) -> anyhow::Error {
-    anyhow::anyhow!("{stage} is not built yet ({issue})")
 }
 
 /// A flag raised by the first SIGINT or SIGTERM, so a long-running command can end
@@ -92,7 +86,7 @@ mod tests {
             .context("writing");
         assert_eq!(exit_code("t", Err(pipe)), ExitCode::SUCCESS);
         assert_eq!(
-            exit_code("t", Err(not_built("stage", "issue"))),
+            exit_code("t", Err(anyhow::anyhow!("bad input"))),
             ExitCode::from(2)
         );
         assert_eq!(exit_code("t", Ok(())), ExitCode::SUCCESS);

@@ -146,11 +146,17 @@ async fn s3_rejects_a_wrong_secret_and_accepts_the_right_one() {
 #[test]
 fn mlflow_searches_experiments() {
     let stack = Stack::from_env();
+    // Filter by name: a long-lived server holds many experiments and the first
+    // page need not include Default.
     let url = format!(
-        "{}/api/2.0/mlflow/experiments/search?max_results=10",
+        "{}/api/2.0/mlflow/experiments/search",
         stack.mlflow_uri.trim_end_matches('/')
     );
-    let response = reqwest::blocking::get(&url).expect("MLflow request");
+    let response = reqwest::blocking::Client::new()
+        .get(&url)
+        .query(&[("max_results", "10"), ("filter", "name = 'Default'")])
+        .send()
+        .expect("MLflow request");
     assert_eq!(response.status().as_u16(), 200);
     let body: serde_json::Value = response.json().expect("MLflow answers JSON");
     let experiments = body["experiments"].as_array().expect("an experiments list");
