@@ -250,9 +250,14 @@ impl MlflowObserver {
 
     fn open(&mut self, params: &BTreeMap<String, String>) -> anyhow::Result<RunLogger> {
         let settings = self.settings.as_ref().context("tracking is off")?;
-        let project = params.get("project").context("no `project` setting")?;
-        let name = params.get("name").context("no `name` setting")?;
-        self.run_dir = Path::new(project).join(name);
+        // The trainer's own folder: a second run named `train` writes into `train2`,
+        // and must not reopen the first run's journal (and its MLflow run).
+        self.run_dir = PathBuf::from(params.get("save_dir").context("no `save_dir` setting")?);
+        let name = self
+            .run_dir
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .context("`save_dir` has no folder name")?;
         self.outcome.run_dir = Some(self.run_dir.clone());
         if let Some(imgsz) = params.get("imgsz").and_then(|text| text.parse().ok()) {
             self.imgsz = imgsz;
@@ -301,16 +306,31 @@ impl MlflowObserver {
             width: self.imgsz,
         };
         let model = cardet_model::export_onnx(&detector.net, &detector.names, &options)?;
+        // The Triton entry takes the registered name, so a folder fetched from the
+        // registry serves under that name; the MLflow artifact folder stays `model/`.
+        let name = self
+            .settings
+            .as_ref()
+            .and_then(|settings| settings.register.clone())
+            .unwrap_or_else(|| MODEL_ARTIFACT_DIR.to_string());
         let repository = RepositoryOptions {
-            name: MODEL_ARTIFACT_DIR.to_string(),
+            name,
             version: 1,
             max_batch_size: 8,
             instance_kind: InstanceKind::Cpu,
             instance_count: 1,
         };
-        let written = cardet_model::write_model_repository(&self.run_dir, &model, &repository)
-            .with_context(|| format!("writing into {}", self.run_dir.display()))?;
-        Ok(written.model_dir)
+        // Written beside, then moved to `<run_dir>/model/`: the artifact folder's name.
+        let staging = self.run_dir.join(".model-export");
+        let _ = std::fs::remove_dir_all(&staging);
+        let written = cardet_model::write_model_repository(&staging, &model, &repository)
+            .with_context(|| format!("writing into {}", staging.display()))?;
+        let model_dir = self.run_dir.join(MODEL_ARTIFACT_DIR);
+        let _ = std::fs::remove_dir_all(&model_dir);
+        std::fs::rename(&written.model_dir, &model_dir)
+            .with_context(|| format!("moving the model into {}", model_dir.display()))?;
+        let _ = std::fs::remove_dir_all(&staging);
+        Ok(model_dir)
     }
 
     /// Uploads the collected artifacts, ends the run and records the outcome.

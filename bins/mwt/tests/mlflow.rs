@@ -247,6 +247,12 @@ fn a_tracked_run_is_in_mlflow_and_its_model_is_registered_as_champion() {
     assert_eq!(champion.version, "1");
     assert_eq!(champion.run_id, run_id);
     assert!(champion.source.ends_with("/model"), "{}", champion.source);
+    // The Triton entry carries the registered name, so the folder serves under it.
+    let config = std::fs::read_to_string(downloads.join("model/config.pbtxt")).expect("config");
+    assert!(
+        config.contains(&format!("name: \"{model_name}\"")),
+        "{config}"
+    );
 }
 
 #[test]

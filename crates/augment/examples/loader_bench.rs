@@ -65,7 +65,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
          {ours_cpu_ms:.2} CPU ms/image (epochs {epoch_seconds:.2?})"
     );
 
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/ultralytics_loader.py");
+    let script = cardet_testkit::manifest_dir().join("benches/ultralytics_loader.py");
     let output = Command::new(cardet_testkit::venv_python())
         .arg(&script)
         .arg(&data_yaml)

@@ -14,7 +14,7 @@ use common::Rectangle;
 use image::RgbImage;
 
 fn run_reference(arguments: &[&str]) -> String {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/ultralytics_transforms.py");
+    let script = cardet_testkit::manifest_dir().join("tests/ultralytics_transforms.py");
     let output = Command::new(cardet_testkit::venv_python())
         .arg(&script)
         .args(arguments)

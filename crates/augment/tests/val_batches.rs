@@ -146,7 +146,7 @@ fn rect_batches_match_ultralytics_yolo_dataset() {
     let batches = collect(&loader);
 
     let out = tempfile::tempdir().expect("temp dir");
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/ultralytics_val.py");
+    let script = cardet_testkit::manifest_dir().join("tests/ultralytics_val.py");
     let output = Command::new(cardet_testkit::venv_python())
         .arg(&script)
         .arg(&fixture.image_dir)

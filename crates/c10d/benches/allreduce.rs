@@ -42,7 +42,7 @@ fn main() -> anyhow::Result<()> {
         (ROLE_VAR.into(), "rank".into()),
         (OUT_VAR.into(), ours_path.clone().into_os_string()),
     ];
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/torch_gloo_allreduce.py");
+    let script = cardet_testkit::manifest_dir().join("benches/torch_gloo_allreduce.py");
     let python = cardet_testkit::venv_python();
     let baseline_args: Vec<OsString> = vec![
         script.into_os_string(),

@@ -17,7 +17,7 @@ async fn tritonclient_http_and_grpc_agree_with_onnxruntime() {
         256 << 20,
     )
     .await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/conformance.py");
+    let script = cardet_testkit::manifest_dir().join("tests/conformance.py");
     let http = format!("127.0.0.1:{}", server.http.port());
     let grpc = format!("127.0.0.1:{}", server.grpc.port());
     let repository_path = repository.path().to_path_buf();

@@ -57,13 +57,22 @@ impl Stack {
     }
 }
 
-/// The clone's root, from this crate's place in it.
+/// The running test's (or example's) package folder. Read when it runs, not when it
+/// was compiled: CI's clones share one target folder, so a test binary built in
+/// another clone would otherwise look for files in that clone.
+pub fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
+/// The clone's root: the nearest folder above [`manifest_dir`] with `Cargo.lock`.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let package = manifest_dir();
+    package
         .ancestors()
-        .nth(2)
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
+        .find(|dir| dir.join("Cargo.lock").is_file())
+        .map_or(package.clone(), Path::to_path_buf)
 }
 
 /// `$CARDET_HOME`, else `~/.cache/cardet` (the same rule as `cargo xtask setup`).

@@ -65,7 +65,8 @@ pub struct TrainSummary {
 
 /// Run tracking. Only rank 0 calls it.
 pub trait TrainObserver {
-    /// The run's settings (`args.yaml` names).
+    /// The run's settings (`args.yaml` names) plus `save_dir`, the run folder the
+    /// trainer chose (`<project>/<name>`, or `<name>2`... when that exists).
     fn on_start(&mut self, params: &BTreeMap<String, String>);
     /// After every batch: `step` counts batches since the start of training; the
     /// metrics are the epoch's running mean losses (`train/box_loss`, ...), the learning

@@ -313,7 +313,9 @@ pub fn train(
                 format!("{}\n", result_columns().join(",")).as_bytes(),
             )?;
         }
-        observer.on_start(&config.to_params());
+        let mut params = config.to_params();
+        params.insert("save_dir".into(), run_dir.display().to_string());
+        observer.on_start(&params);
     }
 
     let mut schedule = LrSchedule {
