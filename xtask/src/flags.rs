@@ -231,12 +231,16 @@ pub struct Pipeline {
     /// Training budget in minutes (default 15, smoke 1).
     #[arg(long)]
     pub train_minutes: Option<f64>,
-    /// Synthetic images in the dataset (default 600, smoke 40).
+    /// Synthetic images in the dataset (default 500, smoke 40).
     #[arg(long)]
     pub images: Option<usize>,
     /// Leave the stack and `serve` running at the end.
     #[arg(long)]
     pub keep_up: bool,
+    /// Use the binaries already in the target folder (as `cargo nextest` left them)
+    /// instead of building them first.
+    #[arg(long)]
+    pub no_build: bool,
 }
 
 /// The steps of `cargo xtask pipeline`, in order.

@@ -130,6 +130,7 @@ struct Pipeline<'a> {
     records: Vec<StepRecord>,
     serve: Option<Child>,
     stack_started_here: Vec<Service>,
+    no_build: bool,
 }
 
 impl flags::Pipeline {
@@ -158,6 +159,7 @@ impl flags::Pipeline {
             records: Vec::new(),
             serve: None,
             stack_started_here: Vec::new(),
+            no_build: self.no_build,
         };
         let from = self.from.unwrap_or(PipelineStep::Stack);
         let to = self.to.unwrap_or(PipelineStep::Report);
@@ -213,11 +215,13 @@ impl Pipeline<'_> {
                 step_name(to)
             );
         }
-        // The binaries first, once: a build error is not a step's failure. The whole
-        // workspace's binaries, so dependency features unify as in the test build and
-        // nothing is compiled twice.
+        // The binaries first, once: a build error is not a step's failure.
         if from <= Client && to >= Produce {
-            self.build_binaries()?;
+            if self.no_build {
+                self.check_binaries()?;
+            } else {
+                self.build_binaries()?;
+            }
         }
         for step in steps.into_iter().filter(|step| (from..=to).contains(step)) {
             let started = Instant::now();
@@ -271,6 +275,27 @@ impl Pipeline<'_> {
 
     fn binary(&self, name: &str) -> PathBuf {
         target_dir(&self.home).join(self.plan.profile).join(name)
+    }
+
+    /// With `--no-build`: every binary the steps run is there.
+    fn check_binaries(&self) -> anyhow::Result<()> {
+        for name in [
+            "produce",
+            "sink",
+            "mwt",
+            "upload_model_to_minio",
+            "serve",
+            "triton_client",
+        ] {
+            let path = self.binary(name);
+            if !path.is_file() {
+                bail!(
+                    "--no-build: no {} (build it, or leave --no-build out)",
+                    path.display()
+                );
+            }
+        }
+        Ok(())
     }
 
     fn build_binaries(&self) -> anyhow::Result<()> {
@@ -907,6 +932,9 @@ mod tests {
             train_minutes: None,
             images: None,
             keep_up: false,
+            // nextest has just built every binary (each has integration tests); a
+            // `cargo build` would compile the workspace again with other features.
+            no_build: true,
         };
         let sh = Shell::new().expect("shell");
         flags.run(&sh).expect("the smoke pipeline");

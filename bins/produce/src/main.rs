@@ -12,7 +12,10 @@ use produce::{Command, Format, SetupConfig, StreamConfig, TeardownConfig, Verify
 
 /// streams a YOLO dataset or an image folder into a Kafka topic.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(
+    version,
+    after_help = "Examples:\n  produce setup --topic images --partitions 3\n  produce stream data/cars --topic images --json     # a YOLO dataset, labels included\n  produce stream frames/ --loop --rate 30             # a camera-like stream until Ctrl-C\n  KAFKA_BOOTSTRAP_SERVERS=kafka:9092 produce stream data/cars --format binary"
+)]
 struct Flags {
     /// Kafka bootstrap servers.
     #[arg(

@@ -71,8 +71,9 @@ pub struct Skipped {
 /// no folder). Undelivered and oversized records are in the summary, and
 /// [`StreamSummary::check`] turns them into an error for the exit code.
 pub fn stream(config: &StreamConfig, stop: &AtomicBool) -> Result<StreamSummary, Error> {
-    check_reachable(&config.bootstrap, config.connect_timeout)?;
+    // The folder first: a mistyped path fails at once, not after the broker's timeout.
     let items = source::scan(&config.source)?;
+    check_reachable(&config.bootstrap, config.connect_timeout)?;
     let mut summary = StreamSummary {
         topic: config.topic.clone(),
         format: match config.format {

@@ -32,10 +32,27 @@ pub fn exit_code(binary: &str, result: anyhow::Result<()>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("{binary}: {error:#}");
+            eprintln!("{binary}: {}", one_line(&error));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error chain as `context: cause: cause`, leaving out a cause whose text the
+/// line already holds (a library error that shows its source in its own message,
+/// as `"{path}: {source}"` does, would otherwise print the source twice).
+pub fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.is_empty() {
+            line = text;
+        } else if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 /// A flag raised by the first SIGINT or SIGTERM, so a long-running command can end
@@ -90,5 +107,28 @@ mod tests {
             ExitCode::from(2)
         );
         assert_eq!(exit_code("t", Ok(())), ExitCode::SUCCESS);
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{path}: {source}")]
+    struct ReadError {
+        path: String,
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn one_line_keeps_every_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let error = anyhow::Error::from(ReadError {
+            path: "/data/a.jpg".into(),
+            source: io,
+        })
+        .context("reading the dataset");
+        assert_eq!(
+            one_line(&error),
+            "reading the dataset: /data/a.jpg: no such file"
+        );
+        let plain = anyhow::anyhow!("inner").context("middle").context("outer");
+        assert_eq!(one_line(&plain), "outer: middle: inner");
     }
 }
