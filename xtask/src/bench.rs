@@ -34,7 +34,24 @@ pub struct Case {
 }
 
 /// Every area. Each issue that brings a measured goal adds its area here.
-pub const AREAS: &[Area] = &[SERVE, DETECT, MODEL, STREAMING];
+pub const AREAS: &[Area] = &[SERVE, DETECT, MODEL, STREAMING, TRAIN];
+
+/// Training quality for the same wall-clock budget: `mwt train` against `yolo train`,
+/// both from scratch, both scored by `mwt val` (`crates/train/benches/map_budget.sh`).
+/// The per-step speed and memory comparison is `cargo run --release -p cardet-train
+/// --example train_step_bench`, which runs both sides in one process tree.
+const TRAIN: Area = Area {
+    name: "train",
+    about: "mAP@0.5 on the synthetic val split after the same wall-clock budget (default 12 minutes; 500 scenes at 256 px, batch 16, from scratch, each side's default optimiser), `mwt train` against Ultralytics `yolo train`; both best checkpoints scored by `mwt val`. CARDET_BENCH_TRAIN_{MINUTES,IMAGES,IMGSZ,BATCH,THREADS} change the setting.",
+    cases: &[Case {
+        name: "mAP@0.5 after the same training budget",
+        ours: &["bash", "crates/train/benches/map_budget.sh", "ours"],
+        baseline_name: "Ultralytics 8.4.190 `yolo train`",
+        baseline: &["bash", "crates/train/benches/map_budget.sh", "ultralytics"],
+        gpu: false,
+    }],
+    criterion_package: None,
+};
 
 /// `produce` against PyPI confluent-kafka on the same librdkafka sending the same
 /// records, and `sink`'s batched transactions against one INSERT per row, both on
