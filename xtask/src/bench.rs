@@ -31,6 +31,9 @@ pub struct Case {
     pub baseline: &'static [&'static str],
     /// Needs a CUDA device; run only with `--gpu`.
     pub gpu: bool,
+    /// Run ours and the baseline at the same time (each gets half the machine), for
+    /// wall-clock budgets: load from anything else then hits both sides alike.
+    pub concurrent: bool,
 }
 
 /// Every area. Each issue that brings a measured goal adds its area here.
@@ -49,6 +52,7 @@ const TRAIN: Area = Area {
         baseline_name: "Ultralytics 8.4.190 `yolo train`",
         baseline: &["bash", "crates/train/benches/map_budget.sh", "ultralytics"],
         gpu: false,
+        concurrent: true,
     }],
     criterion_package: None,
 };
@@ -66,6 +70,7 @@ const STREAMING: Area = Area {
             baseline_name: "confluent-kafka 2.16.1 (Python)",
             baseline: &["bash", "streaming/bench/bench.sh", "produce-python"],
             gpu: false,
+            concurrent: false,
         },
         Case {
             name: "sink rows/s",
@@ -73,6 +78,7 @@ const STREAMING: Area = Area {
             baseline_name: "one INSERT per row",
             baseline: &["bash", "streaming/bench/bench.sh", "sink-row-insert"],
             gpu: false,
+            concurrent: false,
         },
     ],
     criterion_package: None,
@@ -107,6 +113,7 @@ const DETECT: Area = Area {
                 "cargo run --release -q -p cardet-detect --example postprocess_bench -- --candidates 300 --dump target/detect-bench/c300.f32 && \"${CARDET_HOME:-$HOME/.cache/cardet}/venv/bin/python\" crates/detect/benches/postprocess_numpy.py target/detect-bench/c300.f32",
             ],
             gpu: false,
+            concurrent: false,
         },
         Case {
             name: "decode + NMS, 8400 anchors, ~3000 over the threshold (ms per output)",
@@ -130,6 +137,7 @@ const DETECT: Area = Area {
                 "cargo run --release -q -p cardet-detect --example postprocess_bench -- --candidates 3000 --dump target/detect-bench/c3000.f32 && \"${CARDET_HOME:-$HOME/.cache/cardet}/venv/bin/python\" crates/detect/benches/postprocess_numpy.py target/detect-bench/c3000.f32",
             ],
             gpu: false,
+            concurrent: false,
         },
     ],
     criterion_package: Some("cardet-detect"),
@@ -166,6 +174,7 @@ const MODEL: Area = Area {
                 "\"${CARDET_HOME:-$HOME/.cache/cardet}/venv/bin/python\" crates/model/benches/forward_torch.py --batch 1",
             ],
             gpu: false,
+            concurrent: false,
         },
         Case {
             name: "yolov8n 640, batch 8, tch vs PyTorch eager (ms/batch)",
@@ -192,6 +201,7 @@ const MODEL: Area = Area {
                 "\"${CARDET_HOME:-$HOME/.cache/cardet}/venv/bin/python\" crates/model/benches/forward_torch.py --batch 8 --iters 5",
             ],
             gpu: false,
+            concurrent: false,
         },
         Case {
             name: "yolov8n 640, batch 1, our ONNX vs Ultralytics' ONNX in ORT (ms/batch)",
@@ -216,6 +226,7 @@ const MODEL: Area = Area {
                 "\"${CARDET_HOME:-$HOME/.cache/cardet}/venv/bin/python\" crates/model/benches/forward_onnx.py --batch 1",
             ],
             gpu: false,
+            concurrent: false,
         },
         Case {
             name: "yolov8n 640, batch 8, our ONNX vs Ultralytics' ONNX in ORT (ms/batch)",
@@ -242,6 +253,7 @@ const MODEL: Area = Area {
                 "\"${CARDET_HOME:-$HOME/.cache/cardet}/venv/bin/python\" crates/model/benches/forward_onnx.py --batch 8 --iters 5",
             ],
             gpu: false,
+            concurrent: false,
         },
     ],
     criterion_package: None,
@@ -289,6 +301,7 @@ const SERVE: Area = Area {
                 "10",
             ],
             gpu: false,
+            concurrent: false,
         },
         Case {
             name: "8 concurrent clients, dynamic batching (images/s)",
@@ -325,6 +338,7 @@ const SERVE: Area = Area {
                 "4",
             ],
             gpu: false,
+            concurrent: false,
         },
     ],
     criterion_package: None,
@@ -424,8 +438,21 @@ fn run_case(case: &Case, repeat: usize) -> anyhow::Result<CaseResult> {
         higher_is_better: false,
     };
     for _ in 0..repeat.max(1) {
-        let (ours, unit) = run_side(case.ours)?;
-        let (baseline, _) = run_side(case.baseline)?;
+        let (ours, baseline) = if case.concurrent {
+            std::thread::scope(|scope| {
+                let baseline = scope.spawn(|| run_side(case.baseline));
+                let ours = run_side(case.ours);
+                let baseline = baseline
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("the baseline's thread panicked")));
+                (ours, baseline)
+            })
+        } else {
+            let ours = run_side(case.ours);
+            (ours, run_side(case.baseline))
+        };
+        let (ours, unit) = ours?;
+        let (baseline, _) = baseline?;
         result.unit = unit;
         result.higher_is_better = ours.higher_is_better;
         result.ours.push(ours.value);
@@ -643,6 +670,7 @@ mod tests {
             baseline_name: "slower echo",
             baseline: BASE,
             gpu: false,
+            concurrent: false,
         };
         let result = run_case(&case, 3).expect("runs");
         assert_eq!((result.ours.len(), result.baseline.len()), (3, 3));
@@ -654,6 +682,7 @@ mod tests {
             baseline_name: "x",
             baseline: BASE,
             gpu: false,
+            concurrent: false,
         };
         let error = format!(
             "{:#}",

@@ -120,6 +120,19 @@ pub struct Conv {
     pub act: bool,
 }
 
+/// PyTorch's `nn.Conv2d` initialisation, which Ultralytics keeps: weights
+/// `kaiming_uniform_(a=sqrt(5))` and biases alike, both uniform in
+/// `±1/sqrt(fan_in)`. tch's default (Kaiming with the ReLU gain) is 2.45 times wider
+/// and zero biases; with AdamW's fixed-size steps that scale alone slowed learning
+/// from scratch measurably (`cargo xtask bench train`).
+pub fn torch_default_init(fan_in: i64) -> nn::Init {
+    let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
+    nn::Init::Uniform {
+        lo: -bound,
+        up: bound,
+    }
+}
+
 impl Conv {
     pub fn new(p: nn::Path, c1: i64, c2: i64, k: i64, s: i64) -> Conv {
         Conv::with_act(p, c1, c2, k, s, true)
@@ -130,6 +143,7 @@ impl Conv {
             stride: s,
             padding: k / 2,
             bias: false,
+            ws_init: torch_default_init(c1 * k * k),
             ..Default::default()
         };
         let conv = nn::conv2d(&p / "conv", c1, c2, k, conv_config);
@@ -300,7 +314,17 @@ impl Branch {
         Branch {
             conv0: Conv::new(&p / 0, c1, hidden, 3, 1),
             conv1: Conv::new(&p / 1, hidden, hidden, 3, 1),
-            conv2: nn::conv2d(&p / 2, hidden, c2, 1, Default::default()),
+            conv2: nn::conv2d(
+                &p / 2,
+                hidden,
+                c2,
+                1,
+                nn::ConvConfig {
+                    ws_init: torch_default_init(hidden),
+                    bs_init: torch_default_init(hidden),
+                    ..Default::default()
+                },
+            ),
         }
     }
 

@@ -246,6 +246,29 @@ pub fn train(
         iterations,
     );
     let mut optimizer = Optimizer::new(&choice, model.vs.variables(), weight_decay)?;
+    if lead {
+        // What `auto` chose matters (AdamW's fitted rate falls with the class count).
+        let groups: Vec<String> = optimizer
+            .groups
+            .iter()
+            .map(|group| {
+                format!(
+                    "{} {:?}(decay={})",
+                    group.params.len(),
+                    group.kind,
+                    group.weight_decay
+                )
+            })
+            .collect();
+        tracing::info!(
+            "optimizer: {}(lr={}, momentum={}) with parameter groups {}; accumulate {}",
+            choice.name,
+            choice.lr0,
+            choice.momentum,
+            groups.join(", "),
+            target_accumulate
+        );
+    }
     let mut ema = ModelEma::new(&model)?;
     let criterion = DetectionLoss::new(names.len() as i64, config.gains);
     let amp_cuda = config.amp && device.is_cuda();
