@@ -375,6 +375,7 @@ impl flags::Bench {
             self.repeat
         );
         for area in areas {
+            let _env = crate::home::CardetHome::from_env().shared_build_env(sh);
             if let Some(package) = area.criterion_package {
                 cmd!(sh, "cargo bench --package {package}").run()?;
             }
@@ -463,9 +464,14 @@ fn run_case(case: &Case, repeat: usize) -> anyhow::Result<CaseResult> {
 
 fn run_side(argv: &[&str]) -> anyhow::Result<(Sample, String)> {
     let (program, args) = argv.split_first().context("empty benchmark command")?;
+    let home = crate::home::CardetHome::from_env();
     let output = Command::new(program)
         .args(args)
         .current_dir(crate::project_root())
+        // The builds a script starts share the target folder and libtorch path.
+        .env("CARGO_TARGET_DIR", home.shared_target_dir())
+        .env("LIBTORCH", home.libtorch_for_builds())
+        .env("CARDET_ORT_DYLIB_DEFAULT", home.onnxruntime_link())
         .output()
         .with_context(|| format!("running {}", argv.join(" ")))?;
     if !output.status.success() {

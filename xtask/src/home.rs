@@ -129,6 +129,37 @@ impl CardetHome {
         self.root.join("libtorch")
     }
 
+    /// The one target folder every clone on this machine shares (CARGO_TARGET_DIR
+    /// when set).
+    pub fn shared_target_dir(&self) -> PathBuf {
+        std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.root.join("target"))
+    }
+
+    /// LIBTORCH for the builds xtask starts: the user's own, else
+    /// `$CARDET_HOME/libtorch`. `cargo xtask` runs under `.cargo/config.toml`'s
+    /// clone-relative `<clone>/.cardet/libtorch`; handing that on would make torch-sys
+    /// (and everything above it) rebuild for every clone path sharing the target.
+    pub fn libtorch_for_builds(&self) -> std::ffi::OsString {
+        match std::env::var_os("LIBTORCH") {
+            Some(value) if !Path::new(&value).ends_with(".cardet/libtorch") => value,
+            _ => self.libtorch_link().into(),
+        }
+    }
+
+    /// The environment of the builds xtask starts: every clone shares one target
+    /// folder and sees libtorch and ONNX Runtime at the same absolute paths, so a
+    /// fresh clone recompiles only the workspace's own crates. The guards restore
+    /// the environment when dropped.
+    pub fn shared_build_env<'a>(&self, sh: &'a xshell::Shell) -> [xshell::PushEnv<'a>; 3] {
+        [
+            sh.push_env("CARGO_TARGET_DIR", self.shared_target_dir()),
+            sh.push_env("LIBTORCH", self.libtorch_for_builds()),
+            sh.push_env("CARDET_ORT_DYLIB_DEFAULT", self.onnxruntime_link()),
+        ]
+    }
+
     /// A link to the onnxruntime wheel's shared library.
     pub fn onnxruntime_link(&self) -> PathBuf {
         self.root.join("lib/libonnxruntime.so")

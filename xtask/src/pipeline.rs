@@ -135,6 +135,9 @@ struct Pipeline<'a> {
 
 impl flags::Pipeline {
     pub fn run(&self, sh: &Shell) -> anyhow::Result<()> {
+        // Setup if needed (a no-op in a second when everything is there): a fresh
+        // clone has no `.cardet` link and a fresh machine no venv or services.
+        flags::Setup { check: false }.run(sh)?;
         let home = CardetHome::from_env();
         let run_dir = match &self.run_dir {
             Some(dir) => std::path::absolute(dir)?,
@@ -274,7 +277,10 @@ impl Pipeline<'_> {
     }
 
     fn binary(&self, name: &str) -> PathBuf {
-        target_dir(&self.home).join(self.plan.profile).join(name)
+        self.home
+            .shared_target_dir()
+            .join(self.plan.profile)
+            .join(name)
     }
 
     /// With `--no-build`: every binary the steps run is there.
@@ -299,14 +305,7 @@ impl Pipeline<'_> {
     }
 
     fn build_binaries(&self) -> anyhow::Result<()> {
-        let _target = self.sh.push_env("CARGO_TARGET_DIR", target_dir(&self.home));
-        let _libtorch = self.sh.push_env(
-            "LIBTORCH",
-            std::env::var_os("LIBTORCH").unwrap_or(self.home.libtorch_link().into()),
-        );
-        let _ort = self
-            .sh
-            .push_env("CARDET_ORT_DYLIB_DEFAULT", self.home.onnxruntime_link());
+        let _env = self.home.shared_build_env(self.sh);
         let release = (self.plan.profile == "release").then_some("--release");
         println!("pipeline: building the binaries ({})", self.plan.profile);
         cmd!(
@@ -395,7 +394,7 @@ impl Pipeline<'_> {
             out.display().to_string(),
         ];
         let sh = self.sh;
-        let _target = sh.push_env("CARGO_TARGET_DIR", target_dir(&self.home));
+        let _env = self.home.shared_build_env(sh);
         let release = (self.plan.profile == "release").then_some("--release");
         cmd!(
             sh,
@@ -745,12 +744,6 @@ pub fn step_name(step: PipelineStep) -> &'static str {
         Client => "client",
         Report => "report",
     }
-}
-
-fn target_dir(home: &CardetHome) -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| home.root.join("target"))
 }
 
 /// The run folder's name, usable in topic, group and schema names.

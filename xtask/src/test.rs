@@ -16,7 +16,7 @@ impl flags::Test {
         if !self.no_lint {
             flags::Setup { check: false }.run(sh)?;
         }
-        let _env = shared_build_env(sh, &home);
+        let _env = home.shared_build_env(sh);
         if !self.no_lint {
             lint(sh)?;
         }
@@ -48,24 +48,9 @@ impl flags::Test {
 impl flags::Lint {
     pub fn run(&self, sh: &Shell) -> anyhow::Result<()> {
         let home = CardetHome::from_env();
-        let _env = shared_build_env(sh, &home);
+        let _env = home.shared_build_env(sh);
         lint(sh)
     }
-}
-
-/// Every clone on this machine shares one target folder in the cache and sees
-/// libtorch and ONNX Runtime at the same absolute paths, so CI's fresh clone
-/// recompiles only the workspace's own crates, not libtorch's glue or the
-/// dependencies. The guards restore the environment when dropped.
-fn shared_build_env<'a>(sh: &'a Shell, home: &CardetHome) -> [xshell::PushEnv<'a>; 3] {
-    [
-        sh.push_env("CARGO_TARGET_DIR", shared_target_dir(home)),
-        sh.push_env(
-            "LIBTORCH",
-            std::env::var_os("LIBTORCH").unwrap_or(home.libtorch_link().into()),
-        ),
-        sh.push_env("CARDET_ORT_DYLIB_DEFAULT", home.onnxruntime_link()),
-    ]
 }
 
 fn lint(sh: &Shell) -> anyhow::Result<()> {
@@ -82,10 +67,6 @@ fn lint(sh: &Shell) -> anyhow::Result<()> {
         .run()
         .map_err(Into::into)
     })
-}
-
-fn shared_target_dir(home: &CardetHome) -> std::ffi::OsString {
-    std::env::var_os("CARGO_TARGET_DIR").unwrap_or_else(|| home.root.join("target").into())
 }
 
 fn step(name: &str, run: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
