@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use cardet_client::{InputSpec, Protocol, RunConfig};
+use cardet_client::{InputSpec, KafkaInput, Protocol, RunConfig};
 use clap::{Parser, ValueEnum};
 
 /// Runs images through any KServe v2 / Triton server and draws the detections.
@@ -15,7 +15,7 @@ use clap::{Parser, ValueEnum};
 /// Input size and tensor names come from the model's metadata; letterbox,
 /// YOLOv8 decoding and NMS are the same code `mwt` validates with. One JSON line per
 /// image goes to stdout (or --jsonl); a summary with images/s and latency
-/// percentiles, and mAP for a dataset split, goes to stderr.
+/// percentiles, and mAP for a dataset split or labelled Kafka records, goes to stderr.
 #[derive(Debug, Parser)]
 // `--version` is the model version, as in Triton's clients, so clap's own is off.
 #[command(
@@ -27,20 +27,48 @@ use clap::{Parser, ValueEnum};
   triton_client --model yolov8n_car --json street.jpg          # JSON tensors, not binary
   triton_client --model yolov8n_car --dataset data/synth/data.yaml --split val --conf 0.001 --metrics-out map.json
   triton_client --model yolov8n_car --concurrency 8 --batch 4 --retries 5 frames/ > detections.jsonl
+  triton_client --model yolov8n_car --kafka-topic images --names data.yaml   # the topic as it is now, mAP from its labels
+  triton_client --model yolov8n_car --kafka-topic images --max-records 100 --bootstrap-servers kafka:9092
+  triton_client --model yolov8n_car --kafka-topic camera --follow --out drawn/    # until Ctrl-C
 
 A server that is down or a model that is not ready fails at once with one line;
---retries retries those (and 503/429, UNAVAILABLE) with exponential back-off."
+--retries retries those (and 503/429, UNAVAILABLE) with exponential back-off.
+A topic is read from its first offsets, without committing (another consumer
+group, such as sink's, is not moved), up to where each partition ended when the
+run began. A file, record or image that cannot be read or decoded is a warning
+naming it (a record by topic, partition and offset), counted in the summary; the
+run goes on and exits 0."
 )]
 struct Flags {
     /// Image files, folders (searched recursively) or glob patterns.
-    #[arg(conflicts_with = "dataset")]
+    #[arg(conflicts_with_all = ["dataset", "kafka_topic"])]
     inputs: Vec<String>,
     /// A YOLO dataset's data.yaml: run a split and report mAP against its labels.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "kafka_topic")]
     dataset: Option<PathBuf>,
     /// The dataset split.
     #[arg(long, default_value = "val")]
     split: String,
+    /// Read the images from this Kafka topic (records as `produce` writes them);
+    /// records with labels give mAP.
+    #[arg(long, value_name = "TOPIC")]
+    kafka_topic: Option<String>,
+    /// Kafka bootstrap servers, for --kafka-topic.
+    #[arg(
+        long,
+        env = "KAFKA_BOOTSTRAP_SERVERS",
+        default_value = "127.0.0.1:9092"
+    )]
+    bootstrap_servers: String,
+    /// Seconds to wait for the Kafka broker's first answer.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    connect_timeout: u64,
+    /// Stop after this many records (those that do not decode included).
+    #[arg(long, value_name = "N", requires = "kafka_topic")]
+    max_records: Option<u64>,
+    /// Keep reading records that arrive after the start, until Ctrl-C (or SIGTERM).
+    #[arg(long, requires = "kafka_topic")]
+    follow: bool,
     /// The server: its HTTP port, or its gRPC port with --protocol grpc.
     #[arg(long, default_value = "http://127.0.0.1:8000")]
     url: String,
@@ -120,13 +148,21 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         (ProtocolFlag::Http, true) => Protocol::HttpJson,
         (ProtocolFlag::Http, false) => Protocol::HttpBinary,
     };
-    let input = match (&flags.dataset, flags.inputs.is_empty()) {
-        (Some(data_yaml), _) => InputSpec::Dataset {
+    let input = match (&flags.dataset, &flags.kafka_topic, flags.inputs.is_empty()) {
+        (Some(data_yaml), _, _) => InputSpec::Dataset {
             data_yaml: data_yaml.clone(),
             split: flags.split.clone(),
         },
-        (None, false) => InputSpec::Paths(flags.inputs.clone()),
-        (None, true) => anyhow::bail!("give images, folders or globs, or --dataset data.yaml"),
+        (None, Some(topic), _) => InputSpec::Kafka(KafkaInput {
+            max_records: flags.max_records,
+            follow: flags.follow,
+            connect_timeout: Duration::from_secs(flags.connect_timeout.max(1)),
+            ..KafkaInput::new(&flags.bootstrap_servers, topic)
+        }),
+        (None, None, false) => InputSpec::Paths(flags.inputs.clone()),
+        (None, None, true) => anyhow::bail!(
+            "give images, folders or globs, --dataset data.yaml, or --kafka-topic TOPIC"
+        ),
     };
     let names = match &flags.names {
         Some(path) => Some(
@@ -158,6 +194,13 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         .metrics_out
         .clone()
         .or_else(|| flags.out.as_ref().map(|out| out.join("metrics.json")));
+    if flags.follow {
+        // Only a followed topic has no end of its own; elsewhere Ctrl-C keeps
+        // its usual meaning.
+        config.stop = cardet_cli::stop_flag_on_signal(
+            "stopping: finishing the images in flight, then the summary",
+        );
+    }
 
     let summary = match &flags.jsonl {
         Some(path) => {
@@ -174,9 +217,10 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     let mut stderr = std::io::stderr().lock();
     let _ = writeln!(
         stderr,
-        "{} images ({} detections) in {:.2} s: {:.1} images/s, latency p50 {:.1} ms, p99 {:.1} ms ({protocol}, concurrency {}, batch {})",
+        "{} images ({} detections, {} skipped) in {:.2} s: {:.1} images/s, latency p50 {:.1} ms, p99 {:.1} ms ({protocol}, concurrency {}, batch {})",
         summary.n_images,
         summary.n_detections,
+        summary.n_skipped,
         summary.elapsed_s,
         summary.images_per_s,
         summary.latency_p50_ms,
@@ -194,6 +238,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     if let Some(path) = &flags.summary_json {
         let mut object = serde_json::json!({
             "n_images": summary.n_images,
+            "n_skipped": summary.n_skipped,
             "n_detections": summary.n_detections,
             "elapsed_s": summary.elapsed_s,
             "images_per_s": summary.images_per_s,

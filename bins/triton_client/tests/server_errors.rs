@@ -1,10 +1,12 @@
 //! The client against a server that refuses: an unknown model, a batch larger than
 //! the model allows, and no server at all. Each ends the run with a non-zero exit
-//! and one line carrying the server's own message.
+//! and one line carrying the server's own message. And against no Kafka broker at
+//! all: one line naming the address.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// A `car` model at 160x160 that takes one image per request.
 fn repository(root: &Path) {
@@ -146,4 +148,39 @@ fn server_errors_reach_the_user_with_the_servers_message() {
     );
     drop(server);
     drop(runtime);
+}
+
+#[test]
+fn an_unreachable_broker_is_one_line_naming_its_address() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port");
+    let bootstrap = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_triton_client"))
+        .args(["--model", "car", "--kafka-topic", "images", "--no-progress"])
+        .args(["--bootstrap-servers", &bootstrap, "--connect-timeout", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running triton_client");
+    // A guard against a hang, not a timing: the connect timeout is 2 s.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("waiting").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("still waiting for {bootstrap} after a minute");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().expect("triton_client ends");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "triton_client: cannot reach Kafka at {bootstrap} within 2s:"
+        )),
+        "{stderr}"
+    );
 }

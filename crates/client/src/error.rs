@@ -29,6 +29,23 @@ pub enum Error {
     /// The model does not fit what the client does (not one FP32 image input).
     #[error("model {model}: {message}")]
     Model { model: String, message: String },
+    /// No Kafka broker answered at the bootstrap address within the connect timeout.
+    #[error("cannot reach Kafka at {bootstrap} within {seconds}s: {reason}")]
+    KafkaUnreachable {
+        bootstrap: String,
+        seconds: u64,
+        reason: String,
+    },
+    /// The broker answered but refused what the client asked (a missing topic, a
+    /// failed assignment).
+    #[error("{context}: {source}")]
+    Kafka {
+        context: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("topic {topic} does not exist at {bootstrap}")]
+    NoSuchTopic { topic: String, bootstrap: String },
     #[error(transparent)]
     Detect(#[from] cardet_detect::Error),
     #[error("{path}: {source}")]

@@ -1,12 +1,17 @@
-//! Where images come from: files, folders (recursive) and globs, or a YOLO dataset
-//! split with its labels. Each source feeds one channel of [`InputImage`]s.
+//! Where images come from: files, folders (recursive) and globs, a YOLO dataset
+//! split with its labels, or the records of a Kafka topic. Each source feeds one
+//! bounded channel of [`Input`]s that the pipeline in `run.rs` reads the same way
+//! whatever the source.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use cardet_detect::dataset::{self, YoloLabel};
 use tokio::sync::mpsc;
 
 use crate::error::Error;
+use crate::kafka_input::{self, KafkaInput, OpenedTopic};
 
 /// What to run.
 #[derive(Clone, Debug, PartialEq)]
@@ -15,34 +20,98 @@ pub enum InputSpec {
     Paths(Vec<String>),
     /// The images of a split of a YOLO dataset, with their labels for mAP.
     Dataset { data_yaml: PathBuf, split: String },
+    /// The records of a Kafka topic in `cardet-record`'s formats; those that carry
+    /// labels are scored as a dataset split is.
+    Kafka(KafkaInput),
 }
 
 /// One encoded image on its way to the server.
 #[derive(Clone, Debug)]
 pub struct InputImage {
-    /// How outputs name it: the path as given, relative to a folder, or to the dataset.
+    /// How outputs name it: the path as given, relative to a folder, or to the
+    /// dataset; a record's file name.
     pub name: String,
     pub bytes: Vec<u8>,
-    /// Ground truth, for a dataset split.
+    /// Ground truth, for a dataset split or a record that carries labels.
     pub labels: Option<Vec<YoloLabel>>,
+    /// Where the record sat, for a topic input.
+    pub position: Option<RecordPosition>,
 }
 
-/// The images a source will send, known up front, with class names when the source
-/// has them (a dataset's `data.yaml`).
-pub struct Planned {
-    pub items: Vec<PlannedImage>,
+/// A record's place in Kafka.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RecordPosition {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl std::fmt::Display for RecordPosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "topic {} partition {} offset {}",
+            self.topic, self.partition, self.offset
+        )
+    }
+}
+
+impl InputImage {
+    /// What a warning about this image names: the record's place in Kafka (and its
+    /// file name), else the name the outputs use.
+    pub fn origin(&self) -> String {
+        match &self.position {
+            Some(position) => format!("{position} ({})", self.name),
+            None => self.name.clone(),
+        }
+    }
+
+    /// The annotated image's file name: records are told apart by their place, as
+    /// a topic may hold the same file name many times.
+    pub(crate) fn drawing_name(&self) -> String {
+        let stem = self.name.replace(['/', '\\'], "__");
+        match &self.position {
+            Some(position) => format!("p{}-o{}-{stem}.jpg", position.partition, position.offset),
+            None => format!("{stem}.jpg"),
+        }
+    }
+}
+
+/// What a reader sends down the channel.
+pub(crate) enum Input {
+    Image(InputImage),
+    /// An input that could not be read or decoded; the reader has already warned,
+    /// naming it, and the summary counts it.
+    Skipped,
+}
+
+/// An input opened for reading, before any image is read: a missing file, a bad
+/// `data.yaml` or an unreachable broker fail here.
+pub(crate) struct Source {
+    /// How many inputs the reader will send (`None`: until stopped).
+    pub expected: Option<u64>,
+    /// Class names the source brings (a dataset's `data.yaml`).
     pub names: Option<Vec<String>>,
+    /// Inputs arrive as they are produced, so a batch goes out part-full rather
+    /// than wait for images that may come much later.
+    pub live: bool,
+    kind: SourceKind,
 }
 
-pub struct PlannedImage {
-    pub path: PathBuf,
-    pub name: String,
-    pub labels: Option<Vec<YoloLabel>>,
+enum SourceKind {
+    Files(Vec<PlannedImage>),
+    Kafka(Box<OpenedTopic>),
 }
 
-/// Lists what `spec` names; unreadable dataset items are skipped with a warning,
+struct PlannedImage {
+    path: PathBuf,
+    name: String,
+    labels: Option<Vec<YoloLabel>>,
+}
+
+/// Opens what `spec` names; unreadable dataset items are skipped with a warning,
 /// as a training run skips them.
-pub fn plan(spec: &InputSpec) -> Result<Planned, Error> {
+pub(crate) fn open(spec: &InputSpec) -> Result<Source, Error> {
     match spec {
         InputSpec::Paths(patterns) => {
             let mut items = Vec::new();
@@ -55,7 +124,7 @@ pub fn plan(spec: &InputSpec) -> Result<Planned, Error> {
                     patterns.join(", ")
                 )));
             }
-            Ok(Planned { items, names: None })
+            Ok(Source::files(items, None))
         }
         InputSpec::Dataset { data_yaml, split } => {
             let data = dataset::read_data_yaml(data_yaml)?;
@@ -76,38 +145,69 @@ pub fn plan(spec: &InputSpec) -> Result<Planned, Error> {
                     data_yaml.display()
                 )));
             }
-            Ok(Planned {
-                items,
-                names: Some(data.names),
+            Ok(Source::files(items, Some(data.names)))
+        }
+        InputSpec::Kafka(input) => {
+            let topic = kafka_input::open(input)?;
+            Ok(Source {
+                expected: topic.expected_records(),
+                names: None,
+                live: input.follow,
+                kind: SourceKind::Kafka(Box::new(topic)),
             })
         }
     }
 }
 
-/// Reads the planned files in order into `sender` (a bounded channel, so reading
-/// stays a little ahead of inference and memory stays flat).
-pub fn spawn_reader(
-    items: Vec<PlannedImage>,
-    sender: mpsc::Sender<Result<InputImage, Error>>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        for item in items {
-            let read = tokio::fs::read(&item.path)
-                .await
-                .map(|bytes| InputImage {
-                    name: item.name,
-                    bytes,
-                    labels: item.labels,
-                })
-                .map_err(|source| Error::Io {
-                    path: item.path,
-                    source,
-                });
-            if sender.send(read).await.is_err() {
-                return;
+impl Source {
+    fn files(items: Vec<PlannedImage>, names: Option<Vec<String>>) -> Source {
+        Source {
+            expected: Some(items.len() as u64),
+            names,
+            live: false,
+            kind: SourceKind::Files(items),
+        }
+    }
+
+    /// Reads the inputs in order into `sender` (a bounded channel, so reading stays
+    /// a little ahead of inference and memory stays flat) until they run out,
+    /// `stop` is raised or the receiver is dropped.
+    pub(crate) fn spawn_reader(
+        self,
+        sender: mpsc::Sender<Input>,
+        stop: Arc<AtomicBool>,
+    ) -> tokio::task::JoinHandle<()> {
+        match self.kind {
+            SourceKind::Files(items) => tokio::spawn(read_files(items, sender, stop)),
+            // The consumer blocks in `poll`, so it gets a thread of its own.
+            SourceKind::Kafka(topic) => {
+                tokio::task::spawn_blocking(move || topic.read(&sender, &stop))
             }
         }
-    })
+    }
+}
+
+async fn read_files(items: Vec<PlannedImage>, sender: mpsc::Sender<Input>, stop: Arc<AtomicBool>) {
+    for item in items {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let input = match tokio::fs::read(&item.path).await {
+            Ok(bytes) => Input::Image(InputImage {
+                name: item.name,
+                bytes,
+                labels: item.labels,
+                position: None,
+            }),
+            Err(error) => {
+                tracing::warn!("skipping {}: {error}", item.path.display());
+                Input::Skipped
+            }
+        };
+        if sender.send(input).await.is_err() {
+            return;
+        }
+    }
 }
 
 fn expand(pattern: &str, items: &mut Vec<PlannedImage>) -> Result<(), Error> {
@@ -191,9 +291,11 @@ mod tests {
             .iter()
             .map(|pattern| dir.path().join(pattern).display().to_string())
             .collect();
-        let planned = plan(&InputSpec::Paths(patterns)).expect("plans");
-        let got: Vec<String> = planned
-            .items
+        let source = open(&InputSpec::Paths(patterns)).expect("opens");
+        let SourceKind::Files(items) = source.kind else {
+            panic!("paths are files")
+        };
+        let got: Vec<String> = items
             .iter()
             .map(|item| {
                 item.path
@@ -231,7 +333,7 @@ mod tests {
 
     #[test]
     fn a_missing_path_is_named() {
-        let error = plan(&InputSpec::Paths(vec!["/no/such/image.jpg".into()]))
+        let error = open(&InputSpec::Paths(vec!["/no/such/image.jpg".into()]))
             .err()
             .expect("fails");
         assert!(error.to_string().contains("/no/such/image.jpg"), "{error}");

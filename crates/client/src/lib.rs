@@ -4,7 +4,10 @@
 //! - [`kserve`]: [`KserveClient`] over HTTP with Triton's binary tensor extension,
 //!   HTTP with JSON, or gRPC; readiness, model metadata and FP32 inference, with the
 //!   server's own `error` text in every [`Error::Server`].
-//! - [`inputs`]: files, folders, globs or a YOLO dataset split.
+//! - [`inputs`]: files, folders, globs, a YOLO dataset split, or the records of a
+//!   Kafka topic ([`KafkaInput`]: from the first offsets to where the topic ended
+//!   when the run began, or following it until stopped; records with labels are
+//!   scored like a split, records that do not decode are skipped and counted).
 //! - [`run`]: decode, letterbox, batch, infer with several requests in flight, decode
 //!   and NMS, JSON lines, annotated images, a summary with latency percentiles and,
 //!   with labels, COCO mAP. Pre- and post-processing are `cardet_detect`'s, the same
@@ -23,10 +26,12 @@
 
 mod error;
 pub mod inputs;
+mod kafka_input;
 pub mod kserve;
 mod run;
 
 pub use crate::error::Error;
-pub use crate::inputs::{InputImage, InputSpec};
+pub use crate::inputs::{InputImage, InputSpec, RecordPosition};
+pub use crate::kafka_input::KafkaInput;
 pub use crate::kserve::{KserveClient, ModelMetadata, Protocol, TensorF32, TensorMetadata};
 pub use crate::run::{EvalSummary, RunConfig, Summary, eval_image, predicted_box, run};

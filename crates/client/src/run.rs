@@ -1,10 +1,13 @@
 //! The image pipeline: read, decode and letterbox, batch, infer with several requests
 //! in flight, decode and NMS, write one JSON line per image and the annotated image,
-//! and sum it up (throughput, latency percentiles, mAP against labels).
+//! and sum it up (throughput, latency percentiles, mAP against labels). Every input
+//! kind (files, a dataset split, a Kafka topic) goes through the same loop; an input
+//! that cannot be read or decoded is skipped with a warning and counted.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use cardet_detect::dataset::YoloLabel;
@@ -12,12 +15,17 @@ use cardet_detect::eval::{EvalImage, EvalReport, GroundTruth, GroundTruthBox, Pr
 use cardet_detect::{Detection, PostprocessConfig, YoloV8Layout};
 use image::RgbImage;
 use serde_json::json;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::error::Error;
-use crate::inputs::{self, InputImage, InputSpec};
+use crate::inputs::{self, Input, InputImage, InputSpec, RecordPosition};
 use crate::kserve::{KserveClient, Protocol, TensorF32};
+
+/// With a live input (a followed topic), how long a part-filled batch waits for
+/// more images before it is sent: long enough to batch a burst, short enough that a
+/// lone frame is answered at once.
+const LIVE_BATCH_LINGER: Duration = Duration::from_millis(20);
 
 /// Everything a run needs.
 #[derive(Clone, Debug)]
@@ -44,8 +52,11 @@ pub struct RunConfig {
     pub retries: u32,
     pub timeout: Duration,
     pub progress_bar: bool,
-    /// Where the mAP report goes (JSON), for a dataset split.
+    /// Where the mAP report goes (JSON), for a dataset split or labelled records.
     pub metrics_out: Option<PathBuf>,
+    /// Raised (by a signal handler, say): read no more input, finish the batches in
+    /// flight and sum up. The way to end a run that follows a topic.
+    pub stop: Arc<AtomicBool>,
 }
 
 impl RunConfig {
@@ -66,6 +77,7 @@ impl RunConfig {
             timeout: Duration::from_secs(120),
             progress_bar: false,
             metrics_out: None,
+            stop: Arc::new(AtomicBool::new(false)),
         }
     }
 }
@@ -74,13 +86,15 @@ impl RunConfig {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Summary {
     pub n_images: usize,
+    /// Inputs that could not be read or decoded (each named in a warning).
+    pub n_skipped: usize,
     pub n_detections: usize,
     pub elapsed_s: f64,
     pub images_per_s: f64,
     /// From reading an image to its detections, per image.
     pub latency_p50_ms: f64,
     pub latency_p99_ms: f64,
-    /// With labels (a dataset split).
+    /// With labels (a dataset split, labelled records).
     pub eval: Option<EvalSummary>,
 }
 
@@ -95,6 +109,7 @@ impl Summary {
     pub fn to_json(&self) -> serde_json::Value {
         json!({
             "images": self.n_images,
+            "skipped": self.n_skipped,
             "detections": self.n_detections,
             "elapsed_s": self.elapsed_s,
             "images_per_s": self.images_per_s,
@@ -117,6 +132,7 @@ struct ModelIo {
 /// One image's result.
 struct ImageResult {
     name: String,
+    position: Option<RecordPosition>,
     size: (u32, u32),
     detections: Vec<Detection>,
     labels: Option<Vec<YoloLabel>>,
@@ -135,15 +151,21 @@ struct Timings {
 }
 
 /// Runs every image of `config.input` through the server, writing one JSON line
-/// per image to `lines`. Fails fast when the server is down or the model not
-/// ready; the first request that fails (after retries) ends the run with the
-/// server's message.
+/// per image to `lines`. The input is opened first (a missing file or an
+/// unreachable broker fails before the server is asked), then the run fails fast
+/// when the server is down or the model not ready; the first request that fails
+/// (after retries) ends the run with the server's message. An image that cannot be
+/// read or decoded is skipped with a warning naming it and counted in the summary.
 pub async fn run(config: &RunConfig, lines: &mut (dyn Write + Send)) -> Result<Summary, Error> {
     if config.concurrency == 0 || config.batch == 0 {
         return Err(Error::InvalidArgument(
             "--concurrency and --batch must be at least 1".to_string(),
         ));
     }
+    let input = config.input.clone();
+    let source = tokio::task::spawn_blocking(move || inputs::open(&input))
+        .await
+        .map_err(|error| Error::InvalidArgument(format!("opening the input failed: {error}")))??;
     let client = KserveClient::new(&config.url, config.protocol, config.timeout)?;
     let version = config.version.as_deref();
     with_retries(config.retries, || {
@@ -151,12 +173,11 @@ pub async fn run(config: &RunConfig, lines: &mut (dyn Write + Send)) -> Result<S
     })
     .await?;
     let model_io = read_model_io(&client, config).await?;
-    let planned = inputs::plan(&config.input)?;
     let names = Arc::new(
         config
             .names
             .clone()
-            .or(planned.names)
+            .or_else(|| source.names.clone())
             .unwrap_or_else(cardet_detect::classes::coco_names),
     );
     if let Some(out) = &config.out {
@@ -165,9 +186,10 @@ pub async fn run(config: &RunConfig, lines: &mut (dyn Write + Send)) -> Result<S
             source,
         })?;
     }
-    let progress = progress_bar(config.progress_bar, planned.items.len());
+    let progress = progress_bar(config.progress_bar, source.expected);
+    let live = source.live;
     let (sender, mut receiver) = mpsc::channel(config.batch * (config.concurrency + 1));
-    let reader = inputs::spawn_reader(planned.items, sender);
+    let reader = source.spawn_reader(sender, config.stop.clone());
 
     let started = Instant::now();
     let shared = Arc::new(Shared {
@@ -176,57 +198,70 @@ pub async fn run(config: &RunConfig, lines: &mut (dyn Write + Send)) -> Result<S
         model_io,
         names: names.clone(),
     });
-    let slots = Arc::new(Semaphore::new(config.concurrency));
-    let mut in_flight: JoinSet<Result<Vec<ImageResult>, Error>> = JoinSet::new();
+    let mut in_flight: JoinSet<Result<BatchOutcome, Error>> = JoinSet::new();
     let mut collected = Collected::default();
+    let mut pending: Vec<InputImage> = Vec::with_capacity(config.batch);
+    // When a live input's part-filled batch goes out anyway.
+    let mut linger_until: Option<tokio::time::Instant> = None;
     let mut input_done = false;
-    while !input_done || !in_flight.is_empty() {
-        // Finished batches first, so output streams while later batches run.
-        while let Some(finished) = in_flight.try_join_next() {
-            collected.take(finished, lines, &names, &progress)?;
-        }
-        if input_done {
-            if let Some(finished) = in_flight.join_next().await {
-                collected.take(finished, lines, &names, &progress)?;
-            }
+    loop {
+        let batch_full = pending.len() >= config.batch;
+        let lingering = linger_until.is_some_and(|until| tokio::time::Instant::now() < until);
+        let send_now = batch_full
+            || (!pending.is_empty() && (input_done || (linger_until.is_some() && !lingering)));
+        if send_now && in_flight.len() < config.concurrency {
+            let batch = std::mem::replace(&mut pending, Vec::with_capacity(config.batch));
+            linger_until = None;
+            let shared = shared.clone();
+            in_flight.spawn(async move { process_batch(&shared, batch).await });
             continue;
         }
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => slot,
+        if input_done && pending.is_empty() && in_flight.is_empty() {
+            break;
+        }
+        tokio::select! {
+            // Finished batches first, so output streams while later batches run.
+            biased;
             Some(finished) = in_flight.join_next(), if !in_flight.is_empty() => {
                 collected.take(finished, lines, &names, &progress)?;
-                continue;
-            }
-        };
-        let Ok(slot) = slot else { break };
-        let mut batch = Vec::with_capacity(config.batch);
-        while batch.len() < config.batch {
-            match receiver.recv().await {
-                Some(image) => batch.push(image?),
-                None => {
-                    input_done = true;
-                    break;
+                if live {
+                    flush(lines)?;
                 }
             }
+            item = receiver.recv(), if !input_done && !batch_full => match item {
+                Some(Input::Image(image)) => {
+                    if live && pending.is_empty() {
+                        linger_until = Some(tokio::time::Instant::now() + LIVE_BATCH_LINGER);
+                    }
+                    pending.push(image);
+                }
+                Some(Input::Skipped) => {
+                    collected.n_skipped += 1;
+                    progress.inc(1);
+                }
+                None => input_done = true,
+            },
+            // Wakes the loop when a part-filled live batch has waited long enough.
+            () = tokio::time::sleep_until(linger_until.unwrap_or_else(tokio::time::Instant::now)),
+                if lingering && !batch_full => {}
         }
-        if batch.is_empty() {
-            continue;
-        }
-        let shared = shared.clone();
-        in_flight.spawn(async move {
-            let result = process_batch(&shared, batch).await;
-            drop(slot);
-            result
-        });
     }
-    reader.abort();
+    // The reader has sent everything (or was stopped); a reader that died early
+    // would leave inputs unread, which the summary must not hide.
+    reader
+        .await
+        .map_err(|error| Error::InvalidArgument(format!("the input reader failed: {error}")))?;
     progress.finish_and_clear();
     let elapsed_s = started.elapsed().as_secs_f64();
+    flush(lines)?;
+    collected.summary(elapsed_s, &names, config.metrics_out.as_deref())
+}
+
+fn flush(lines: &mut (dyn Write + Send)) -> Result<(), Error> {
     lines.flush().map_err(|source| Error::Io {
         path: PathBuf::from("<output>"),
         source,
-    })?;
-    collected.summary(elapsed_s, &names, config.metrics_out.as_deref())
+    })
 }
 
 struct Shared {
@@ -316,18 +351,28 @@ where
     }
 }
 
-async fn process_batch(
-    shared: &Shared,
-    images: Vec<InputImage>,
-) -> Result<Vec<ImageResult>, Error> {
+/// A batch's answers, and how many of its images did not decode.
+struct BatchOutcome {
+    results: Vec<ImageResult>,
+    n_skipped: usize,
+}
+
+async fn process_batch(shared: &Shared, images: Vec<InputImage>) -> Result<BatchOutcome, Error> {
     let started = Instant::now();
     let image_size = shared.model_io.image_size;
     let keep_images = shared.config.out.is_some();
-    let prepared = tokio::task::spawn_blocking(move || prepare(images, image_size, keep_images))
-        .await
-        .map_err(|error| Error::InvalidArgument(format!("a decode task failed: {error}")))??;
+    let (prepared, n_skipped) =
+        tokio::task::spawn_blocking(move || prepare(images, image_size, keep_images))
+            .await
+            .map_err(|error| Error::InvalidArgument(format!("a decode task failed: {error}")))??;
+    let Some(prepared) = prepared else {
+        return Ok(BatchOutcome {
+            results: Vec::new(),
+            n_skipped,
+        });
+    };
     let infer_started = Instant::now();
-    let batch_size = prepared.names.len();
+    let batch_size = prepared.metas.len();
     let input = TensorF32 {
         name: shared.model_io.input_name.clone(),
         shape: prepared
@@ -365,40 +410,34 @@ async fn process_batch(
     let out = shared.config.out.clone();
     let names = shared.names.clone();
     let Prepared {
-        names: image_names,
+        metas,
         infos,
         sizes,
-        labels,
         decoded,
         decode_ms,
         preprocess_ms,
         ..
     } = prepared;
-    tokio::task::spawn_blocking(move || {
+    let results = tokio::task::spawn_blocking(move || {
         let postprocess_started = Instant::now();
         let detections =
             cardet_detect::postprocess(&output.data, layout, &infos, &postprocess_config)?;
         let postprocess_ms = postprocess_started.elapsed().as_secs_f64() * 1e3;
         let mut results = Vec::with_capacity(batch_size);
         let mut decoded = decoded.into_iter();
-        for (image_idx, ((name, detections), labels)) in image_names
-            .into_iter()
-            .zip(detections)
-            .zip(labels)
-            .enumerate()
-        {
+        for (image_idx, (meta, detections)) in metas.into_iter().zip(detections).enumerate() {
             let draw_started = Instant::now();
             if let (Some(out), Some(mut image)) = (&out, decoded.next()) {
                 cardet_detect::draw::draw_detections(&mut image, &detections, &names);
-                let file_name = format!("{}.jpg", name.replace(['/', '\\'], "__"));
-                cardet_detect::image_io::save(&image, &out.join(file_name))?;
+                cardet_detect::image_io::save(&image, &out.join(&meta.drawing_name))?;
             }
             let draw_ms = draw_started.elapsed().as_secs_f64() * 1e3;
             results.push(ImageResult {
-                name,
+                name: meta.name,
+                position: meta.position,
                 size: sizes[image_idx],
                 detections,
-                labels,
+                labels: meta.labels,
                 timings: Timings {
                     decode_ms: decode_ms[image_idx],
                     preprocess_ms,
@@ -410,40 +449,66 @@ async fn process_batch(
                 batch_size,
             });
         }
-        Ok(results)
+        Ok::<_, Error>(results)
     })
     .await
-    .map_err(|error| Error::InvalidArgument(format!("a post-processing task failed: {error}")))?
+    .map_err(|error| Error::InvalidArgument(format!("a post-processing task failed: {error}")))??;
+    Ok(BatchOutcome { results, n_skipped })
+}
+
+/// What travels with an image from its input to its JSON line.
+struct ImageMeta {
+    name: String,
+    position: Option<RecordPosition>,
+    drawing_name: String,
+    labels: Option<Vec<YoloLabel>>,
 }
 
 struct Prepared {
-    names: Vec<String>,
+    metas: Vec<ImageMeta>,
     batch: cardet_detect::Batch,
     infos: Vec<cardet_detect::TransformInfo>,
     sizes: Vec<(u32, u32)>,
-    labels: Vec<Option<Vec<YoloLabel>>>,
     /// Kept for drawing only.
     decoded: Vec<RgbImage>,
     decode_ms: Vec<f64>,
     preprocess_ms: f64,
 }
 
+/// Decodes and letterboxes a batch. An image that does not decode is left out with
+/// a warning naming it (its file, or its record's topic, partition and offset) and
+/// counted; `None` when no image of the batch decoded.
 fn prepare(
     images: Vec<InputImage>,
     image_size: (u32, u32),
     keep_images: bool,
-) -> Result<Prepared, Error> {
-    let mut names = Vec::with_capacity(images.len());
-    let mut labels = Vec::with_capacity(images.len());
+) -> Result<(Option<Prepared>, usize), Error> {
+    let mut metas = Vec::with_capacity(images.len());
     let mut decoded = Vec::with_capacity(images.len());
     let mut decode_ms = Vec::with_capacity(images.len());
+    let mut n_skipped = 0;
     for image in images {
         let decode_started = Instant::now();
-        let rgb = cardet_detect::image_io::decode_rgb(&image.bytes, image.name.as_ref())?;
+        let origin = image.origin();
+        let rgb = match cardet_detect::image_io::decode_rgb(&image.bytes, Path::new(&origin)) {
+            Ok(rgb) => rgb,
+            Err(error) => {
+                tracing::warn!("skipping an image: {error}");
+                n_skipped += 1;
+                continue;
+            }
+        };
         decode_ms.push(decode_started.elapsed().as_secs_f64() * 1e3);
-        names.push(image.name);
-        labels.push(image.labels);
+        metas.push(ImageMeta {
+            drawing_name: image.drawing_name(),
+            name: image.name,
+            position: image.position,
+            labels: image.labels,
+        });
         decoded.push(rgb);
+    }
+    if decoded.is_empty() {
+        return Ok((None, n_skipped));
     }
     let preprocess_started = Instant::now();
     let batch = cardet_detect::letterbox::letterbox_batch(&decoded, image_size)?;
@@ -452,41 +517,51 @@ fn prepare(
     if !keep_images {
         decoded.clear();
     }
-    Ok(Prepared {
-        names,
+    let prepared = Prepared {
+        metas,
         infos: batch.infos.clone(),
         batch,
         sizes,
-        labels,
         decoded,
         decode_ms,
         preprocess_ms,
-    })
+    };
+    Ok((Some(prepared), n_skipped))
 }
 
-/// A labelled image's `(name, size, labels, detections)`, kept for the mAP.
-type LabelledImage = (String, (u32, u32), Vec<YoloLabel>, Vec<Detection>);
+/// A labelled image, kept for the mAP.
+struct LabelledImage {
+    name: String,
+    /// Tells records of the same file name apart in a stable order.
+    position: Option<RecordPosition>,
+    size: (u32, u32),
+    labels: Vec<YoloLabel>,
+    detections: Vec<Detection>,
+}
 
 /// Results as they arrive: written out, and kept for the summary.
 #[derive(Default)]
 struct Collected {
     latencies_ms: Vec<f64>,
     n_detections: usize,
+    n_skipped: usize,
     labelled: Vec<LabelledImage>,
 }
 
 impl Collected {
     fn take(
         &mut self,
-        finished: Result<Result<Vec<ImageResult>, Error>, tokio::task::JoinError>,
+        finished: Result<Result<BatchOutcome, Error>, tokio::task::JoinError>,
         lines: &mut (dyn Write + Send),
         names: &[String],
         progress: &indicatif::ProgressBar,
     ) -> Result<(), Error> {
-        let results = finished
+        let outcome = finished
             .map_err(|error| Error::InvalidArgument(format!("a request task failed: {error}")))??;
-        for result in results {
-            let line = json!({
+        self.n_skipped += outcome.n_skipped;
+        progress.inc(outcome.n_skipped as u64);
+        for result in outcome.results {
+            let mut line = json!({
                 "image": result.name,
                 "width": result.size.0,
                 "height": result.size.1,
@@ -501,6 +576,11 @@ impl Collected {
                     "total": result.timings.total_ms,
                 },
             });
+            if let Some(position) = &result.position {
+                line["topic"] = position.topic.clone().into();
+                line["partition"] = position.partition.into();
+                line["offset"] = position.offset.into();
+            }
             writeln!(lines, "{line}").map_err(|source| Error::Io {
                 path: PathBuf::from("<output>"),
                 source,
@@ -509,8 +589,13 @@ impl Collected {
             self.n_detections += result.detections.len();
             progress.inc(1);
             if let Some(labels) = result.labels {
-                self.labelled
-                    .push((result.name, result.size, labels, result.detections));
+                self.labelled.push(LabelledImage {
+                    name: result.name,
+                    position: result.position,
+                    size: result.size,
+                    labels,
+                    detections: result.detections,
+                });
             }
         }
         Ok(())
@@ -525,18 +610,24 @@ impl Collected {
         let n_images = self.latencies_ms.len();
         self.latencies_ms.sort_by(f64::total_cmp);
         let eval = if !self.labelled.is_empty() {
-            // Image ids in name order, not arrival order: COCO's accumulation breaks
-            // score ties by image order, and arrival order varies between runs.
-            self.labelled.sort_by(|a, b| a.0.cmp(&b.0));
+            // Image ids in name order (then a record's place), not arrival order:
+            // COCO's accumulation breaks score ties by image order, and arrival order
+            // varies between runs.
+            self.labelled
+                .sort_by(|a, b| (&a.name, &a.position).cmp(&(&b.name, &b.position)));
             let mut ground_truth = GroundTruth::default();
             let mut predictions = Vec::new();
-            for (index, (name, size, labels, detections)) in self.labelled.iter().enumerate() {
+            for (index, image) in self.labelled.iter().enumerate() {
                 let image_id = index as u64 + 1;
-                ground_truth
-                    .images
-                    .push(eval_image(image_id, name, *size, labels));
+                ground_truth.images.push(eval_image(
+                    image_id,
+                    &image.name,
+                    image.size,
+                    &image.labels,
+                ));
                 predictions.extend(
-                    detections
+                    image
+                        .detections
                         .iter()
                         .map(|detection| predicted_box(image_id, detection)),
                 );
@@ -570,6 +661,7 @@ impl Collected {
         };
         Ok(Summary {
             n_images,
+            n_skipped: self.n_skipped,
             n_detections: self.n_detections,
             elapsed_s,
             images_per_s: if elapsed_s > 0.0 {
@@ -619,14 +711,22 @@ fn percentile(sorted: &[f64], quantile: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn progress_bar(visible: bool, n_images: usize) -> indicatif::ProgressBar {
+/// A bar over the inputs expected, or a counter when the input has no end.
+fn progress_bar(visible: bool, n_expected: Option<u64>) -> indicatif::ProgressBar {
     if !visible {
         return indicatif::ProgressBar::hidden();
     }
-    let bar = indicatif::ProgressBar::new(n_images as u64);
-    if let Ok(style) =
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} images {per_sec} eta {eta}")
-    {
+    let (bar, template) = match n_expected {
+        Some(n_expected) => (
+            indicatif::ProgressBar::new(n_expected),
+            "{bar:40} {pos}/{len} images {per_sec} eta {eta}",
+        ),
+        None => (
+            indicatif::ProgressBar::no_length(),
+            "{spinner} {pos} images {per_sec}",
+        ),
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
         bar.set_style(style);
     }
     bar
