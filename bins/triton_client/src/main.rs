@@ -64,10 +64,11 @@ struct Flags {
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     connect_timeout: u64,
     /// Stop after this many records (those that do not decode included).
-    #[arg(long, value_name = "N", requires = "kafka_topic")]
+    // `requires` alone lets a conflicting input through, so the conflicts are named too.
+    #[arg(long, value_name = "N", requires = "kafka_topic", conflicts_with_all = ["inputs", "dataset"])]
     max_records: Option<u64>,
     /// Keep reading records that arrive after the start, until Ctrl-C (or SIGTERM).
-    #[arg(long, requires = "kafka_topic")]
+    #[arg(long, requires = "kafka_topic", conflicts_with_all = ["inputs", "dataset"])]
     follow: bool,
     /// The server: its HTTP port, or its gRPC port with --protocol grpc.
     #[arg(long, default_value = "http://127.0.0.1:8000")]

@@ -148,10 +148,27 @@ fn a_topic_gives_the_detections_and_map_of_the_split_it_was_streamed_from() {
         .sum();
     assert!(n_detections > 0, "no detections: nothing was compared");
 
-    // The labels travelled with the images: the same mAP, printed and written.
+    // The labels travelled with the images: the same mAP, printed and written. The
+    // random-weight model scores 0 on the synthetic scenes, so the counts are what
+    // make this bite: every labelled box is ground truth, scored against the same
+    // predictions.
     assert_eq!(map_line(&from_topic.stderr), map_line(&split.stderr));
     assert_eq!(from_topic.metrics, split.metrics);
-    assert!(from_topic.metrics.is_some(), "labelled records gave no mAP");
+    let metrics = from_topic
+        .metrics
+        .as_ref()
+        .expect("labelled records give mAP");
+    let n_ground_truth: u64 = metrics["per_class"]
+        .as_array()
+        .expect("per class")
+        .iter()
+        .map(|class| class["n_ground_truth"].as_u64().expect("n_ground_truth"))
+        .sum();
+    assert!(n_ground_truth > 0, "{metrics}");
+    assert_eq!(
+        n_ground_truth,
+        n_label_lines(&work.path().join("val-only/labels/val"))
+    );
 
     // The two bad records: one warning each, naming its place, and counted.
     assert_eq!(from_topic.summary["n_skipped"], 2, "{}", from_topic.stderr);
@@ -275,6 +292,17 @@ fn copy_split(from: &Path, to: &Path, split: &str) {
             std::fs::copy(&path, target.join(path.file_name().expect("file name"))).expect("copy");
         }
     }
+}
+
+/// The boxes of a folder of YOLO label files.
+fn n_label_lines(folder: &Path) -> u64 {
+    std::fs::read_dir(folder)
+        .expect("labels")
+        .map(|entry| {
+            let text = std::fs::read_to_string(entry.expect("entry").path()).expect("label file");
+            text.lines().filter(|line| !line.trim().is_empty()).count() as u64
+        })
+        .sum()
 }
 
 fn file_name(path: &str) -> &str {
