@@ -258,5 +258,14 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         std::fs::write(path, object.to_string())
             .with_context(|| format!("writing {}", path.display()))?;
     }
+    // Bad input is not silent: everything else was answered and written above, and
+    // the exit code still says that something was left out.
+    if summary.n_skipped > 0 {
+        anyhow::bail!(
+            "{} of {} inputs skipped (each named in a warning above); the others were answered",
+            summary.n_skipped,
+            summary.n_images + summary.n_skipped
+        );
+    }
     Ok(())
 }
