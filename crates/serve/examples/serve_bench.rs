@@ -59,22 +59,7 @@ fn parse_args() -> Args {
 
 /// The YOLOv8n export shared with the tests (`$CARDET_HOME/fixtures/serve`).
 fn model() -> PathBuf {
-    let cache = cardet_testkit::cardet_home().join("fixtures/serve");
-    let path = cache.join("yolov8n-dynamic.onnx");
-    if !path.exists() {
-        std::fs::create_dir_all(&cache).expect("cache");
-        let work = tempfile::tempdir_in(&cache).expect("work");
-        let status = std::process::Command::new(cardet_testkit::venv_python())
-            .current_dir(work.path())
-            .env("YOLO_OFFLINE", "1")
-            .args(["-c", "from ultralytics import YOLO\nYOLO('yolov8n.yaml').export(format='onnx', dynamic=True, simplify=False, imgsz=640)"])
-            .stdout(std::process::Stdio::null())
-            .status()
-            .expect("ultralytics");
-        assert!(status.success(), "export failed");
-        std::fs::rename(work.path().join("yolov8n.onnx"), &path).expect("rename");
-    }
-    path
+    cardet_testkit::ultralytics_yolov8n_onnx()
 }
 
 fn image(batch: usize) -> Vec<f32> {

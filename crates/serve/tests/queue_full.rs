@@ -30,8 +30,8 @@ fn queue_limited_repository(root: &Path) {
     )
     .expect("config");
     let target = model.join("1/model.onnx");
-    if std::fs::hard_link(common::yolov8n_onnx(), &target).is_err() {
-        std::fs::copy(common::yolov8n_onnx(), &target).expect("model");
+    if std::fs::hard_link(cardet_testkit::ultralytics_yolov8n_onnx(), &target).is_err() {
+        std::fs::copy(cardet_testkit::ultralytics_yolov8n_onnx(), &target).expect("model");
     }
 }
 

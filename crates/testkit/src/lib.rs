@@ -101,3 +101,39 @@ pub fn unique_name(prefix: &str) -> String {
         .map_or(0, |d| d.as_nanos());
     format!("{prefix}-{}-{nanos:x}", std::process::id())
 }
+
+/// Ultralytics' YOLOv8n exported to ONNX (dynamic batch and size, random weights:
+/// nothing is downloaded), made once per machine under `$CARDET_HOME/fixtures` and
+/// reused, since the export takes about 20 s. Panics with Ultralytics' stderr when
+/// the export fails (test-only helper).
+pub fn ultralytics_yolov8n_onnx() -> PathBuf {
+    let cache = cardet_home().join("fixtures/serve");
+    let path = cache.join("yolov8n-dynamic.onnx");
+    if path.exists() {
+        return path;
+    }
+    std::fs::create_dir_all(&cache).expect("fixture cache");
+    // Exported in a folder of its own, then renamed into place: a concurrent test
+    // sees the whole file or none.
+    let work = cache.join(format!(".export-{}", unique_name("yolov8n")));
+    std::fs::create_dir_all(&work).expect("export folder");
+    let output = std::process::Command::new(venv_python())
+        .current_dir(&work)
+        .env("YOLO_OFFLINE", "1")
+        .env("YOLO_CONFIG_DIR", &work)
+        .args([
+            "-c",
+            "from ultralytics import YOLO\n\
+             YOLO('yolov8n.yaml').export(format='onnx', dynamic=True, simplify=False, imgsz=640)",
+        ])
+        .output()
+        .expect("running ultralytics");
+    assert!(
+        output.status.success(),
+        "exporting yolov8n: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    std::fs::rename(work.join("yolov8n.onnx"), &path).expect("placing the export");
+    let _ = std::fs::remove_dir_all(&work);
+    path
+}

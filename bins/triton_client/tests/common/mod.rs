@@ -13,34 +13,6 @@ use serde_json::Value;
 /// The served model's input side.
 pub const IMAGE_SIDE: u32 = 320;
 
-/// Ultralytics' dynamic YOLOv8n export, made once per machine (as `serve`'s tests do).
-pub fn yolov8n_onnx() -> PathBuf {
-    let cache = cardet_testkit::cardet_home().join("fixtures/serve");
-    let path = cache.join("yolov8n-dynamic.onnx");
-    if path.exists() {
-        return path;
-    }
-    std::fs::create_dir_all(&cache).expect("fixture cache");
-    let work = tempfile::tempdir_in(&cache).expect("export folder");
-    let output = Command::new(cardet_testkit::venv_python())
-        .current_dir(work.path())
-        .env("YOLO_OFFLINE", "1")
-        .args([
-            "-c",
-            "from ultralytics import YOLO\n\
-             YOLO('yolov8n.yaml').export(format='onnx', dynamic=True, simplify=False, imgsz=640)",
-        ])
-        .output()
-        .expect("running ultralytics");
-    assert!(
-        output.status.success(),
-        "exporting yolov8n: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    std::fs::rename(work.path().join("yolov8n.onnx"), &path).expect("placing the export");
-    path
-}
-
 /// `car/config.pbtxt` and `car/1/model.onnx` at `IMAGE_SIDE`.
 pub fn model_folder(root: &Path) -> PathBuf {
     let folder = root.join("car");
@@ -55,7 +27,11 @@ pub fn model_folder(root: &Path) -> PathBuf {
         ),
     )
     .expect("config");
-    std::fs::copy(yolov8n_onnx(), folder.join("1/model.onnx")).expect("model");
+    std::fs::copy(
+        cardet_testkit::ultralytics_yolov8n_onnx(),
+        folder.join("1/model.onnx"),
+    )
+    .expect("model");
     folder
 }
 

@@ -68,39 +68,9 @@ pub fn tiny_repository(root: &Path) {
     write_tiny_model(&model.join("1/model.onnx"), 2.0);
 }
 
-/// A YOLOv8n ONNX export (dynamic batch and size, random weights), made once per
-/// machine and reused: Ultralytics takes about 20 s to export.
-pub fn yolov8n_onnx() -> PathBuf {
-    let cache = cardet_testkit::cardet_home().join("fixtures/serve");
-    let path = cache.join("yolov8n-dynamic.onnx");
-    if path.exists() {
-        return path;
-    }
-    std::fs::create_dir_all(&cache).expect("fixture cache");
-    let work = tempfile::tempdir_in(&cache).expect("export folder");
-    let output = Command::new(python())
-        .current_dir(work.path())
-        .env("YOLO_OFFLINE", "1")
-        .args([
-            "-c",
-            "from ultralytics import YOLO\n\
-             YOLO('yolov8n.yaml').export(format='onnx', dynamic=True, simplify=False, imgsz=640)",
-        ])
-        .output()
-        .expect("running ultralytics");
-    assert!(
-        output.status.success(),
-        "exporting yolov8n: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    // Rename into place: a concurrent test either sees the whole file or none.
-    std::fs::rename(work.path().join("yolov8n.onnx"), &path).expect("placing the export");
-    path
-}
-
 /// `yolov8n` at 640 and `yolov8n_small` at 160 (the same dynamic export), batching to 8.
 pub fn yolo_repository(root: &Path) {
-    let onnx = yolov8n_onnx();
+    let onnx = cardet_testkit::ultralytics_yolov8n_onnx();
     for (name, size) in [("yolov8n", 640), ("yolov8n_small", 160)] {
         let model = root.join(name);
         std::fs::create_dir_all(model.join("1")).expect("folder");
