@@ -1,4 +1,7 @@
 //! The trainer end to end on a tiny synthetic dataset: exact resume, and learning.
+//!
+//! libtorch's seed is process-wide, so these run one per process, as nextest (and
+//! `cargo xtask test`) runs them; under plain `cargo test` use `--test-threads 1`.
 
 mod common;
 
@@ -137,21 +140,21 @@ fn one_epoch_then_resume_equals_two_epochs_straight() {
 }
 
 #[test]
-#[ignore = "about 13 minutes on the shared 2-core box; run: cargo test -p cardet-train --test trainer -- --ignored"]
 fn a_short_run_fits_synthetic_vehicles() {
+    const EPOCHS: usize = 60;
     // Learning from scratch to a val mAP on unseen scenes takes far more CPU than a test
-    // may (a 12-epoch run on 48 scenes at 256 px still scored mAP50 0.0 after 4 epochs
-    // of ~80 s). So this checks that loss, assigner, optimiser and EMA together fit a
-    // small set: the val split holds the same 8 scenes as train, augmentation is off.
-    // Measured (2026-11-25, seed 1): mAP50 0.000 untrained, <= 0.002 for 14 epochs while
-    // BatchNorm's running statistics catch up, then 0.06 at epoch 22 and 0.158 at 30.
-    // The bar, +0.08, is half the measured gain and 40x the early noise.
+    // may, so this checks that loss, assigner, optimiser and EMA together fit a small
+    // set: the val split holds the same 8 scenes as train, augmentation is off.
+    // Measured (2026-11-25, seed 1, PyTorch's conv init, idle 2-core box, 44 s):
+    // mAP50 0.000 untrained and for 24 epochs while BatchNorm's running statistics
+    // catch up, 0.1-0.2 from epoch 28, 0.478 after 60 as the learning rate decays.
+    // The bar, +0.2, is under half the measured gain and 4x the noise of epoch 25-30.
     let dir = tempfile::tempdir().expect("temp dir");
     let data = common::synth_dataset_same_val(&dir.path().join("data"), 8, (160, 120));
     let mut config = TrainConfig {
         data: data.clone(),
         model: "n".into(),
-        epochs: 30,
+        epochs: EPOCHS,
         // Small batches give more optimiser steps: BatchNorm's running statistics
         // (momentum 0.03), which evaluation uses, need ~100 steps to follow the weights.
         batch: 2,
@@ -207,10 +210,10 @@ fn a_short_run_fits_synthetic_vehicles() {
     eprintln!("mAP50 per epoch {:?}", record.map50);
     let after = summary.metrics["metrics/mAP50(B)"];
     eprintln!(
-        "mAP50 untrained {before:.4}, after 30 epochs {after:.4} ({:.0} s)",
+        "mAP50 untrained {before:.4}, after {EPOCHS} epochs {after:.4} ({:.0} s)",
         started.elapsed().as_secs_f64()
     );
-    assert!(after > before + 0.08, "mAP50 {before} -> {after}");
+    assert!(after > before + 0.2, "mAP50 {before} -> {after}");
 }
 
 /// Records each epoch's validation mAP@0.5.
