@@ -29,11 +29,19 @@ async fn check_rest(
     header_length: Option<usize>,
     expected: (u16, &str),
 ) {
+    let oversized = body.len() > LIMIT;
     let mut request = client.post(format!("{base}{path}")).body(body);
     if let Some(length) = header_length {
         request = request.header("Inference-Header-Content-Length", length.to_string());
     }
-    let response = request.send().await.expect("request");
+    let response = match request.send().await {
+        Ok(response) => response,
+        // Over the limit the server answers before reading the whole body and closes
+        // the connection, so the client may fail writing (broken pipe) before it reads
+        // that answer. The server staying up is checked by the requests that follow.
+        Err(error) if oversized && error.is_request() => return,
+        Err(error) => panic!("{path}: {error}"),
+    };
     let status = response.status().as_u16();
     let text = response.text().await.expect("body");
     assert_eq!(status, expected.0, "{path}: {text}");
