@@ -155,33 +155,22 @@ fn candidates(
 ) -> Vec<Candidate> {
     let n_anchors = layout.n_anchors;
     let row = |channel: usize| &image_output[channel * n_anchors..(channel + 1) * n_anchors];
-    // Best score and its class per anchor, one class row at a time: contiguous reads
-    // the compiler vectorises, and no strided search for the class afterwards (that
-    // search, a cache miss per class, cost more than the scan itself).
     let mut best_score = row(4).to_vec();
-    let mut best_class = vec![0u32; n_anchors];
     for class_id in 1..layout.n_classes {
-        let class_id_u32 = class_id as u32;
-        for ((best, class), &score) in best_score
-            .iter_mut()
-            .zip(best_class.iter_mut())
-            .zip(row(4 + class_id))
-        {
-            // Strictly greater: on a tie the lower class id wins, as argmax does.
-            let better = score > *best;
-            *best = if better { score } else { *best };
-            *class = if better { class_id_u32 } else { *class };
+        for (best, &score) in best_score.iter_mut().zip(row(4 + class_id)) {
+            *best = if score > *best { score } else { *best };
         }
     }
     let (cx, cy, width, height) = (row(0), row(1), row(2), row(3));
     let mut found: Vec<Candidate> = best_score
         .iter()
-        .zip(&best_class)
         .enumerate()
-        .filter(|&(_, (&score, _))| score > config.confidence_threshold)
-        .map(|(anchor, (&score, &class_id))| Candidate {
+        .filter(|&(_, &score)| score > config.confidence_threshold)
+        .map(|(anchor, &score)| Candidate {
             bbox: BoundingBox::from_cxcywh(cx[anchor], cy[anchor], width[anchor], height[anchor]),
-            class_id: class_id as usize,
+            class_id: (0..layout.n_classes)
+                .find(|&class_id| image_output[(4 + class_id) * n_anchors + anchor] == score)
+                .unwrap_or(0),
             score,
         })
         .collect();
