@@ -61,13 +61,30 @@ fn target_dir() -> PathBuf {
 }
 
 fn rss_kib(pid: u32) -> anyhow::Result<f64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// One `KiB` field of `/proc/PID/status`.
+fn status_kib(pid: u32, field: &str) -> anyhow::Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("process {pid} is gone"))?;
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
-        .context("no VmRSS")
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))
+}
+
+/// Resident memory split into heap and other anonymous pages against file-backed
+/// pages (mapped code such as ONNX Runtime's kernels), in MiB: growth in the first
+/// is memory in use, growth in the second is code touched for the first time.
+fn rss_split(pid: u32) -> String {
+    let mib = |field| status_kib(pid, field).map_or(f64::NAN, |kib| kib / 1024.0);
+    format!(
+        "anon {:.0} MiB + file {:.0} MiB",
+        mib("RssAnon:"),
+        mib("RssFile:")
+    )
 }
 
 /// Longer than `serve` waits, idle, before it returns freed memory to the system
@@ -270,6 +287,7 @@ fn drive(
     }
     wait_until_idle(metrics)?;
     let cold = rss_kib(server.id())?;
+    let cold_split = rss_split(server.id());
     let url = format!("{base}/v2/models/yolov8n/infer");
     let script_text = script.display().to_string();
     let connections_text = connections.to_string();
@@ -299,6 +317,7 @@ fn drive(
     run_wrk(WARM_UP_SECS)?;
     wait_until_idle(metrics)?;
     let before = rss_kib(server.id())?;
+    let before_split = rss_split(server.id());
     let output = run_wrk(secs)?;
     let text = String::from_utf8_lossy(&output.stdout).to_string();
     println!("{text}");
@@ -309,11 +328,12 @@ fn drive(
     wait_until_idle(metrics)?;
     let after = rss_kib(server.id())?;
     println!(
-        "resident memory: {:.0} MiB after three single requests, {:.0} MiB after the warm-up burst, {:.0} MiB as wrk stopped, {:.0} MiB idle after",
+        "resident memory: {:.0} MiB after three single requests ({cold_split}), {:.0} MiB after the warm-up burst ({before_split}), {:.0} MiB as wrk stopped, {:.0} MiB idle after ({})",
         cold / 1024.0,
         before / 1024.0,
         busy_kib / 1024.0,
-        after / 1024.0
+        after / 1024.0,
+        rss_split(server.id())
     );
     let p50 = wrk_percentile(&text, "50").context("no p50 in wrk's output")?;
     let p99 = wrk_percentile(&text, "99").context("no p99 in wrk's output")?;
