@@ -28,6 +28,10 @@ struct Args {
     secs: u64,
     threads: usize,
     batching: bool,
+    /// The raw session without ONNX Runtime's CPU arena.
+    arena_off: bool,
+    /// The raw session without memory patterns.
+    pattern_off: bool,
 }
 
 fn parse_args() -> Args {
@@ -39,6 +43,8 @@ fn parse_args() -> Args {
         secs: 10,
         threads: 2,
         batching: true,
+        arena_off: false,
+        pattern_off: false,
     };
     let mut iter = std::env::args().skip(1);
     args.mode = iter.next().unwrap_or_default();
@@ -51,6 +57,8 @@ fn parse_args() -> Args {
             "--secs" => args.secs = value(),
             "--threads" => args.threads = value() as usize,
             "--no-batching" => args.batching = false,
+            "--arena-off" => args.arena_off = true,
+            "--pattern-off" => args.pattern_off = true,
             other => panic!("unknown flag {other}"),
         }
     }
@@ -76,14 +84,21 @@ fn report(images_per_second: f64) {
 
 fn raw(args: &Args) -> f64 {
     let runtime = cardet_onnx::load().expect("onnxruntime");
-    let mut session = Session::builder(&runtime.environment)
+    let mut builder = Session::builder(&runtime.environment)
         .expect("builder")
         .with_intra_threads(args.threads)
         .expect("threads")
         .with_inter_threads(1)
-        .expect("threads")
-        .commit_from_file(model())
-        .expect("session");
+        .expect("threads");
+    if args.pattern_off {
+        builder = builder.with_memory_pattern(false).expect("memory pattern");
+    }
+    if args.arena_off {
+        builder = builder
+            .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(false).build()])
+            .expect("cpu ep");
+    }
+    let mut session = builder.commit_from_file(model()).expect("session");
     let batches: Vec<usize> = if args.best {
         vec![1, 2, 4, 8]
     } else {
