@@ -105,9 +105,7 @@ pub fn encode(image: &RgbImage, path: &Path) -> Result<Vec<u8>, Error> {
     let mut bytes = Vec::new();
     let result = match extension.as_deref() {
         Some("png") => image.write_with_encoder(image::codecs::png::PngEncoder::new(&mut bytes)),
-        Some("jpg" | "jpeg") => image.write_with_encoder(
-            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 90),
-        ),
+        Some("jpg" | "jpeg") => encode_jpeg(image, &mut bytes),
         _ => {
             return Err(Error::UnsupportedFormat {
                 path: path.to_path_buf(),
@@ -119,6 +117,30 @@ pub fn encode(image: &RgbImage, path: &Path) -> Result<Vec<u8>, Error> {
         source,
     })?;
     Ok(bytes)
+}
+
+/// JPEG at quality 90 with `jpeg-encoder`, whose SIMD path encodes a 1280x720
+/// frame several times faster than `image`'s encoder: that encoder was 60% of the
+/// client's CPU time per annotated image.
+fn encode_jpeg(image: &RgbImage, bytes: &mut Vec<u8>) -> Result<(), image::ImageError> {
+    let (Ok(width), Ok(height)) = (u16::try_from(image.width()), u16::try_from(image.height()))
+    else {
+        return Err(image::ImageError::Limits(
+            image::error::LimitError::from_kind(image::error::LimitErrorKind::DimensionError),
+        ));
+    };
+    let mut encoder = jpeg_encoder::Encoder::new(bytes, 90);
+    // 4:2:0 chroma, what libjpeg (OpenCV's `imwrite`) writes by default: half the
+    // work of 4:4:4 for a picture that is looked at, not measured.
+    encoder.set_sampling_factor(jpeg_encoder::SamplingFactor::R_4_2_0);
+    encoder
+        .encode(image.as_raw(), width, height, jpeg_encoder::ColorType::Rgb)
+        .map_err(|error| {
+            image::ImageError::Encoding(image::error::EncodingError::new(
+                image::error::ImageFormatHint::Exact(ImageFormat::Jpeg),
+                error,
+            ))
+        })
 }
 
 /// Whether the extension is one of the image formats Ultralytics datasets use that
