@@ -205,11 +205,11 @@ fn best_class_scores(class_rows: &[f32], layout: YoloV8Layout) -> Vec<f32> {
         block_best.copy_from_slice(&maxima);
     }
     let tail_start = n_anchors - blocks.into_remainder().len();
-    for anchor in tail_start..n_anchors {
+    for (anchor, best) in best_score.iter_mut().enumerate().skip(tail_start) {
         for class_id in 0..layout.n_classes {
             let score = class_row(class_id)[anchor];
-            if score > best_score[anchor] {
-                best_score[anchor] = score;
+            if score > *best {
+                *best = score;
             }
         }
     }
