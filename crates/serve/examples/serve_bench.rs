@@ -3,6 +3,7 @@
 //! ```text
 //! serve_bench raw   --batch 1   [--secs 10] [--threads 2]   # one session in-process
 //! serve_bench raw   --best      ...                         # best of batch 1, 2, 4, 8
+//! serve_bench raw   ... [--arena-off] [--pattern-off]         # without ORT's CPU arena / memory patterns
 //! serve_bench serve --clients 8 [--secs 10] [--threads 2] [--no-batching]
 //! serve_bench rss                                            # a bare session's resident memory
 //! ```
