@@ -6,12 +6,8 @@ use rdkafka::error::KafkaError;
 /// error here but a line of the summary.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot reach Kafka at {bootstrap} within {seconds}s: {reason}")]
-    Unreachable {
-        bootstrap: String,
-        seconds: u64,
-        reason: String,
-    },
+    #[error(transparent)]
+    Unreachable(#[from] cardet_record::KafkaUnreachable),
     #[error("{context}: {source}")]
     Kafka {
         context: String,

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use cardet_record::KafkaUnreachable;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -33,11 +34,7 @@ pub(crate) fn check_reachable(bootstrap: &str, timeout: Duration) -> Result<(), 
         .client()
         .fetch_metadata(None, timeout)
         .map(|_| ())
-        .map_err(|error| Error::Unreachable {
-            bootstrap: bootstrap.to_string(),
-            seconds: timeout.as_secs(),
-            reason: error.to_string(),
-        })
+        .map_err(|error| KafkaUnreachable::new(bootstrap, timeout, error).into())
 }
 
 /// Creates the topic (after deleting it, with `recreate`).

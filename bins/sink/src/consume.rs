@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cardet_record::KafkaUnreachable;
 use cardet_store::{Batch, DeadLetter, Message as StoredMessage, Store};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
@@ -91,11 +92,7 @@ pub fn consume(config: &SinkConfig, stop: &AtomicBool) -> Result<SinkSummary, Er
         .map_err(kafka("creating the consumer"))?;
     consumer
         .fetch_metadata(Some(&config.topic), config.connect_timeout)
-        .map_err(|error| Error::Unreachable {
-            bootstrap: config.bootstrap.clone(),
-            seconds: config.connect_timeout.as_secs(),
-            reason: error.to_string(),
-        })?;
+        .map_err(|error| KafkaUnreachable::new(&config.bootstrap, config.connect_timeout, error))?;
     consumer
         .subscribe(&[&config.topic])
         .map_err(kafka(format!("subscribing to {}", config.topic)))?;

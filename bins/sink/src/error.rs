@@ -4,12 +4,8 @@ use rdkafka::error::KafkaError;
 /// dead-letter table.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot reach Kafka at {bootstrap} within {seconds}s: {reason}")]
-    Unreachable {
-        bootstrap: String,
-        seconds: u64,
-        reason: String,
-    },
+    #[error(transparent)]
+    Unreachable(#[from] cardet_record::KafkaUnreachable),
     #[error("{context}: {source}")]
     Kafka {
         context: String,

@@ -30,12 +30,8 @@ pub enum Error {
     #[error("model {model}: {message}")]
     Model { model: String, message: String },
     /// No Kafka broker answered at the bootstrap address within the connect timeout.
-    #[error("cannot reach Kafka at {bootstrap} within {seconds}s: {reason}")]
-    KafkaUnreachable {
-        bootstrap: String,
-        seconds: u64,
-        reason: String,
-    },
+    #[error(transparent)]
+    KafkaUnreachable(#[from] cardet_record::KafkaUnreachable),
     /// The broker answered but refused what the client asked (a missing topic, a
     /// failed assignment).
     #[error("{context}: {source}")]

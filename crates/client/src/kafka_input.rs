@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cardet_detect::dataset::{YoloLabel, parse_label_line};
-use cardet_record::Record;
+use cardet_record::{KafkaUnreachable, Record};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
@@ -77,11 +77,7 @@ pub(crate) fn open(input: &KafkaInput) -> Result<OpenedTopic, Error> {
         })?;
     let metadata = consumer
         .fetch_metadata(Some(&input.topic), input.connect_timeout)
-        .map_err(|error| Error::KafkaUnreachable {
-            bootstrap: input.bootstrap.clone(),
-            seconds: input.connect_timeout.as_secs(),
-            reason: error.to_string(),
-        })?;
+        .map_err(|error| KafkaUnreachable::new(&input.bootstrap, input.connect_timeout, error))?;
     let no_such_topic = || Error::NoSuchTopic {
         topic: input.topic.clone(),
         bootstrap: input.bootstrap.clone(),

@@ -23,3 +23,28 @@ pub struct LabelError {
     pub line: usize,
     pub reason: String,
 }
+
+/// A Kafka broker that did not answer a metadata request in time: the one error
+/// every Kafka edge (`produce`, `sink`, `triton_client --kafka-topic`) gives for a
+/// wrong address or a broker that is down, so the three read alike.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot reach Kafka at {bootstrap} within {seconds}s: {reason}")]
+pub struct KafkaUnreachable {
+    pub bootstrap: String,
+    pub seconds: u64,
+    pub reason: String,
+}
+
+impl KafkaUnreachable {
+    pub fn new(
+        bootstrap: &str,
+        timeout: std::time::Duration,
+        reason: impl std::fmt::Display,
+    ) -> KafkaUnreachable {
+        KafkaUnreachable {
+            bootstrap: bootstrap.to_string(),
+            seconds: timeout.as_secs(),
+            reason: reason.to_string(),
+        }
+    }
+}

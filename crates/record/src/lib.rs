@@ -15,7 +15,9 @@
 //! [`decode`] tells the two apart by their first bytes and checks that the id is
 //! the SHA-256 of the image, so a corrupted or foreign record is rejected with a
 //! reason instead of being stored. The layouts are documented in `FORMAT.md` beside
-//! this crate. Only `produce` and `sink` use this crate: it is the wire edge.
+//! this crate. `produce`, `sink` and `triton_client --kafka-topic` use this crate: it is the
+//! wire edge, and [`KafkaUnreachable`] is the error all three give for a broker that
+//! does not answer.
 //!
 //! ```
 //! use cardet_record::{Format, Labels, Record, decode, encode};
@@ -34,7 +36,7 @@ mod labels;
 
 use sha2::{Digest, Sha256};
 
-pub use crate::error::{DecodeError, LabelError};
+pub use crate::error::{DecodeError, KafkaUnreachable, LabelError};
 pub use crate::labels::{BoxLabel, Labels};
 
 /// The Connect schema name our JSON records carry; anything else is not ours.
