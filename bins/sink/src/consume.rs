@@ -139,9 +139,18 @@ pub fn consume(config: &SinkConfig, stop: &AtomicBool) -> Result<SinkSummary, Er
         }
         if !polled.is_empty() {
             summary.n_messages += polled.len() as u64;
+            let n_polled = polled.len();
+            let decode_started = Instant::now();
             let batch = runtime.block_on(decode_batch(&config.topic, polled));
+            let write_started = Instant::now();
             let outcome = runtime
                 .block_on(async { store.lock().await.write_batch(&config.group, &batch).await })?;
+            tracing::debug!(
+                "sink: batch of {n_polled}: poll {:?}, decode {:?}, write {:?}",
+                decode_started - batch_started,
+                write_started - decode_started,
+                write_started.elapsed()
+            );
             summary.n_batches += 1;
             summary.n_records += outcome.n_records as u64;
             summary.n_already_stored += outcome.n_already_stored as u64;
