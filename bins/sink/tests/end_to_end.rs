@@ -36,6 +36,8 @@ fn exported_dataset_equals_the_source_byte_for_byte() {
         (counts.n_images, counts.n_deliveries, counts.n_dead_letters),
         (2000, 2000, 0)
     );
+    // Migration 2: image bytes are kept as sent, without pglz ("e", external).
+    assert_eq!(image_column_storage(&stack, &names), "e");
 
     // As the source was split: the same tree, file for file.
     let out = dir.path().join("export");

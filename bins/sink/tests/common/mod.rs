@@ -187,6 +187,28 @@ pub fn dead_letters(stack: &Stack, names: &Names) -> Vec<(i32, i64, String)> {
     })
 }
 
+/// How PostgreSQL stores the `images.image` column (`pg_attribute.attstorage`).
+pub fn image_column_storage(stack: &Stack, names: &Names) -> String {
+    runtime().block_on(async {
+        let (client, connection) =
+            tokio_postgres::connect(&stack.database_url, tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+        tokio::spawn(connection);
+        client
+            .query_one(
+                "SELECT a.attstorage::text FROM pg_attribute a
+                 JOIN pg_class c ON c.oid = a.attrelid
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = $1 AND c.relname = 'images' AND a.attname = 'image'",
+                &[&names.schema],
+            )
+            .await
+            .expect("attstorage")
+            .get(0)
+    })
+}
+
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
