@@ -48,6 +48,11 @@ sink_topic() {
   cat "$file"
 }
 
+# Drops a run's schema, so that autovacuum does not work on old runs during the next.
+drop_schema() {
+  psql -q "$DATABASE_URL" -c "SET client_min_messages = warning; DROP SCHEMA IF EXISTS $1 CASCADE" >&2
+}
+
 value_of() { # summary-json field
   "$PYTHON" -c 'import json,sys; s=json.loads(sys.stdin.read().strip().splitlines()[-1]); print(json.dumps({"value": s[sys.argv[1]], "unit": sys.argv[2], "higher_is_better": True}))' "$1" "$2"
 }
@@ -66,13 +71,17 @@ case "${1:-}" in
   sink-ours)
     topic=$(sink_topic)
     name="bench_sink_$(date +%s%N)"
-    "$SINK" run --bootstrap-servers "$BOOTSTRAP" --database-url "$DATABASE_URL" --topic "$topic" \
-      --group "$name" --schema "$name" --until-idle 3 --json | value_of records_per_s rows/s
+    out=$("$SINK" run --bootstrap-servers "$BOOTSTRAP" --database-url "$DATABASE_URL" --topic "$topic" \
+      --group "$name" --schema "$name" --until-idle 3 --json)
+    drop_schema "$name"
+    echo "$out" | value_of records_per_s rows/s
     ;;
   sink-row-insert)
     topic=$(sink_topic)
     name="bench_row_$(date +%s%N)"
-    "$TARGET/release/examples/insert_per_row" "$BOOTSTRAP" "$DATABASE_URL" "$topic" "$name"
+    out=$("$TARGET/release/examples/insert_per_row" "$BOOTSTRAP" "$DATABASE_URL" "$topic" "$name")
+    drop_schema "$name"
+    echo "$out"
     ;;
   *)
     echo "usage: $0 produce-ours|produce-python|sink-ours|sink-row-insert" >&2

@@ -31,6 +31,8 @@ fn main() -> anyhow::Result<()> {
         .set("bootstrap.servers", bootstrap.as_str())
         .set("group.id", schema.as_str())
         .set("auto.offset.reset", "earliest")
+        // As `sink` sets it, so that both read the topic alike.
+        .set("fetch.wait.max.ms", "50")
         .create()?;
     consumer.subscribe(&[topic.as_str()])?;
     let mut n_rows = 0u64;

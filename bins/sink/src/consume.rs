@@ -1,10 +1,12 @@
 //! `sink run`: a consumer group member that reads the topic into the store with an
 //! exactly-once effect.
 //!
-//! The loop is one OS thread that owns a `BaseConsumer`; a small tokio runtime
-//! drives PostgreSQL. Each batch is decoded on blocking threads, then written by
-//! [`Store::write_batch`] in one transaction that also advances the offsets stored
-//! in PostgreSQL; only after that commit are the offsets committed to Kafka (for
+//! Two threads: the poll loop owns a `BaseConsumer` and decodes each message into
+//! the batch it is filling; the writer takes a batch when it is idle and writes it
+//! with [`Store::write_batch`] in one transaction that also advances the offsets
+//! stored in PostgreSQL (a small tokio runtime drives the connection). Batches of
+//! one partition therefore commit in order, one at a time. Only after that commit
+//! are the offsets committed to Kafka (for
 //! the next reader's convenience: PostgreSQL is the truth). On every partition
 //! assignment the rebalance callback seeks each partition to its offset stored in
 //! PostgreSQL, and the transaction skips any message below it, so a crash at any
@@ -21,7 +23,7 @@ use cardet_record::KafkaUnreachable;
 use cardet_store::{Batch, DeadLetter, Message as StoredMessage, Store};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde::Serialize;
@@ -113,13 +115,13 @@ pub fn consume(config: &SinkConfig, stop: &AtomicBool) -> Result<SinkSummary, Er
     let started = Instant::now();
     // A rendezvous channel: a batch changes hands only when the writer is idle, so at
     // most two batches are in memory (one being written, one filling).
-    let (to_writer, from_consumer) = std::sync::mpsc::sync_channel::<Vec<Polled>>(0);
+    let (to_writer, from_consumer) = std::sync::mpsc::sync_channel::<Filled>(0);
     let (to_consumer, written) = std::sync::mpsc::channel::<Result<Written, Error>>();
     let loop_result = std::thread::scope(|scope| {
         let (runtime, store) = (&runtime, &*store);
         scope.spawn(move || {
-            for polled in from_consumer {
-                let result = write(runtime, store, config, polled);
+            for filled in from_consumer {
+                let result = write(runtime, store, config, filled);
                 let failed = result.is_err();
                 if to_consumer.send(result).is_err() || failed {
                     break;
@@ -156,15 +158,14 @@ fn poll_loop(
     consumer: &BaseConsumer<SinkContext>,
     config: &SinkConfig,
     stop: &AtomicBool,
-    to_writer: SyncSender<Vec<Polled>>,
+    to_writer: SyncSender<Filled>,
     written: &Receiver<Result<Written, Error>>,
     summary: &mut SinkSummary,
 ) -> Result<BTreeMap<i32, i64>, Error> {
     let mut pending_commit: BTreeMap<i32, i64> = BTreeMap::new();
     let mut last_commit = Instant::now();
     let mut last_message = Instant::now();
-    let mut polled: Vec<Polled> = Vec::new();
-    let mut filling_since = Instant::now();
+    let mut filling = Filled::default();
     loop {
         for result in written.try_iter() {
             absorb(consumer, summary, &mut pending_commit, result?);
@@ -174,7 +175,8 @@ fn poll_loop(
             .until_idle
             .is_some_and(|idle| last_message.elapsed() >= idle);
         if stopping || idle {
-            if !polled.is_empty() && to_writer.send(std::mem::take(&mut polled)).is_err() {
+            if !filling.messages.is_empty() && to_writer.send(std::mem::take(&mut filling)).is_err()
+            {
                 break;
             }
             if stopping {
@@ -185,38 +187,33 @@ fn poll_loop(
             drop(to_writer);
             break;
         }
-        let timeout = if polled.is_empty() {
+        let timeout = if filling.messages.is_empty() {
             Duration::from_millis(100)
         } else {
             Duration::from_millis(5)
         };
         match consumer.poll(timeout) {
             Some(Ok(message)) => {
-                if polled.is_empty() {
-                    filling_since = Instant::now();
-                }
                 last_message = Instant::now();
-                polled.push(Polled {
-                    partition: message.partition(),
-                    offset: message.offset(),
-                    key: message.key().map(<[u8]>::to_vec),
-                    payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                    polled_at: last_message,
-                });
+                if filling.messages.is_empty() {
+                    filling.since = last_message;
+                }
+                // Decoded here, while the writer writes the previous batch.
+                filling.messages.push(decode(&message));
             }
             Some(Err(error)) => tracing::warn!("consumer: {error}"),
             None => {}
         }
-        if polled.len() >= config.batch_size {
+        if filling.messages.len() >= config.batch_size {
             // Full: wait for the writer.
-            if to_writer.send(std::mem::take(&mut polled)).is_err() {
+            if to_writer.send(std::mem::take(&mut filling)).is_err() {
                 break;
             }
-        } else if !polled.is_empty() && filling_since.elapsed() >= config.batch_linger {
+        } else if !filling.messages.is_empty() && filling.since.elapsed() >= config.batch_linger {
             // Lingered long enough: hand over now if the writer is idle, else keep filling.
-            match to_writer.try_send(std::mem::take(&mut polled)) {
+            match to_writer.try_send(std::mem::take(&mut filling)) {
                 Ok(()) => {}
-                Err(TrySendError::Full(back)) => polled = back,
+                Err(TrySendError::Full(back)) => filling = back,
                 Err(TrySendError::Disconnected(_)) => break,
             }
         }
@@ -237,24 +234,25 @@ fn poll_loop(
     Ok(pending_commit)
 }
 
-/// Decodes and writes one batch in one transaction (the writer thread).
+/// Writes one batch in one transaction (the writer thread).
 fn write(
     runtime: &tokio::runtime::Runtime,
     store: &tokio::sync::Mutex<Store>,
     config: &SinkConfig,
-    polled: Vec<Polled>,
+    filled: Filled,
 ) -> Result<Written, Error> {
-    let n_messages = polled.len();
-    let first_polled = polled.first().map_or_else(Instant::now, |m| m.polled_at);
-    let decode_started = Instant::now();
-    let batch = runtime.block_on(decode_batch(&config.topic, polled));
+    let n_messages = filled.messages.len();
+    let first_polled = filled.since;
+    let batch = Batch {
+        topic: config.topic.clone(),
+        messages: filled.messages,
+    };
     let write_started = Instant::now();
     let outcome =
         runtime.block_on(async { store.lock().await.write_batch(&config.group, &batch).await })?;
     tracing::debug!(
-        "sink: batch of {n_messages}: filled in {:?}, decoded in {:?}, written in {:?}",
-        decode_started - first_polled,
-        write_started - decode_started,
+        "sink: batch of {n_messages}: filled and handed over in {:?}, written in {:?}",
+        write_started - first_polled,
         write_started.elapsed()
     );
     let partitions = batch
@@ -303,53 +301,32 @@ fn absorb(
     }
 }
 
-struct Polled {
-    partition: i32,
-    offset: i64,
-    key: Option<Vec<u8>>,
-    payload: Vec<u8>,
-    polled_at: Instant,
+/// A batch being filled by the poll loop: decoded messages, and when the first came.
+struct Filled {
+    since: Instant,
+    messages: Vec<StoredMessage>,
 }
 
-/// Decodes on blocking threads, two halves in parallel: base64, SHA-256 and label
-/// parsing are CPU work that must not hold up the runtime.
-async fn decode_batch(topic: &str, polled: Vec<Polled>) -> Batch {
-    let mut halves = vec![polled];
-    let half = halves[0].len() / 2;
-    if half > 16 {
-        let second = halves[0].split_off(half);
-        halves.push(second);
-    }
-    let tasks: Vec<_> = halves
-        .into_iter()
-        .map(|part| {
-            tokio::task::spawn_blocking(move || {
-                part.into_iter().map(decode_one).collect::<Vec<_>>()
-            })
-        })
-        .collect();
-    let mut messages = Vec::new();
-    for task in tasks {
-        match task.await {
-            Ok(decoded) => messages.extend(decoded),
-            Err(error) => tracing::error!("decoding task failed: {error}"),
+impl Default for Filled {
+    fn default() -> Filled {
+        Filled {
+            since: Instant::now(),
+            messages: Vec::new(),
         }
     }
-    Batch {
-        topic: topic.to_string(),
-        messages,
-    }
 }
 
-fn decode_one(polled: Polled) -> StoredMessage {
-    let content = cardet_record::decode(&polled.payload).map_err(|error| DeadLetter {
+/// A record, or a dead letter with the reason it is not one.
+fn decode(message: &BorrowedMessage<'_>) -> StoredMessage {
+    let payload = message.payload().unwrap_or_default();
+    let content = cardet_record::decode(payload).map_err(|error| DeadLetter {
         reason: error.to_string(),
-        key: polled.key.clone(),
-        payload: polled.payload.clone(),
+        key: message.key().map(<[u8]>::to_vec),
+        payload: payload.to_vec(),
     });
     StoredMessage {
-        partition: polled.partition,
-        offset: polled.offset,
+        partition: message.partition(),
+        offset: message.offset(),
         content,
     }
 }
