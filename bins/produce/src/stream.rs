@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cardet_record::{Format, encode};
+use cardet_record::{Format, KafkaUnreachable, encode};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rdkafka::ClientContext;
 use rdkafka::error::KafkaError;
@@ -73,7 +73,6 @@ pub struct Skipped {
 pub fn stream(config: &StreamConfig, stop: &AtomicBool) -> Result<StreamSummary, Error> {
     // The folder first: a mistyped path fails at once, not after the broker's timeout.
     let items = source::scan(&config.source)?;
-    check_reachable(&config.bootstrap, config.connect_timeout)?;
     let mut summary = StreamSummary {
         topic: config.topic.clone(),
         format: match config.format {
@@ -84,6 +83,7 @@ pub fn stream(config: &StreamConfig, stop: &AtomicBool) -> Result<StreamSummary,
         ..StreamSummary::default()
     };
     let progress = progress_bar(config, &items);
+    // Connects (a wrong address fails here, naming it) before the clock starts.
     let mut sender = Sender::new(config)?;
     let started = Instant::now();
     let mut last_draw = Instant::now();
@@ -358,9 +358,17 @@ struct Sender<'a> {
 }
 
 impl<'a> Sender<'a> {
+    /// The producer, connected: its own metadata request is the reachability check,
+    /// so the first records do not wait for the connection.
     fn new(config: &'a StreamConfig) -> Result<Sender<'a>, Error> {
         let context = DeliveryContext::default();
         let producer = create_producer(config, context.clone())?;
+        producer
+            .client()
+            .fetch_metadata(None, config.connect_timeout)
+            .map_err(|error| {
+                KafkaUnreachable::new(&config.bootstrap, config.connect_timeout, error)
+            })?;
         Ok(Sender {
             config,
             context,
