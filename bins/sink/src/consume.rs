@@ -1,12 +1,13 @@
 //! `sink run`: a consumer group member that reads the topic into the store with an
 //! exactly-once effect.
 //!
-//! Two threads: the poll loop owns a `BaseConsumer` and decodes each message into
-//! the batch it is filling; the writer takes a batch when it is idle and writes it
-//! with [`Store::write_batch`] in one transaction that also advances the offsets
-//! stored in PostgreSQL (a small tokio runtime drives the connection). Batches of
-//! one partition therefore commit in order, one at a time. Only after that commit
-//! are the offsets committed to Kafka (for
+//! The poll loop owns a `BaseConsumer` and decodes each message into the batch of
+//! the writer its partition belongs to (partition p, writer p mod N). Each writer
+//! thread, with its own PostgreSQL connection, takes a batch when it is idle and
+//! writes it with [`Store::write_batch`] in one transaction that also advances the
+//! offsets stored in PostgreSQL (a small tokio runtime drives the connections), so
+//! a partition's batches commit in order, one at a time. Only after that commit are
+//! the offsets committed to Kafka (for
 //! the next reader's convenience: PostgreSQL is the truth). On every partition
 //! assignment the rebalance callback seeks each partition to its offset stored in
 //! PostgreSQL, and the transaction skips any message below it, so a crash at any
@@ -65,12 +66,19 @@ pub fn consume(config: &SinkConfig, stop: &AtomicBool) -> Result<SinkSummary, Er
         .enable_all()
         .build()
         .map_err(Error::Runtime)?;
-    let store = runtime.block_on(async {
-        let mut store = Store::connect(&config.database_url, &config.schema).await?;
-        store.migrate().await?;
-        Ok::<_, Error>(store)
-    })?;
-    let store = Arc::new(tokio::sync::Mutex::new(store));
+    // One connection per writer; the first migrates before the others connect.
+    let mut stores = Vec::with_capacity(config.writers.max(1));
+    for index in 0..config.writers.max(1) {
+        let store = runtime.block_on(async {
+            let mut store = Store::connect(&config.database_url, &config.schema).await?;
+            if index == 0 {
+                store.migrate().await?;
+            }
+            Ok::<_, Error>(store)
+        })?;
+        stores.push(Arc::new(tokio::sync::Mutex::new(store)));
+    }
+    let store = Arc::clone(&stores[0]);
     let context = SinkContext {
         handle: runtime.handle().clone(),
         store: Arc::clone(&store),
@@ -113,23 +121,30 @@ pub fn consume(config: &SinkConfig, stop: &AtomicBool) -> Result<SinkSummary, Er
         ..SinkSummary::default()
     };
     let started = Instant::now();
-    // A rendezvous channel: a batch changes hands only when the writer is idle, so at
-    // most two batches are in memory (one being written, one filling).
-    let (to_writer, from_consumer) = std::sync::mpsc::sync_channel::<Filled>(0);
+    // Each writer has a rendezvous channel: a batch changes hands only when that
+    // writer is idle, so at most two batches per writer are in memory (one being
+    // written, one filling). A partition always goes to the same writer, so its
+    // batches commit in order.
     let (to_consumer, written) = std::sync::mpsc::channel::<Result<Written, Error>>();
     let loop_result = std::thread::scope(|scope| {
-        let (runtime, store) = (&runtime, &*store);
-        scope.spawn(move || {
-            for filled in from_consumer {
-                let result = write(runtime, store, config, filled);
-                let failed = result.is_err();
-                if to_consumer.send(result).is_err() || failed {
-                    break;
+        let mut to_writers = Vec::with_capacity(stores.len());
+        for store in &stores {
+            let (to_writer, from_consumer) = std::sync::mpsc::sync_channel::<Filled>(0);
+            to_writers.push(to_writer);
+            let (runtime, store, to_consumer) = (&runtime, &**store, to_consumer.clone());
+            scope.spawn(move || {
+                for filled in from_consumer {
+                    let result = write(runtime, store, config, filled);
+                    let failed = result.is_err();
+                    if to_consumer.send(result).is_err() || failed {
+                        break;
+                    }
                 }
-            }
-        });
-        // Returns with its sender dropped, so the writer ends after the batch in hand.
-        poll_loop(&consumer, config, stop, to_writer, &written, &mut summary)
+            });
+        }
+        drop(to_consumer);
+        // Returns with the senders dropped, so each writer ends after the batch in hand.
+        poll_loop(&consumer, config, stop, to_writers, &written, &mut summary)
     });
     let mut pending_commit = loop_result?;
     // What the writer committed after the loop stopped listening.
@@ -152,21 +167,21 @@ struct Written {
     committed: Instant,
 }
 
-/// Polls and hands batches to the writer until stopped or idle; returns the
-/// offsets the writer committed to PostgreSQL that Kafka has not yet been told.
+/// Polls and hands batches to the writers until stopped or idle; returns the
+/// offsets the writers committed to PostgreSQL that Kafka has not yet been told.
 fn poll_loop(
     consumer: &BaseConsumer<SinkContext>,
     config: &SinkConfig,
     stop: &AtomicBool,
-    to_writer: SyncSender<Filled>,
+    to_writers: Vec<SyncSender<Filled>>,
     written: &Receiver<Result<Written, Error>>,
     summary: &mut SinkSummary,
 ) -> Result<BTreeMap<i32, i64>, Error> {
     let mut pending_commit: BTreeMap<i32, i64> = BTreeMap::new();
     let mut last_commit = Instant::now();
     let mut last_message = Instant::now();
-    let mut filling = Filled::default();
-    loop {
+    let mut filling: Vec<Filled> = to_writers.iter().map(|_| Filled::default()).collect();
+    'polling: loop {
         for result in written.try_iter() {
             absorb(consumer, summary, &mut pending_commit, result?);
         }
@@ -175,46 +190,51 @@ fn poll_loop(
             .until_idle
             .is_some_and(|idle| last_message.elapsed() >= idle);
         if stopping || idle {
-            if !filling.messages.is_empty() && to_writer.send(std::mem::take(&mut filling)).is_err()
-            {
-                break;
+            for (batch, to_writer) in filling.iter_mut().zip(&to_writers) {
+                if !batch.messages.is_empty() && to_writer.send(std::mem::take(batch)).is_err() {
+                    break;
+                }
             }
             if stopping {
                 tracing::info!("sink: stopping on signal");
             } else {
                 tracing::info!("sink: no message for {:?}; done", config.until_idle);
             }
-            drop(to_writer);
             break;
         }
-        let timeout = if filling.messages.is_empty() {
-            Duration::from_millis(100)
-        } else {
-            Duration::from_millis(5)
-        };
+        let any_filling = filling.iter().any(|batch| !batch.messages.is_empty());
+        let timeout = Duration::from_millis(if any_filling { 5 } else { 100 });
+        let mut drained = false;
         match consumer.poll(timeout) {
             Some(Ok(message)) => {
                 last_message = Instant::now();
-                if filling.messages.is_empty() {
-                    filling.since = last_message;
+                let batch =
+                    &mut filling[message.partition().rem_euclid(to_writers.len() as i32) as usize];
+                if batch.messages.is_empty() {
+                    batch.since = last_message;
                 }
-                // Decoded here, while the writer writes the previous batch.
-                filling.messages.push(decode(&message));
+                // Decoded here, while the writers write earlier batches.
+                batch.messages.push(decode(&message));
             }
             Some(Err(error)) => tracing::warn!("consumer: {error}"),
-            None => {}
+            None => drained = true,
         }
-        if filling.messages.len() >= config.batch_size {
-            // Full: wait for the writer.
-            if to_writer.send(std::mem::take(&mut filling)).is_err() {
-                break;
-            }
-        } else if !filling.messages.is_empty() && filling.since.elapsed() >= config.batch_linger {
-            // Lingered long enough: hand over now if the writer is idle, else keep filling.
-            match to_writer.try_send(std::mem::take(&mut filling)) {
-                Ok(()) => {}
-                Err(TrySendError::Full(back)) => filling = back,
-                Err(TrySendError::Disconnected(_)) => break,
+        for (batch, to_writer) in filling.iter_mut().zip(&to_writers) {
+            if batch.messages.len() >= config.batch_size {
+                // Full: wait for its writer.
+                if to_writer.send(std::mem::take(batch)).is_err() {
+                    break 'polling;
+                }
+            } else if !batch.messages.is_empty()
+                && (drained || batch.since.elapsed() >= config.batch_linger)
+            {
+                // Nothing more to read right now, or lingered long enough: hand over
+                // if its writer is idle, else keep filling.
+                match to_writer.try_send(std::mem::take(batch)) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(back)) => *batch = back,
+                    Err(TrySendError::Disconnected(_)) => break 'polling,
+                }
             }
         }
         if last_commit.elapsed() > Duration::from_millis(500) {
@@ -227,7 +247,8 @@ fn poll_loop(
             last_commit = Instant::now();
         }
     }
-    // The writer stopped early only on an error, which it sent before stopping.
+    drop(to_writers);
+    // A writer stops early only on an error, which it sent before stopping.
     for result in written.try_iter() {
         absorb(consumer, summary, &mut pending_commit, result?);
     }

@@ -49,6 +49,9 @@ pub struct SinkConfig {
     pub batch_size: usize,
     /// How long a batch waits to fill once it has a message.
     pub batch_linger: Duration,
+    /// Writer threads, each with its own PostgreSQL connection; partition `p` goes
+    /// to writer `p mod writers`.
+    pub writers: usize,
     /// Stop after this long without a message (batch use); run until a signal when `None`.
     pub until_idle: Option<Duration>,
     pub session_timeout: Duration,
@@ -67,6 +70,7 @@ impl SinkConfig {
             group: "cardet-sink".into(),
             batch_size: 1000,
             batch_linger: Duration::from_millis(200),
+            writers: 2,
             until_idle: None,
             session_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),

@@ -56,6 +56,10 @@ enum Action {
         /// Milliseconds a batch waits to fill once it has a message.
         #[arg(long, default_value_t = 200)]
         batch_linger_ms: u64,
+        /// Writer threads, each with its own PostgreSQL connection (partition p goes
+        /// to writer p mod N, so each partition still commits in order).
+        #[arg(long, default_value_t = 2)]
+        writers: usize,
         /// Stop after this many seconds without a message.
         #[arg(long)]
         until_idle: Option<f64>,
@@ -120,6 +124,7 @@ fn command(flags: Flags) -> Command {
             group,
             batch_size,
             batch_linger_ms,
+            writers,
             until_idle,
             session_timeout_ms,
             connect_timeout,
@@ -129,6 +134,7 @@ fn command(flags: Flags) -> Command {
             group,
             batch_size: batch_size.max(1),
             batch_linger: Duration::from_millis(batch_linger_ms),
+            writers: writers.max(1),
             until_idle: until_idle.map(|seconds| Duration::from_secs_f64(seconds.max(0.0))),
             session_timeout: Duration::from_millis(session_timeout_ms),
             connect_timeout: Duration::from_secs(connect_timeout),

@@ -3,7 +3,7 @@
 //! starting together do not race. `{schema}` stands for the (validated) schema name.
 
 /// Version 1: images keyed by id, the consumer offsets stored with them, dead letters.
-/// Version 2: image bytes stored without PostgreSQL's compression (see below).
+/// Version 2: image bytes stored without PostgreSQL's compression, small ones inline (see below).
 pub(crate) const MIGRATIONS: &[(i32, &str)] = &[
     (
         1,
@@ -55,9 +55,13 @@ CREATE TABLE {schema}.dead_letters (
     // JPEG, PNG and WebP bytes are already compressed: pglz's attempt on every row
     // over 2 kB was CPU for nothing. Measured with `cargo xtask bench streaming`
     // (5,000 64x48 JPEGs): a 1,000-row batch took about 40 ms to write instead of 50.
-    // Rows written before stay as they are; both read back the same.
+    // Rows up to a page (8160 bytes) stay in the table instead of moving to the
+    // TOAST table: one heap insert per small image instead of three (about 5% more
+    // rows/s, inside the run-to-run spread). Rows written before stay as they are;
+    // both read back the same.
     (
         2,
-        "ALTER TABLE {schema}.images ALTER COLUMN image SET STORAGE EXTERNAL;",
+        "ALTER TABLE {schema}.images ALTER COLUMN image SET STORAGE EXTERNAL;
+         ALTER TABLE {schema}.images SET (toast_tuple_target = 8160);",
     ),
 ];
