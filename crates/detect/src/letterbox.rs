@@ -119,19 +119,51 @@ pub fn letterbox(
 }
 
 /// Letterboxes every image to `dst_size` into one CHW float buffer.
+///
+/// Each resized row goes straight from its 8-bit value to the three float planes,
+/// and only the padding is filled: no intermediate image, no full-buffer fill.
 pub fn letterbox_batch(images: &[RgbImage], dst_size: (u32, u32)) -> Result<Batch, Error> {
     if images.is_empty() {
         return Err(Error::InvalidArgument("an empty batch".to_string()));
     }
     let (width, height) = (dst_size.0 as usize, dst_size.1 as usize);
     let plane = width * height;
-    let mut data = vec![f32::from(PAD_VALUE) / 255.0; images.len() * 3 * plane];
+    // Zeroed pages cost nothing until written, and every element is written below.
+    let mut data = vec![0.0_f32; images.len() * 3 * plane];
     let mut infos = Vec::with_capacity(images.len());
+    let to_float = unit_floats();
+    let pad = to_float[usize::from(PAD_VALUE)];
     for (image_idx, image) in images.iter().enumerate() {
         let info = TransformInfo::new(image.dimensions(), dst_size)?;
-        let resized = resize_bilinear(image, info.resized_size);
         let chw = &mut data[image_idx * 3 * plane..(image_idx + 1) * 3 * plane];
-        write_chw(&resized, info.pad, dst_size, chw);
+        let (red, rest) = chw.split_at_mut(plane);
+        let (green, blue) = rest.split_at_mut(plane);
+        let (pad_left, pad_top) = (info.pad.0 as usize, info.pad.1 as usize);
+        let (resized_width, resized_height) =
+            (info.resized_size.0 as usize, info.resized_size.1 as usize);
+        for channel in [&mut *red, &mut *green, &mut *blue] {
+            channel[..pad_top * width].fill(pad);
+            channel[(pad_top + resized_height) * width..].fill(pad);
+            for y in pad_top..pad_top + resized_height {
+                let row = &mut channel[y * width..(y + 1) * width];
+                row[..pad_left].fill(pad);
+                row[pad_left + resized_width..].fill(pad);
+            }
+        }
+        resize_rows(image, info.resized_size, |y, row| {
+            let start = (y + pad_top) * width + pad_left;
+            let end = start + resized_width;
+            for (((pixel, r), g), b) in row
+                .chunks_exact(3)
+                .zip(&mut red[start..end])
+                .zip(&mut green[start..end])
+                .zip(&mut blue[start..end])
+            {
+                *r = to_float[usize::from(pixel[0])];
+                *g = to_float[usize::from(pixel[1])];
+                *b = to_float[usize::from(pixel[2])];
+            }
+        });
         infos.push(info);
     }
     Ok(Batch {
@@ -143,9 +175,22 @@ pub fn letterbox_batch(images: &[RgbImage], dst_size: (u32, u32)) -> Result<Batc
 
 /// The 8-bit image converted to CHW floats in `0..=1`, `[3, height, width]`.
 pub fn to_chw(image: &RgbImage) -> Vec<f32> {
-    let mut chw = vec![0.0; 3 * image.width() as usize * image.height() as usize];
-    write_chw(image, (0, 0), image.dimensions(), &mut chw);
+    let to_float = unit_floats();
+    let plane = image.width() as usize * image.height() as usize;
+    let mut chw = vec![0.0; 3 * plane];
+    let (red, rest) = chw.split_at_mut(plane);
+    let (green, blue) = rest.split_at_mut(plane);
+    for (index, pixel) in image.as_raw().chunks_exact(3).enumerate() {
+        red[index] = to_float[usize::from(pixel[0])];
+        green[index] = to_float[usize::from(pixel[1])];
+        blue[index] = to_float[usize::from(pixel[2])];
+    }
     chw
+}
+
+/// `v / 255` for every 8-bit value: the network's input scaling, looked up.
+fn unit_floats() -> [f32; 256] {
+    std::array::from_fn(|value| value as f32 / 255.0)
 }
 
 /// Bilinear resize with OpenCV `INTER_LINEAR`'s sampling: pixel centres aligned,
@@ -154,19 +199,48 @@ pub fn resize_bilinear(image: &RgbImage, size: (u32, u32)) -> RgbImage {
     if image.dimensions() == size {
         return image.clone();
     }
+    let row_len = size.0 as usize * 3;
+    let mut output = vec![0_u8; row_len * size.1 as usize];
+    resize_rows(image, size, |y, row| {
+        output[y * row_len..(y + 1) * row_len].copy_from_slice(row);
+    });
+    RgbImage::from_raw(size.0, size.1, output).unwrap_or_else(|| RgbImage::new(size.0, size.1))
+}
+
+/// Fixed-point weights, as OpenCV's 8-bit `INTER_LINEAR` uses: 11 fractional bits.
+const WEIGHT_BITS: u32 = 11;
+const WEIGHT_ONE: u32 = 1 << WEIGHT_BITS;
+
+/// Resizes `image` to `size` one output row at a time, handing each 8-bit RGB row
+/// to `emit` with its index.
+///
+/// Integer arithmetic throughout: a row is first resampled horizontally (weights
+/// summing to 2^11), then two such rows are blended vertically and rounded from
+/// 22 fractional bits. A resampled source row is cached while consecutive output
+/// rows reuse it (they do whenever the image is scaled up).
+fn resize_rows(image: &RgbImage, size: (u32, u32), mut emit: impl FnMut(usize, &[u8])) {
     let (src_width, src_height) = image.dimensions();
     let (dst_width, dst_height) = size;
+    if dst_width == 0 || dst_height == 0 || src_width == 0 || src_height == 0 {
+        return;
+    }
+    if image.dimensions() == size {
+        let row_len = src_width as usize * 3;
+        for (y, row) in image.as_raw().chunks_exact(row_len).enumerate() {
+            emit(y, row);
+        }
+        return;
+    }
     let taps_x = linear_taps(src_width, dst_width);
     let taps_y = linear_taps(src_height, dst_height);
     let source = image.as_raw();
     let src_stride = src_width as usize * 3;
-    let mut output = vec![0_u8; dst_width as usize * dst_height as usize * 3];
-    // One horizontally resampled source row per tap, cached while consecutive
-    // output rows reuse it (they do whenever the image is scaled up).
-    let mut row_cache: [(usize, Vec<f32>); 2] = [
-        (usize::MAX, vec![0.0; dst_width as usize * 3]),
-        (usize::MAX, vec![0.0; dst_width as usize * 3]),
+    let row_len = dst_width as usize * 3;
+    let mut row_cache: [(usize, Vec<u32>); 2] = [
+        (usize::MAX, vec![0; row_len]),
+        (usize::MAX, vec![0; row_len]),
     ];
+    let mut out_row = vec![0_u8; row_len];
     for (dst_y, tap_y) in taps_y.iter().enumerate() {
         for (slot, src_y) in [(0, tap_y.index0), (1, tap_y.index1)] {
             if row_cache[slot].0 == src_y {
@@ -174,61 +248,44 @@ pub fn resize_bilinear(image: &RgbImage, size: (u32, u32)) -> RgbImage {
             }
             let other = 1 - slot;
             if row_cache[other].0 == src_y {
-                let copied = row_cache[other].1.clone();
-                row_cache[slot] = (src_y, copied);
+                let (first, second) = row_cache.split_at_mut(1);
+                let (from, to) = if slot == 0 {
+                    (&second[0], &mut first[0])
+                } else {
+                    (&first[0], &mut second[0])
+                };
+                to.1.copy_from_slice(&from.1);
+                to.0 = src_y;
                 continue;
             }
             let row = &source[src_y * src_stride..(src_y + 1) * src_stride];
             let cached = &mut row_cache[slot].1;
-            for (dst_x, tap_x) in taps_x.iter().enumerate() {
+            for (out, tap_x) in cached.chunks_exact_mut(3).zip(&taps_x) {
                 let left = &row[tap_x.index0 * 3..tap_x.index0 * 3 + 3];
                 let right = &row[tap_x.index1 * 3..tap_x.index1 * 3 + 3];
+                let (w0, w1) = (WEIGHT_ONE - tap_x.weight1, tap_x.weight1);
                 for channel in 0..3 {
-                    cached[dst_x * 3 + channel] = f32::from(left[channel]) * (1.0 - tap_x.weight1)
-                        + f32::from(right[channel]) * tap_x.weight1;
+                    out[channel] = u32::from(left[channel]) * w0 + u32::from(right[channel]) * w1;
                 }
             }
             row_cache[slot].0 = src_y;
         }
-        let out_row =
-            &mut output[dst_y * dst_width as usize * 3..(dst_y + 1) * dst_width as usize * 3];
         let (top, bottom) = (&row_cache[0].1, &row_cache[1].1);
-        let weight1 = tap_y.weight1;
+        let (w0, w1) = (WEIGHT_ONE - tap_y.weight1, tap_y.weight1);
+        const ROUND: u32 = 1 << (2 * WEIGHT_BITS - 1);
         for ((out, top), bottom) in out_row.iter_mut().zip(top).zip(bottom) {
-            let value = top * (1.0 - weight1) + bottom * weight1;
-            *out = (value + 0.5).clamp(0.0, 255.0) as u8;
+            // At most 255 * 2^22 + 2^21: fits in u32, and the result in u8.
+            *out = ((top * w0 + bottom * w1 + ROUND) >> (2 * WEIGHT_BITS)) as u8;
         }
-    }
-    RgbImage::from_raw(dst_width, dst_height, output)
-        .unwrap_or_else(|| RgbImage::new(dst_width, dst_height))
-}
-
-/// Writes `resized` into a CHW buffer of `dst_size` at offset `pad`; the caller has
-/// already filled the padding.
-fn write_chw(resized: &RgbImage, pad: (u32, u32), dst_size: (u32, u32), chw: &mut [f32]) {
-    let (dst_width, dst_height) = (dst_size.0 as usize, dst_size.1 as usize);
-    let plane = dst_width * dst_height;
-    let (width, height) = (resized.width() as usize, resized.height() as usize);
-    let (pad_left, pad_top) = (pad.0 as usize, pad.1 as usize);
-    let raw = resized.as_raw();
-    let (red, rest) = chw.split_at_mut(plane);
-    let (green, blue) = rest.split_at_mut(plane);
-    for y in 0..height.min(dst_height.saturating_sub(pad_top)) {
-        let start = (y + pad_top) * dst_width + pad_left;
-        let row = &raw[y * width * 3..(y + 1) * width * 3];
-        let n_pixels = width.min(dst_width.saturating_sub(pad_left));
-        for (x, pixel) in row.chunks_exact(3).take(n_pixels).enumerate() {
-            red[start + x] = f32::from(pixel[0]) / 255.0;
-            green[start + x] = f32::from(pixel[1]) / 255.0;
-            blue[start + x] = f32::from(pixel[2]) / 255.0;
-        }
+        emit(dst_y, &out_row);
     }
 }
 
 struct LinearTap {
     index0: usize,
     index1: usize,
-    weight1: f32,
+    /// The second sample's weight, in units of 2^-11.
+    weight1: u32,
 }
 
 /// OpenCV's `INTER_LINEAR` source positions: `(dst + 0.5) * src / dst - 0.5`, clamped.
@@ -239,17 +296,17 @@ fn linear_taps(src_len: u32, dst_len: u32) -> Vec<LinearTap> {
         .map(|dst| {
             let position = (f64::from(dst) + 0.5) * scale - 0.5;
             let floor = position.floor();
-            let (index0, weight1) = if floor < 0.0 {
+            let (index0, fraction) = if floor < 0.0 {
                 (0, 0.0)
             } else if floor as usize >= last {
                 (last, 0.0)
             } else {
-                (floor as usize, (position - floor) as f32)
+                (floor as usize, position - floor)
             };
             LinearTap {
                 index0,
                 index1: (index0 + 1).min(last),
-                weight1,
+                weight1: (fraction * f64::from(WEIGHT_ONE)).round() as u32,
             }
         })
         .collect()
