@@ -35,10 +35,16 @@ new_topic() {
   echo "$topic"
 }
 
-# One topic holding the sink benchmark's records, filled once.
+topic_exists() { # topic
+  "$PYTHON" -c 'import sys; from confluent_kafka.admin import AdminClient
+sys.exit(0 if sys.argv[2] in AdminClient({"bootstrap.servers": sys.argv[1]}).list_topics(timeout=10).topics else 1)' "$BOOTSTRAP" "$1"
+}
+
+# One topic holding the sink benchmark's records, filled once (again after a
+# `cargo xtask stack reset kafka`).
 sink_topic() {
   local file="$WORK/sink-topic"
-  if [ ! -f "$file" ]; then
+  if [ ! -f "$file" ] || ! topic_exists "$(cat "$file")"; then
     local data topic
     data=$(dataset small 5000 64 48)
     topic=$(new_topic sink)

@@ -73,6 +73,16 @@ pub enum StackAction {
     },
     /// Stop what `up` started, by recorded PID, and wait until it is gone.
     Down,
+    /// Stop the named services, delete everything they stored, start them again
+    /// empty. The embedded broker needs it: its topics cannot be deleted one by one
+    /// (deleting one deletes all), so its file grows with every test and bench run.
+    ///
+    /// Example: `cargo xtask stack reset kafka`
+    Reset {
+        /// The services to empty (kafka, postgres, s3, mlflow); at least one.
+        #[arg(required = true)]
+        services: Vec<String>,
+    },
     /// One line per service: PID, endpoint, and whether it answers.
     Status {
         #[arg(long)]

@@ -39,6 +39,10 @@ impl flags::Stack {
                 Ok(())
             }
             StackAction::Down => down(&config, &Service::ALL),
+            StackAction::Reset { services } => {
+                let services = select(services)?;
+                reset(&home, &config, &services)
+            }
             StackAction::Status { json } => status(&config, *json),
             StackAction::Logs { service, lines } => logs(&config, service.as_deref(), *lines),
             StackAction::Env => {
@@ -310,6 +314,9 @@ fn parse_postgres_url(url: &str) -> anyhow::Result<PostgresUrl> {
 }
 
 pub fn up(home: &CardetHome, config: &StackConfig, services: &[Service]) -> anyhow::Result<()> {
+    if services.contains(&Service::Kafka) {
+        warn_if_broker_file_is_large(config);
+    }
     for &service in services {
         let started = Instant::now();
         if let Some(pid) = running_pid(config, service) {
@@ -698,6 +705,58 @@ fn leader_is(pid: u32, service: Service) -> bool {
 
 pub fn group_alive(pid: u32) -> bool {
     i32::try_from(pid).is_ok_and(|pid| killpg(Pid::from_raw(pid), None).is_ok())
+}
+
+/// Stops the services, deletes what they stored, and starts them again empty.
+fn reset(home: &CardetHome, config: &StackConfig, services: &[Service]) -> anyhow::Result<()> {
+    down(config, services)?;
+    for &service in services {
+        for path in stored_data(config, service) {
+            let removed = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            match removed {
+                Ok(()) => println!("stack: deleted {}", path.display()),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => {
+                    return Err(error).with_context(|| format!("deleting {}", path.display()));
+                }
+            }
+        }
+    }
+    up(home, config, services)
+}
+
+/// What a service keeps between runs (its log and PID file aside).
+fn stored_data(config: &StackConfig, service: Service) -> Vec<PathBuf> {
+    let dir = config.service_dir(service);
+    match service {
+        Service::Kafka => ["tansu.db", "tansu.db-wal", "tansu.db-shm"]
+            .iter()
+            .map(|name| dir.join(name))
+            .collect(),
+        Service::Postgres => vec![config.postgres_data_dir()],
+        Service::S3 => vec![dir.join("data")],
+        Service::Mlflow => vec![dir.join("mlflow.db"), dir.join("artifacts")],
+    }
+}
+
+/// A warning when the embedded broker's file has grown large: nothing else ever
+/// shrinks it (see `reset`).
+fn warn_if_broker_file_is_large(config: &StackConfig) {
+    const LARGE: u64 = 8 << 30;
+    let file = config.service_dir(Service::Kafka).join("tansu.db");
+    if let Ok(metadata) = std::fs::metadata(&file)
+        && metadata.len() > LARGE
+    {
+        println!(
+            "stack: warning: {} is {:.1} GB; `cargo xtask stack reset kafka` empties it (every topic goes)",
+            file.display(),
+            metadata.len() as f64 / f64::from(1u32 << 30)
+        );
+    }
 }
 
 /// Stops the given services (in reverse start order) by their recorded PIDs.
