@@ -918,6 +918,53 @@ mod tests {
             .expect("free port")
     }
 
+    /// `reset` empties what the services stored and leaves them running: the broker's
+    /// file is a new one, the S3 server's buckets are gone.
+    #[test]
+    fn reset_empties_the_services_and_starts_them_again() {
+        let home = CardetHome::from_env();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ports: BTreeMap<&str, String> = [
+            (
+                "KAFKA_BOOTSTRAP_SERVERS",
+                format!("127.0.0.1:{}", free_port()),
+            ),
+            (
+                "AWS_ENDPOINT_URL",
+                format!("http://127.0.0.1:{}", free_port()),
+            ),
+            ("AWS_ACCESS_KEY_ID", "reset".to_string()),
+            ("AWS_SECRET_ACCESS_KEY", "reset-secret".to_string()),
+        ]
+        .into_iter()
+        .collect();
+        let config =
+            StackConfig::from_lookup(dir.path().to_path_buf(), &|key| ports.get(key).cloned())
+                .expect("config");
+        let services = [Service::Kafka, Service::S3];
+        let broker_file = config.service_dir(Service::Kafka).join("tansu.db");
+        let bucket = config.service_dir(Service::S3).join("data/some-bucket");
+        let result = up(&home, &config, &services).and_then(|()| {
+            // Its creation time tells the new file from the old (an inode number
+            // is reused at once).
+            let created_before = std::fs::metadata(&broker_file)?.created()?;
+            std::fs::create_dir_all(&bucket)?;
+            reset(&home, &config, &services)?;
+            Ok(created_before)
+        });
+        let running: Vec<bool> = services
+            .iter()
+            .map(|&service| running_pid(&config, service).is_some())
+            .collect();
+        let created_after = std::fs::metadata(&broker_file).and_then(|m| m.created());
+        down(&config, &services).expect("stack down");
+        let created_before = result.expect("up, then reset");
+        assert_eq!(running, [true, true], "kafka and s3 run again after reset");
+        let created_after = created_after.expect("a tansu.db after reset");
+        assert!(created_after > created_before, "a new tansu.db");
+        assert!(!bucket.exists(), "the bucket is gone");
+    }
+
     /// A second stack on free ports in a temporary folder: every service comes up and
     /// answers, and after `down` no recorded process group has a live member.
     #[test]
