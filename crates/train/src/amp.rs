@@ -25,6 +25,16 @@ pub const GROWTH_FACTOR: f64 = 2.0;
 pub const BACKOFF_FACTOR: f64 = 0.5;
 pub const GROWTH_INTERVAL: usize = 2000;
 
+/// What a checkpoint keeps of an enabled [`GradScaler`], so that a resumed run goes
+/// on with the scale it had reached instead of 2^16 (which would overflow, skip
+/// steps and back off all over again).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LossScale {
+    pub scale: f64,
+    /// Consecutive finite steps since the last change of scale.
+    pub good_steps: usize,
+}
+
 /// PyTorch's dynamic loss scaler. Disabled, it leaves losses and gradients alone and
 /// never skips a step.
 #[derive(Clone, Debug, PartialEq)]
@@ -51,6 +61,22 @@ impl GradScaler {
     /// The current loss scale (1 when disabled).
     pub fn scale(&self) -> f64 {
         if self.enabled { self.scale } else { 1.0 }
+    }
+
+    /// The state to checkpoint; `None` when disabled.
+    pub fn state(&self) -> Option<LossScale> {
+        self.enabled.then_some(LossScale {
+            scale: self.scale,
+            good_steps: self.good_steps,
+        })
+    }
+
+    /// Continues from a checkpointed state (nothing to do when disabled).
+    pub fn restore(&mut self, state: LossScale) {
+        if self.enabled {
+            self.scale = state.scale;
+            self.good_steps = state.good_steps;
+        }
     }
 
     /// The loss to back-propagate.
@@ -257,6 +283,33 @@ mod tests {
             scaler.update(false);
         }
         assert_eq!(scaler.scale(), INIT_SCALE);
+    }
+
+    /// A resumed run goes on from the checkpointed scale and count of good steps,
+    /// not from 2^16, and checkpoints without the field still load.
+    #[test]
+    fn the_scale_survives_a_checkpoint() {
+        let mut scaler = GradScaler::new(true);
+        scaler.update(true);
+        scaler.update(true);
+        for _ in 0..5 {
+            scaler.update(false);
+        }
+        let saved = serde_json::to_string(&scaler.state()).expect("serialises");
+        let mut resumed = GradScaler::new(true);
+        let state: Option<LossScale> = serde_json::from_str(&saved).expect("parses");
+        resumed.restore(state.expect("an enabled scaler has a state"));
+        assert_eq!(resumed, scaler);
+        assert_eq!(resumed.scale(), INIT_SCALE / 4.0);
+        for _ in 0..GROWTH_INTERVAL - 5 {
+            resumed.update(false);
+        }
+        assert_eq!(
+            resumed.scale(),
+            INIT_SCALE / 2.0,
+            "the count of good steps carried over"
+        );
+        assert_eq!(GradScaler::new(false).state(), None);
     }
 
     #[test]

@@ -48,6 +48,10 @@ pub struct TrainState {
     pub momentum: f64,
     pub zero_bias_warmup: bool,
     pub args: TrainConfig,
+    /// The CUDA AMP loss scaler's state; absent without it (and in checkpoints
+    /// written before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<crate::amp::LossScale>,
 }
 
 /// Writes a full checkpoint.

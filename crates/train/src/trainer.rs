@@ -297,6 +297,9 @@ pub fn train(
             restore_pending_grads(&optimizer, &tensors)?;
             optimizer.steps = state.optimizer_steps;
             ema.updates = state.ema_updates;
+            if let Some(loss_scale) = state.loss_scale {
+                scaler.restore(loss_scale);
+            }
             start_epoch = state.epoch;
             last_opt_step = state.last_opt_step;
             best_fitness = state.best_fitness;
@@ -540,6 +543,7 @@ pub fn train(
                 momentum: choice.momentum,
                 zero_bias_warmup: choice.zero_bias_warmup,
                 args: config.clone(),
+                loss_scale: scaler.state(),
             };
             let pending: Vec<(String, Tensor)> = optimizer
                 .parameters()
