@@ -918,29 +918,40 @@ mod tests {
             .expect("free port")
     }
 
-    /// `reset` empties what the services stored and leaves them running: the broker's
-    /// file is a new one, the S3 server's buckets are gone.
-    #[test]
-    fn reset_empties_the_services_and_starts_them_again() {
-        let home = CardetHome::from_env();
-        let dir = tempfile::tempdir().expect("temp dir");
+    /// A stack of its own in `dir`, every service on a free port.
+    fn private_stack(dir: &Path, name: &str) -> StackConfig {
         let ports: BTreeMap<&str, String> = [
             (
                 "KAFKA_BOOTSTRAP_SERVERS",
                 format!("127.0.0.1:{}", free_port()),
             ),
             (
+                "DATABASE_URL",
+                format!("postgres://{name}:pw@127.0.0.1:{}/{name}", free_port()),
+            ),
+            (
                 "AWS_ENDPOINT_URL",
                 format!("http://127.0.0.1:{}", free_port()),
             ),
-            ("AWS_ACCESS_KEY_ID", "reset".to_string()),
-            ("AWS_SECRET_ACCESS_KEY", "reset-secret".to_string()),
+            ("AWS_ACCESS_KEY_ID", name.to_string()),
+            ("AWS_SECRET_ACCESS_KEY", format!("{name}-secret")),
+            (
+                "MLFLOW_TRACKING_URI",
+                format!("http://127.0.0.1:{}", free_port()),
+            ),
         ]
         .into_iter()
         .collect();
-        let config =
-            StackConfig::from_lookup(dir.path().to_path_buf(), &|key| ports.get(key).cloned())
-                .expect("config");
+        StackConfig::from_lookup(dir.to_path_buf(), &|key| ports.get(key).cloned()).expect("config")
+    }
+
+    /// `reset` empties what the services stored and leaves them running: the broker's
+    /// file is a new one, the S3 server's buckets are gone.
+    #[test]
+    fn reset_empties_the_services_and_starts_them_again() {
+        let home = CardetHome::from_env();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = private_stack(dir.path(), "reset");
         let services = [Service::Kafka, Service::S3];
         let broker_file = config.service_dir(Service::Kafka).join("tansu.db");
         let bucket = config.service_dir(Service::S3).join("data/some-bucket");
@@ -971,34 +982,7 @@ mod tests {
     fn stack_down_leaves_no_process_behind() {
         let home = CardetHome::from_env();
         let dir = tempfile::tempdir().expect("temp dir");
-        let ports: BTreeMap<&str, String> = [
-            (
-                "KAFKA_BOOTSTRAP_SERVERS",
-                format!("127.0.0.1:{}", free_port()),
-            ),
-            (
-                "DATABASE_URL",
-                format!(
-                    "postgres://lifecycle:pw@127.0.0.1:{}/lifecycle",
-                    free_port()
-                ),
-            ),
-            (
-                "AWS_ENDPOINT_URL",
-                format!("http://127.0.0.1:{}", free_port()),
-            ),
-            ("AWS_ACCESS_KEY_ID", "lifecycle".to_string()),
-            ("AWS_SECRET_ACCESS_KEY", "lifecycle-secret".to_string()),
-            (
-                "MLFLOW_TRACKING_URI",
-                format!("http://127.0.0.1:{}", free_port()),
-            ),
-        ]
-        .into_iter()
-        .collect();
-        let config =
-            StackConfig::from_lookup(dir.path().to_path_buf(), &|key| ports.get(key).cloned())
-                .expect("config");
+        let config = private_stack(dir.path(), "lifecycle");
         let result = up(&home, &config, &Service::ALL);
         let pids: Vec<(Service, Option<u32>)> = Service::ALL
             .into_iter()
