@@ -46,14 +46,59 @@ pub const AREAS: &[Area] = &[SERVE, DETECT, MODEL, STREAMING, TRAIN];
 const TRAIN: Area = Area {
     name: "train",
     about: "mAP@0.5 on the synthetic val split after the same wall-clock budget (default 12 minutes; 500 scenes at 256 px, batch 16, from scratch, each side's default optimiser), `mwt train` against Ultralytics `yolo train`; both best checkpoints scored by `mwt val`. CARDET_BENCH_TRAIN_{MINUTES,IMAGES,IMGSZ,BATCH,THREADS} change the setting.",
-    cases: &[Case {
-        name: "mAP@0.5 after the same training budget",
-        ours: &["bash", "crates/train/benches/map_budget.sh", "ours"],
-        baseline_name: "Ultralytics 8.4.190 `yolo train`",
-        baseline: &["bash", "crates/train/benches/map_budget.sh", "ultralytics"],
-        gpu: false,
-        concurrent: true,
-    }],
+    cases: &[
+        Case {
+            name: "mAP@0.5 after the same training budget",
+            ours: &["bash", "crates/train/benches/map_budget.sh", "ours"],
+            baseline_name: "Ultralytics 8.4.190 `yolo train`",
+            baseline: &["bash", "crates/train/benches/map_budget.sh", "ultralytics"],
+            gpu: false,
+            concurrent: true,
+        },
+        // `cargo xtask bench train --gpu`: one training step (yolov8n, 320 px, batch 8,
+        // SGD) on CUDA, ours against Ultralytics' model and loss in eager PyTorch on
+        // the same weights and batch (`crates/train/examples/train_step_bench.rs`).
+        Case {
+            name: "train step on CUDA, yolov8n 320 batch 8 (ms/step)",
+            ours: &[
+                "cargo",
+                "run",
+                "--release",
+                "-q",
+                "-p",
+                "cardet-train",
+                "--example",
+                "train_step_bench",
+                "--",
+                "--side",
+                "ours",
+                "--steps",
+                "20",
+                "--device",
+                "cuda",
+            ],
+            baseline_name: "Ultralytics, PyTorch eager",
+            baseline: &[
+                "cargo",
+                "run",
+                "--release",
+                "-q",
+                "-p",
+                "cardet-train",
+                "--example",
+                "train_step_bench",
+                "--",
+                "--side",
+                "ultralytics",
+                "--steps",
+                "20",
+                "--device",
+                "cuda",
+            ],
+            gpu: true,
+            concurrent: false,
+        },
+    ],
     criterion_package: None,
 };
 
@@ -364,7 +409,7 @@ impl flags::Bench {
             ],
             None => AREAS.iter().collect(),
         };
-        let machine = machine_description();
+        let machine = machine_description(self.gpu);
         let invocation = format!(
             "cargo xtask bench {}{}--repeat {}",
             self.area
@@ -391,7 +436,12 @@ impl flags::Bench {
                 rows.push(row);
             }
             if !self.no_write && !rows.is_empty() {
-                write_rows(&crate::project_root().join("BENCHMARKS.md"), area, &rows)?;
+                write_rows(
+                    &crate::project_root().join("BENCHMARKS.md"),
+                    area,
+                    self.gpu,
+                    &rows,
+                )?;
             }
         }
         Ok(())
@@ -557,9 +607,16 @@ pub const TABLE_HEADER: &str = "| case | ours (median) | baseline (median) | rat
 
 /// Replaces the area's table between its markers (or appends a new section), so the
 /// file always shows the latest run; git keeps the history.
-fn write_rows(path: &Path, area: &Area, rows: &[String]) -> anyhow::Result<()> {
+/// GPU rows go to a table of their own (`<area>-gpu`), so that a `--gpu` run keeps
+/// the CPU rows and the other way round.
+fn write_rows(path: &Path, area: &Area, gpu: bool, rows: &[String]) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".to_string());
-    let updated = replace_area_table(&text, area.name, area.about, rows);
+    let name = if gpu {
+        format!("{}-gpu", area.name)
+    } else {
+        area.name.to_string()
+    };
+    let updated = replace_area_table(&text, &name, area.about, rows);
     std::fs::write(path, updated).with_context(|| format!("writing {}", path.display()))
 }
 
@@ -575,7 +632,7 @@ pub fn replace_area_table(text: &str, area: &str, about: &str, rows: &[String]) 
     }
 }
 
-fn machine_description() -> String {
+fn machine_description(gpu: bool) -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
@@ -593,7 +650,23 @@ fn machine_description() -> String {
         .find_map(|line| line.strip_prefix("MemTotal:"))
         .and_then(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
         .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
-    format!("{model}, {cores} cores, {mem_gib:.0} GiB")
+    let gpus = if gpu {
+        Command::new("nvidia-smi")
+            .args(["--query-gpu=name", "--format=csv,noheader"])
+            .output()
+            .ok()
+            .filter(|output| output.status.success())
+            .map(|output| {
+                String::from_utf8_lossy(&output.stdout)
+                    .trim()
+                    .replace('\n', " + ")
+            })
+            .map(|names| format!(", {names}"))
+            .unwrap_or_default()
+    } else {
+        String::new()
+    };
+    format!("{model}, {cores} cores, {mem_gib:.0} GiB{gpus}")
 }
 
 fn today() -> String {
@@ -664,6 +737,22 @@ mod tests {
             "text after the table is kept: {second}"
         );
         assert_eq!(second.matches("## detect").count(), 1);
+    }
+
+    #[test]
+    fn gpu_rows_keep_the_cpu_rows_and_the_other_way_round() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("BENCHMARKS.md");
+        write_rows(&path, &TRAIN, false, &["| cpu row |".into()]).expect("writes");
+        write_rows(&path, &TRAIN, true, &["| gpu row |".into()]).expect("writes");
+        write_rows(&path, &TRAIN, false, &["| new cpu row |".into()]).expect("writes");
+        let text = std::fs::read_to_string(&path).expect("reads");
+        assert!(text.contains("<!-- bench:train-gpu:begin -->"), "{text}");
+        assert!(
+            text.contains("| gpu row |") && text.contains("| new cpu row |"),
+            "{text}"
+        );
+        assert!(!text.contains("| cpu row |"), "{text}");
     }
 
     #[test]

@@ -1,11 +1,13 @@
 """The baseline of examples/train_step_bench.rs: one Ultralytics training step, eager.
 
-  train_step.py OUT_DIR STEPS THREADS
+  train_step.py OUT_DIR STEPS THREADS [DEVICE]
 
 Builds a seeded yolov8n (3 classes), writes its weights and one batch (8 images at
 320 px with targets) for the Rust side, then times STEPS steps of forward +
-v8DetectionLoss + backward + SGD (momentum 0.937, Nesterov) after 2 warm-up steps.
-Prints one JSON line: median and mean step milliseconds and the peak RSS in MiB.
+v8DetectionLoss + backward + SGD (momentum 0.937, Nesterov) after 2 warm-up steps
+on DEVICE (cpu, the default, or cuda; CUDA steps end with a synchronize).
+Prints one JSON line: median and mean step milliseconds, the peak RSS in MiB, and
+`value`/`unit`/`higher_is_better` for `cargo xtask bench`.
 """
 
 import json
@@ -22,7 +24,7 @@ import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 
-def main(out_dir, steps, threads):
+def main(out_dir, steps, threads, device="cpu"):
     from ultralytics.cfg import get_cfg
     from ultralytics.nn.tasks import DetectionModel
     from ultralytics.utils.loss import v8DetectionLoss
@@ -44,6 +46,8 @@ def main(out_dir, steps, threads):
             rows.append([image, float(torch.randint(0, 3, (1,), generator=generator)), cx, cy, w, h])
     targets = torch.tensor(rows, dtype=torch.float32)
     save_file({"images": images, "targets": targets}, os.path.join(out_dir, "batch.safetensors"))
+    model = model.to(device)
+    images, targets = images.to(device), targets.to(device)
     batch = {"batch_idx": targets[:, 0], "cls": targets[:, 1:2], "bboxes": targets[:, 2:]}
     criterion = v8DetectionLoss(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.937, nesterov=True)
@@ -55,10 +59,15 @@ def main(out_dir, steps, threads):
         loss, _ = criterion(model(images), batch)
         loss.sum().backward()
         optimizer.step()
+        if device != "cpu":
+            torch.cuda.synchronize()
         if step >= 2:
             times.append((time.perf_counter() - started) * 1000)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"median_ms": statistics.median(times), "mean_ms": statistics.mean(times), "peak_rss_mib": peak}))
+    median = statistics.median(times) if times else float("nan")
+    mean = statistics.mean(times) if times else float("nan")
+    print(json.dumps({"median_ms": median, "mean_ms": mean, "peak_rss_mib": peak,
+                      "value": median, "unit": "ms/step", "higher_is_better": False}))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,17 @@
-//! One training step of yolov8n (320 px, batch 8, CPU): ours (tch forward,
+//! One training step of yolov8n (320 px, batch 8): ours (tch forward,
 //! `DetectionLoss`, backward, our SGD) against Ultralytics' model and
 //! `v8DetectionLoss` in eager PyTorch, on the same weights and batch, in one run.
 //!
 //! ```text
-//! cargo run --release -p cardet-train --example train_step_bench -- [STEPS] [ROUNDS]
+//! cargo run --release -p cardet-train --example train_step_bench -- [STEPS] [ROUNDS] [--device cuda]
+//! cargo run --release -p cardet-train --example train_step_bench -- --side ours|ultralytics --steps N --device cuda
 //! ```
-//! Each round runs the Python baseline (`benches/train_step.py`, its own process) and
-//! then ours in a child process of this example, so peak RSS is per side; the rounds
-//! interleave so machine load hits both alike. Prints the medians and the ratio.
+//! The first form runs rounds: each runs the Python baseline (`benches/train_step.py`,
+//! its own process) and then ours in a child process of this example, so peak RSS is
+//! per side; the rounds interleave so machine load hits both alike. Prints the
+//! medians and the ratio. The second form times one side once and prints
+//! `cargo xtask bench`'s JSON line (`bench --gpu` runs it on CUDA); both sides read
+//! the weights and batch the Python side writes to `$CARDET_HOME/bench/train_step`.
 
 use std::process::Command;
 
@@ -21,10 +25,28 @@ const SCRIPT: &str = include_str!("../benches/train_step.py");
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--ours") {
-        return ours(&args[2], args[3].parse()?);
+        let device = args.get(4).map_or("cpu", String::as_str);
+        return ours(&args[2], args[3].parse()?, parse_device(device)?);
     }
-    let steps: usize = args.get(1).map_or(Ok(10), |s| s.parse())?;
-    let rounds: usize = args.get(2).map_or(Ok(3), |s| s.parse())?;
+    let flag = |name: &str| {
+        args.iter()
+            .position(|arg| arg == name)
+            .and_then(|index| args.get(index + 1))
+            .cloned()
+    };
+    let device_name = flag("--device").unwrap_or_else(|| "cpu".into());
+    let device = parse_device(&device_name)?;
+    if let Some(side) = flag("--side") {
+        let steps: usize = flag("--steps").map_or(Ok(10), |s| s.parse())?;
+        return one_side(&side, steps, &device_name, device);
+    }
+    let positional: Vec<&String> = args
+        .iter()
+        .skip(1)
+        .take_while(|arg| !arg.starts_with("--"))
+        .collect();
+    let steps: usize = positional.first().map_or(Ok(10), |s| s.parse())?;
+    let rounds: usize = positional.get(1).map_or(Ok(3), |s| s.parse())?;
     let threads = tch::get_num_threads();
     let dir = tempfile::tempdir()?;
     let script = dir.path().join("train_step.py");
@@ -35,7 +57,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for round in 0..rounds {
         let output = Command::new(cardet_testkit::venv_python())
             .arg(&script)
-            .args([dir_str, &steps.to_string(), &threads.to_string()])
+            .args([
+                dir_str,
+                &steps.to_string(),
+                &threads.to_string(),
+                &device_name,
+            ])
             .env("YOLO_CONFIG_DIR", dir.path())
             .output()?;
         if !output.status.success() {
@@ -43,7 +70,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         let baseline: serde_json::Value = serde_json::from_slice(&output.stdout)?;
         let output = Command::new(std::env::current_exe()?)
-            .args(["--ours", dir_str, &steps.to_string()])
+            .args(["--ours", dir_str, &steps.to_string(), &device_name])
             .output()?;
         if !output.status.success() {
             return Err(String::from_utf8_lossy(&output.stderr).into_owned().into());
@@ -68,15 +95,71 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn ours(dir: &str, steps: usize) -> Result<(), Box<dyn std::error::Error>> {
+fn parse_device(name: &str) -> Result<Device, Box<dyn std::error::Error>> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+        "cuda" => Err("--device cuda: libtorch sees no CUDA device".into()),
+        other => Err(format!("unknown device {other:?} (cpu or cuda)").into()),
+    }
+}
+
+/// Times one side once, for `cargo xtask bench`: the Python side (re)writes the
+/// weights and batch; ours writes them first, through it, when they are missing.
+fn one_side(
+    side: &str,
+    steps: usize,
+    device_name: &str,
+    device: Device,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let home = cardet_testkit::cardet_home();
+    let dir = home.join("bench").join("train_step");
+    std::fs::create_dir_all(&dir)?;
+    let script = dir.join("train_step.py");
+    std::fs::write(&script, SCRIPT)?;
+    let dir_str = dir.to_str().ok_or("utf-8 bench dir")?;
+    let threads = tch::get_num_threads().to_string();
+    let python = |steps: usize| -> Result<String, Box<dyn std::error::Error>> {
+        let output = Command::new(cardet_testkit::venv_python())
+            .arg(&script)
+            .args([dir_str, &steps.to_string(), &threads, device_name])
+            .env("YOLO_CONFIG_DIR", &dir)
+            .output()?;
+        if !output.status.success() {
+            return Err(String::from_utf8_lossy(&output.stderr).into_owned().into());
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+    };
+    match side {
+        "ultralytics" => {
+            println!("{}", python(steps)?);
+            Ok(())
+        }
+        "ours" => {
+            if !dir.join("weights.safetensors").exists() {
+                python(0)?;
+            }
+            ours(dir_str, steps, device)
+        }
+        other => Err(format!("unknown side {other:?} (ours or ultralytics)").into()),
+    }
+}
+
+fn ours(dir: &str, steps: usize, device: Device) -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::path::Path::new(dir);
-    let detector = Detector::load(&dir.join("weights.safetensors"), Device::Cpu)?;
+    let detector = Detector::load(&dir.join("weights.safetensors"), device)?;
     let batch: std::collections::HashMap<String, Tensor> =
         Tensor::read_safetensors(dir.join("batch.safetensors"))?
             .into_iter()
+            .map(|(name, tensor)| (name, tensor.to_device(device)))
             .collect();
     let images = &batch["images"];
-    let flat = Vec::<f32>::try_from(&batch["targets"].to_kind(Kind::Float).flatten(0, -1))?;
+    let flat = Vec::<f32>::try_from(
+        &batch["targets"]
+            .to_device(Device::Cpu)
+            .to_kind(Kind::Float)
+            .flatten(0, -1),
+    )?;
     let targets: Vec<[f32; 6]> = flat
         .chunks_exact(6)
         .map(|r| [r[0], r[1], r[2], r[3], r[4], r[5]])
@@ -96,6 +179,9 @@ fn ours(dir: &str, steps: usize) -> Result<(), Box<dyn std::error::Error>> {
         let head = detector.net.forward_t(images, true);
         criterion.compute(&head, &targets)?.total.backward();
         optimizer.step();
+        if let Device::Cuda(index) = device {
+            tch::Cuda::synchronize(index as i64);
+        }
         if step >= 2 {
             times.push(started.elapsed().as_secs_f64() * 1000.0);
         }
@@ -112,7 +198,10 @@ fn ours(dir: &str, steps: usize) -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(f64::NAN);
     println!(
         "{}",
-        serde_json::json!({"median_ms": median, "mean_ms": mean, "peak_rss_mib": peak_kib / 1024.0})
+        serde_json::json!({
+            "median_ms": median, "mean_ms": mean, "peak_rss_mib": peak_kib / 1024.0,
+            "value": median, "unit": "ms/step", "higher_is_better": false
+        })
     );
     Ok(())
 }
