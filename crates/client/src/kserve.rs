@@ -575,20 +575,32 @@ struct OutputAnswer {
     data: Option<Vec<f32>>,
 }
 
-/// Appends `values` as little-endian bytes (the v2 binary tensor layout). Into a
-/// sized buffer in fixed chunks, which compiles to a plain copy; pushing each
-/// value's four bytes was 7% of the client's CPU for a 640x640 image.
+/// Appends `values` as little-endian bytes (the v2 binary tensor layout): on a
+/// little-endian machine one copy of the floats' own bytes, with no zero fill first
+/// (the fill and then the overwrite were a memset and a copy of 4.9 MB per image).
 fn append_le_f32(bytes: &mut Vec<u8>, values: &[f32]) {
-    let start = bytes.len();
-    bytes.resize(start + values.len() * 4, 0);
-    for (chunk, value) in bytes[start..].chunks_exact_mut(4).zip(values) {
-        chunk.copy_from_slice(&value.to_le_bytes());
+    #[cfg(target_endian = "little")]
+    bytes.extend_from_slice(bytemuck::cast_slice(values));
+    #[cfg(not(target_endian = "little"))]
+    for value in values {
+        bytes.extend_from_slice(&value.to_le_bytes());
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn floats_are_appended_as_little_endian_bytes() {
+        let mut bytes = b"{}".to_vec();
+        append_le_f32(&mut bytes, &[1.0, -2.5, f32::MIN_POSITIVE]);
+        let mut expected = b"{}".to_vec();
+        for value in [1.0_f32, -2.5, f32::MIN_POSITIVE] {
+            expected.extend_from_slice(&value.to_le_bytes());
+        }
+        assert_eq!(bytes, expected);
+    }
 
     #[test]
     fn server_messages_come_from_the_error_field() {
