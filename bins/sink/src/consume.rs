@@ -67,8 +67,9 @@ pub fn consume(config: &SinkConfig, stop: &AtomicBool) -> Result<SinkSummary, Er
         .build()
         .map_err(Error::Runtime)?;
     // One connection per writer; the first migrates before the others connect.
-    let mut stores = Vec::with_capacity(config.writers.max(1));
-    for index in 0..config.writers.max(1) {
+    let n_writers = config.writers.max(1);
+    let mut stores = Vec::with_capacity(n_writers);
+    for index in 0..n_writers {
         let store = runtime.block_on(async {
             let mut store = Store::connect(&config.database_url, &config.schema).await?;
             if index == 0 {
@@ -78,10 +79,11 @@ pub fn consume(config: &SinkConfig, stop: &AtomicBool) -> Result<SinkSummary, Er
         })?;
         stores.push(Arc::new(tokio::sync::Mutex::new(store)));
     }
-    let store = Arc::clone(&stores[0]);
     let context = SinkContext {
         handle: runtime.handle().clone(),
-        store: Arc::clone(&store),
+        // The rebalance callback reads stored offsets through the first writer's
+        // connection; it waits for that writer's transaction at most.
+        store: Arc::clone(&stores[0]),
         group: config.group.clone(),
         assigned: Mutex::new(HashSet::new()),
     };

@@ -196,9 +196,6 @@ fn unit_floats() -> [f32; 256] {
 /// Bilinear resize with OpenCV `INTER_LINEAR`'s sampling: pixel centres aligned,
 /// edges clamped, no anti-aliasing, result rounded to 8 bits.
 pub fn resize_bilinear(image: &RgbImage, size: (u32, u32)) -> RgbImage {
-    if image.dimensions() == size {
-        return image.clone();
-    }
     let row_len = size.0 as usize * 3;
     let mut output = vec![0_u8; row_len * size.1 as usize];
     resize_rows(image, size, |y, row| {
@@ -248,11 +245,11 @@ fn resize_rows(image: &RgbImage, size: (u32, u32), mut emit: impl FnMut(usize, &
             }
             let other = 1 - slot;
             if row_cache[other].0 == src_y {
-                let (first, second) = row_cache.split_at_mut(1);
-                let (from, to) = if slot == 0 {
-                    (&second[0], &mut first[0])
+                let [first, second] = &mut row_cache;
+                let (to, from) = if slot == 0 {
+                    (first, &*second)
                 } else {
-                    (&first[0], &mut second[0])
+                    (second, &*first)
                 };
                 to.1.copy_from_slice(&from.1);
                 to.0 = src_y;
