@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use cardet_record::KafkaUnreachable;
 use rdkafka::ClientConfig;
+use rdkafka::ClientContext;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{Client, DefaultClientContext};
 use rdkafka::producer::{BaseProducer, Producer};
 
 use crate::error::{Error, kafka};
@@ -30,8 +31,16 @@ pub(crate) fn check_reachable(bootstrap: &str, timeout: Duration) -> Result<(), 
     let producer: BaseProducer = client_config(bootstrap)
         .create()
         .map_err(kafka("creating a Kafka client"))?;
-    producer
-        .client()
+    answers_metadata(producer.client(), bootstrap, timeout)
+}
+
+/// The same check through a client the caller keeps (so that it is connected).
+pub(crate) fn answers_metadata<C: ClientContext>(
+    client: &Client<C>,
+    bootstrap: &str,
+    timeout: Duration,
+) -> Result<(), Error> {
+    client
         .fetch_metadata(None, timeout)
         .map(|_| ())
         .map_err(|error| KafkaUnreachable::new(bootstrap, timeout, error).into())

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cardet_record::{Format, KafkaUnreachable, encode};
+use cardet_record::{Format, encode};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rdkafka::ClientContext;
 use rdkafka::error::KafkaError;
@@ -25,7 +25,7 @@ use serde::Serialize;
 
 use crate::StreamConfig;
 use crate::error::{Error, kafka};
-use crate::kafka::{check_reachable, client_config};
+use crate::kafka::{answers_metadata, check_reachable, client_config};
 use crate::source::{self, SourceItem};
 
 /// What a stream did; printed as JSON with `--json`.
@@ -363,12 +363,7 @@ impl<'a> Sender<'a> {
     fn new(config: &'a StreamConfig) -> Result<Sender<'a>, Error> {
         let context = DeliveryContext::default();
         let producer = create_producer(config, context.clone())?;
-        producer
-            .client()
-            .fetch_metadata(None, config.connect_timeout)
-            .map_err(|error| {
-                KafkaUnreachable::new(&config.bootstrap, config.connect_timeout, error)
-            })?;
+        answers_metadata(producer.client(), &config.bootstrap, config.connect_timeout)?;
         Ok(Sender {
             config,
             context,
