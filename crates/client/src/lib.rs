@@ -28,10 +28,13 @@ mod error;
 pub mod inputs;
 mod kafka_input;
 pub mod kserve;
+mod recycle;
 mod run;
 
 pub use crate::error::Error;
 pub use crate::inputs::{InputImage, InputSpec, RecordPosition};
 pub use crate::kafka_input::KafkaInput;
-pub use crate::kserve::{KserveClient, ModelMetadata, Protocol, TensorF32, TensorMetadata};
+pub use crate::kserve::{
+    InputTensor, KserveClient, ModelMetadata, OutputTensor, Protocol, TensorMetadata,
+};
 pub use crate::run::{EvalSummary, RunConfig, Summary, eval_image, predicted_box, run};

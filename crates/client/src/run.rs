@@ -20,7 +20,8 @@ use tokio::task::JoinSet;
 
 use crate::error::Error;
 use crate::inputs::{self, Input, InputImage, InputSpec, RecordPosition};
-use crate::kserve::{KserveClient, Protocol, TensorF32};
+use crate::kserve::{InputTensor, KserveClient, Protocol};
+use crate::recycle::{Recycled, Recycler};
 
 /// With a live input (a followed topic), how long a part-filled batch waits for
 /// more images before it is sent: long enough to batch a burst, short enough that a
@@ -197,6 +198,8 @@ pub async fn run(config: &RunConfig, lines: &mut (dyn Write + Send)) -> Result<S
         config: config.clone(),
         model_io,
         names: names.clone(),
+        input_buffers: Recycler::new(config.concurrency + 1),
+        image_buffers: Recycler::new(config.batch * (config.concurrency + 1)),
     });
     let mut in_flight: JoinSet<Result<BatchOutcome, Error>> = JoinSet::new();
     let mut collected = Collected::default();
@@ -269,6 +272,10 @@ struct Shared {
     config: RunConfig,
     model_io: ModelIo,
     names: Arc<Vec<String>>,
+    /// Letterboxed batches, one per request in flight (and one being prepared).
+    input_buffers: Arc<Recycler<f32>>,
+    /// Decoded frames.
+    image_buffers: Arc<Recycler<u8>>,
 }
 
 /// Reads the input's name and size and the output's name from the model metadata.
@@ -361,8 +368,9 @@ async fn process_batch(shared: &Shared, images: Vec<InputImage>) -> Result<Batch
     let started = Instant::now();
     let image_size = shared.model_io.image_size;
     let keep_images = shared.config.out.is_some();
+    let buffers = (shared.input_buffers.clone(), shared.image_buffers.clone());
     let (prepared, n_skipped) =
-        tokio::task::spawn_blocking(move || prepare(images, image_size, keep_images))
+        tokio::task::spawn_blocking(move || prepare(images, image_size, keep_images, &buffers))
             .await
             .map_err(|error| Error::InvalidArgument(format!("a decode task failed: {error}")))??;
     let Some(prepared) = prepared else {
@@ -373,16 +381,11 @@ async fn process_batch(shared: &Shared, images: Vec<InputImage>) -> Result<Batch
     };
     let infer_started = Instant::now();
     let batch_size = prepared.metas.len();
-    let input = TensorF32 {
-        name: shared.model_io.input_name.clone(),
-        shape: prepared
-            .batch
-            .shape
-            .iter()
-            .map(|&side| side as i64)
-            .collect(),
-        data: prepared.batch.data,
-    };
+    let input = InputTensor::new(
+        &shared.model_io.input_name,
+        prepared.shape.iter().map(|&side| side as i64).collect(),
+        prepared.input,
+    );
     let input = &input;
     let output = with_retries(shared.config.retries, || {
         shared.client.infer(
@@ -409,6 +412,7 @@ async fn process_batch(shared: &Shared, images: Vec<InputImage>) -> Result<Batch
     let postprocess_config = shared.config.postprocess;
     let out = shared.config.out.clone();
     let names = shared.names.clone();
+    let image_buffers = shared.image_buffers.clone();
     let Prepared {
         metas,
         infos,
@@ -421,7 +425,7 @@ async fn process_batch(shared: &Shared, images: Vec<InputImage>) -> Result<Batch
     let results = tokio::task::spawn_blocking(move || {
         let postprocess_started = Instant::now();
         let detections =
-            cardet_detect::postprocess(&output.data, layout, &infos, &postprocess_config)?;
+            cardet_detect::postprocess(output.values(), layout, &infos, &postprocess_config)?;
         let postprocess_ms = postprocess_started.elapsed().as_secs_f64() * 1e3;
         let mut results = Vec::with_capacity(batch_size);
         let mut decoded = decoded.into_iter();
@@ -430,6 +434,7 @@ async fn process_batch(shared: &Shared, images: Vec<InputImage>) -> Result<Batch
             if let (Some(out), Some(mut image)) = (&out, decoded.next()) {
                 cardet_detect::draw::draw_detections(&mut image, &detections, &names);
                 cardet_detect::image_io::save(&image, &out.join(&meta.drawing_name))?;
+                image_buffers.give(image.into_raw());
             }
             let draw_ms = draw_started.elapsed().as_secs_f64() * 1e3;
             results.push(ImageResult {
@@ -466,7 +471,9 @@ struct ImageMeta {
 
 struct Prepared {
     metas: Vec<ImageMeta>,
-    batch: cardet_detect::Batch,
+    /// The letterboxed batch, `[n, 3, height, width]`.
+    input: Recycled<f32>,
+    shape: [usize; 4],
     infos: Vec<cardet_detect::TransformInfo>,
     sizes: Vec<(u32, u32)>,
     /// Kept for drawing only.
@@ -482,6 +489,7 @@ fn prepare(
     images: Vec<InputImage>,
     image_size: (u32, u32),
     keep_images: bool,
+    (input_buffers, image_buffers): &(Arc<Recycler<f32>>, Arc<Recycler<u8>>),
 ) -> Result<(Option<Prepared>, usize), Error> {
     let mut metas = Vec::with_capacity(images.len());
     let mut decoded = Vec::with_capacity(images.len());
@@ -490,7 +498,11 @@ fn prepare(
     for image in images {
         let decode_started = Instant::now();
         let origin = image.origin();
-        let rgb = match cardet_detect::image_io::decode_rgb(&image.bytes, Path::new(&origin)) {
+        let rgb = match cardet_detect::image_io::decode_rgb_reusing(
+            &image.bytes,
+            Path::new(&origin),
+            image_buffers.take(),
+        ) {
             Ok(rgb) => rgb,
             Err(error) => {
                 tracing::warn!("skipping an image: {error}");
@@ -511,16 +523,23 @@ fn prepare(
         return Ok((None, n_skipped));
     }
     let preprocess_started = Instant::now();
-    let batch = cardet_detect::letterbox::letterbox_batch(&decoded, image_size)?;
+    let shape = cardet_detect::letterbox::batch_shape(decoded.len(), image_size);
+    let mut input = input_buffers.take_guarded();
+    // Same-sized batches, the usual case, leave the length as it is: no fill.
+    input.resize(shape.iter().product(), 0.0);
+    let infos = cardet_detect::letterbox::letterbox_batch_into(&decoded, image_size, &mut input)?;
     let preprocess_ms = preprocess_started.elapsed().as_secs_f64() * 1e3;
     let sizes = decoded.iter().map(RgbImage::dimensions).collect();
     if !keep_images {
-        decoded.clear();
+        for image in decoded.drain(..) {
+            image_buffers.give(image.into_raw());
+        }
     }
     let prepared = Prepared {
         metas,
-        infos: batch.infos.clone(),
-        batch,
+        input,
+        shape,
+        infos,
         sizes,
         decoded,
         decode_ms,

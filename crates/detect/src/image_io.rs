@@ -5,7 +5,9 @@
 
 use std::path::Path;
 
-use image::{ImageFormat, RgbImage};
+use std::io::Cursor;
+
+use image::{ColorType, DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
 
 use crate::error::Error;
 
@@ -22,10 +24,22 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage, Error> {
 ///
 /// The format is sniffed from the bytes, not the name, as the Kafka sink has no name.
 pub fn decode_rgb(bytes: &[u8], origin: &Path) -> Result<RgbImage, Error> {
-    let format = image::guess_format(bytes).map_err(|source| Error::Decode {
+    decode_rgb_reusing(bytes, origin, Vec::new())
+}
+
+/// [`decode_rgb`] into `buffer`'s memory when the image is 8-bit RGB already (every
+/// JPEG in colour is): a caller decoding frame after frame hands back the last
+/// frame's buffer (`RgbImage::into_raw`) and stops faulting in fresh pages for each.
+pub fn decode_rgb_reusing(
+    bytes: &[u8],
+    origin: &Path,
+    mut buffer: Vec<u8>,
+) -> Result<RgbImage, Error> {
+    let decode_error = |source| Error::Decode {
         path: origin.to_path_buf(),
         source,
-    })?;
+    };
+    let format = image::guess_format(bytes).map_err(decode_error)?;
     if !matches!(
         format,
         ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP
@@ -34,12 +48,26 @@ pub fn decode_rgb(bytes: &[u8], origin: &Path) -> Result<RgbImage, Error> {
             path: origin.to_path_buf(),
         });
     }
-    let decoded =
-        image::load_from_memory_with_format(bytes, format).map_err(|source| Error::Decode {
-            path: origin.to_path_buf(),
-            source,
-        })?;
-    Ok(decoded.into_rgb8())
+    let decoder = ImageReader::with_format(Cursor::new(bytes), format)
+        .into_decoder()
+        .map_err(decode_error)?;
+    if decoder.color_type() != ColorType::Rgb8 {
+        let decoded = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
+        return Ok(decoded.into_rgb8());
+    }
+    let (width, height) = decoder.dimensions();
+    let n_bytes = usize::try_from(decoder.total_bytes()).map_err(|_| Error::InvalidArgument(
+        format!("{}: a {width}x{height} image is too large", origin.display()),
+    ))?;
+    // Only a larger image than the buffer's last one pays for zeroing the new part.
+    buffer.resize(n_bytes, 0);
+    decoder.read_image(&mut buffer).map_err(decode_error)?;
+    RgbImage::from_raw(width, height, buffer).ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "{}: the decoder's {width}x{height} RGB image has the wrong size",
+            origin.display()
+        ))
+    })
 }
 
 /// The width and height from the file's header, without decoding the pixels.
@@ -199,5 +227,23 @@ mod tests {
             .write_with_encoder(image::codecs::webp::WebPEncoder::new_lossless(&mut bytes))
             .expect("encodes webp");
         check(&bytes, Ok((16, 9)));
+    }
+
+    #[test]
+    fn a_reused_buffer_decodes_the_same_pixels() {
+        let origin = Path::new("frame.jpg");
+        let jpeg = encoded("jpg");
+        let fresh = decode_rgb(&jpeg, origin).expect("decodes");
+        // A larger image's buffer, full of something else.
+        let reused = decode_rgb_reusing(&jpeg, origin, vec![9; 100 * 100 * 3]).expect("decodes");
+        assert_eq!(reused, fresh);
+        // Grey converts to RGB whatever the buffer.
+        let grey = image::GrayImage::from_fn(5, 4, |x, y| image::Luma([(x * 40 + y) as u8]));
+        let mut png = Vec::new();
+        grey.write_to(&mut Cursor::new(&mut png), ImageFormat::Png)
+            .expect("encodes png");
+        let rgb = decode_rgb_reusing(&png, origin, vec![1; 3]).expect("decodes");
+        assert_eq!(rgb.dimensions(), (5, 4));
+        assert_eq!(rgb.get_pixel(2, 1).0, [81, 81, 81]);
     }
 }
