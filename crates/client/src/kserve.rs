@@ -119,8 +119,8 @@ enum OutputValues {
 
 impl OutputTensor {
     fn from_le_bytes(name: String, shape: Vec<i64>, bytes: Bytes) -> OutputTensor {
-        let in_place = cfg!(target_endian = "little")
-            && bytemuck::try_cast_slice::<u8, f32>(&bytes).is_ok();
+        let in_place =
+            cfg!(target_endian = "little") && bytemuck::try_cast_slice::<u8, f32>(&bytes).is_ok();
         let values = if in_place {
             OutputValues::LittleEndian(bytes)
         } else {
@@ -747,7 +747,10 @@ mod tests {
     use super::*;
 
     fn le_bytes(values: &[f32]) -> Vec<u8> {
-        values.iter().flat_map(|value| value.to_le_bytes()).collect()
+        values
+            .iter()
+            .flat_map(|value| value.to_le_bytes())
+            .collect()
     }
 
     #[test]
@@ -786,7 +789,10 @@ mod tests {
         }
         let wrong = OutputTensor::from_le_bytes("out".to_string(), vec![3], aligned.slice(4..20));
         let message = check_output_size(&wrong).expect_err("3 values expected, 4 given");
-        assert!(message.contains("output out has shape [3] but 4 values"), "{message}");
+        assert!(
+            message.contains("output out has shape [3] but 4 values"),
+            "{message}"
+        );
     }
 
     #[test]

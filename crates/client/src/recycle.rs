@@ -55,7 +55,10 @@ impl<T: Send + 'static> Recycler<T> {
 
     #[cfg(test)]
     fn n_kept(&self) -> usize {
-        self.free.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.free
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 }
 

@@ -56,9 +56,12 @@ pub fn decode_rgb_reusing(
         return Ok(decoded.into_rgb8());
     }
     let (width, height) = decoder.dimensions();
-    let n_bytes = usize::try_from(decoder.total_bytes()).map_err(|_| Error::InvalidArgument(
-        format!("{}: a {width}x{height} image is too large", origin.display()),
-    ))?;
+    let n_bytes = usize::try_from(decoder.total_bytes()).map_err(|_| {
+        Error::InvalidArgument(format!(
+            "{}: a {width}x{height} image is too large",
+            origin.display()
+        ))
+    })?;
     // Only a larger image than the buffer's last one pays for zeroing the new part.
     buffer.resize(n_bytes, 0);
     decoder.read_image(&mut buffer).map_err(decode_error)?;

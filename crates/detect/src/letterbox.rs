@@ -231,10 +231,13 @@ const WEIGHT_ONE: u32 = 1 << WEIGHT_BITS;
 /// Resizes `image` to `size` one output row at a time, handing each 8-bit RGB row
 /// to `emit` with its index.
 ///
-/// Integer arithmetic throughout: a row is first resampled horizontally (weights
-/// summing to 2^11), then two such rows are blended vertically and rounded from
-/// 22 fractional bits. A resampled source row is cached while consecutive output
-/// rows reuse it (they do whenever the image is scaled up).
+/// Integer arithmetic throughout: horizontal and vertical weights sum to 2^11
+/// each, products are kept exact in `u32` and rounded once from 22 fractional bits.
+/// With a single rounding the order of the two passes does not change a value, so
+/// the cheaper order is taken: when shrinking vertically, the two source rows are
+/// blended first (a contiguous, vectorised pass) and only the blended row is
+/// resampled horizontally; otherwise each source row is resampled horizontally once
+/// and cached while consecutive output rows reuse it (they do when enlarging).
 fn resize_rows(image: &RgbImage, size: (u32, u32), mut emit: impl FnMut(usize, &[u8])) {
     let (src_width, src_height) = image.dimensions();
     let (dst_width, dst_height) = size;
@@ -248,6 +251,22 @@ fn resize_rows(image: &RgbImage, size: (u32, u32), mut emit: impl FnMut(usize, &
         }
         return;
     }
+    if src_height > dst_height {
+        resize_rows_vertical_first(image, size, emit);
+    } else {
+        resize_rows_horizontal_first(image, size, emit);
+    }
+}
+
+/// [`resize_rows`] resampling each source row once, for images that do not shrink
+/// vertically.
+fn resize_rows_horizontal_first(
+    image: &RgbImage,
+    size: (u32, u32),
+    mut emit: impl FnMut(usize, &[u8]),
+) {
+    let (src_width, src_height) = image.dimensions();
+    let (dst_width, dst_height) = size;
     let taps_x = linear_taps(src_width, dst_width);
     let taps_y = linear_taps(src_height, dst_height);
     let source = image.as_raw();
@@ -289,13 +308,50 @@ fn resize_rows(image: &RgbImage, size: (u32, u32), mut emit: impl FnMut(usize, &
         }
         let (top, bottom) = (&row_cache[0].1, &row_cache[1].1);
         let (w0, w1) = (WEIGHT_ONE - tap_y.weight1, tap_y.weight1);
-        const ROUND: u32 = 1 << (2 * WEIGHT_BITS - 1);
         for ((out, top), bottom) in out_row.iter_mut().zip(top).zip(bottom) {
-            // At most 255 * 2^22 + 2^21: fits in u32, and the result in u8.
-            *out = ((top * w0 + bottom * w1 + ROUND) >> (2 * WEIGHT_BITS)) as u8;
+            *out = round_weighted(top * w0 + bottom * w1);
         }
         emit(dst_y, &out_row);
     }
+}
+
+/// [`resize_rows`] blending rows before columns, for images that shrink vertically.
+fn resize_rows_vertical_first(
+    image: &RgbImage,
+    size: (u32, u32),
+    mut emit: impl FnMut(usize, &[u8]),
+) {
+    let (src_width, src_height) = image.dimensions();
+    let taps_x = linear_taps(src_width, size.0);
+    let taps_y = linear_taps(src_height, size.1);
+    let source = image.as_raw();
+    let src_stride = src_width as usize * 3;
+    let mut blended = vec![0_u32; src_stride];
+    let mut out_row = vec![0_u8; size.0 as usize * 3];
+    for (dst_y, tap_y) in taps_y.iter().enumerate() {
+        let top = &source[tap_y.index0 * src_stride..(tap_y.index0 + 1) * src_stride];
+        let bottom = &source[tap_y.index1 * src_stride..(tap_y.index1 + 1) * src_stride];
+        let (w0, w1) = (WEIGHT_ONE - tap_y.weight1, tap_y.weight1);
+        for ((out, &top), &bottom) in blended.iter_mut().zip(top).zip(bottom) {
+            *out = u32::from(top) * w0 + u32::from(bottom) * w1;
+        }
+        for (out, tap_x) in out_row.chunks_exact_mut(3).zip(&taps_x) {
+            let left = &blended[tap_x.index0 * 3..tap_x.index0 * 3 + 3];
+            let right = &blended[tap_x.index1 * 3..tap_x.index1 * 3 + 3];
+            let (w0, w1) = (WEIGHT_ONE - tap_x.weight1, tap_x.weight1);
+            for channel in 0..3 {
+                out[channel] = round_weighted(left[channel] * w0 + right[channel] * w1);
+            }
+        }
+        emit(dst_y, &out_row);
+    }
+}
+
+/// A pixel from a value with 22 fractional bits (two weights of 2^11 applied),
+/// rounded half up. At most 255 * 2^22 + 2^21: fits in `u32`, and the result in `u8`.
+fn round_weighted(value: u32) -> u8 {
+    const ROUND: u32 = 1 << (2 * WEIGHT_BITS - 1);
+    ((value + ROUND) >> (2 * WEIGHT_BITS)) as u8
 }
 
 struct LinearTap {
@@ -408,5 +464,39 @@ mod tests {
         assert_eq!(reused, fresh.data);
         let mut wrong_size = vec![0.0; fresh.data.len() - 1];
         assert!(letterbox_batch_into(&images, (8, 8), &mut wrong_size).is_err());
+    }
+
+    #[test]
+    fn both_pass_orders_give_the_same_pixels() {
+        let mut state = 0x2545_f491_u32;
+        let mut noise = move || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state as u8
+        };
+        for (src, dst) in [
+            ((1280, 720), (640, 360)),
+            ((37, 91), (20, 50)),
+            ((50, 40), (90, 33)),
+            ((13, 7), (40, 5)),
+            ((999, 101), (640, 65)),
+        ] {
+            let image =
+                RgbImage::from_fn(src.0, src.1, |_, _| image::Rgb([noise(), noise(), noise()]));
+            let rows = |vertical_first: bool| {
+                let mut rows = Vec::new();
+                let emit = |y: usize, row: &[u8]| rows.push((y, row.to_vec()));
+                if vertical_first {
+                    resize_rows_vertical_first(&image, dst, emit);
+                } else {
+                    resize_rows_horizontal_first(&image, dst, emit);
+                }
+                rows
+            };
+            let vertical_first = rows(true);
+            assert_eq!(vertical_first.len(), dst.1 as usize);
+            assert_eq!(vertical_first, rows(false), "{src:?} -> {dst:?}");
+        }
     }
 }
