@@ -28,6 +28,7 @@ use clap::{Parser, ValueEnum};
   serve --model-repository model_repo --model-control-mode explicit --load-model yolov8n_car
   serve --model-repository model_repo --http-port 8008 --grpc-port 8085 --allow-metrics false
   serve --runtime-info   # which ONNX Runtime is loaded, and its version
+  serve --model-repository model_repo --allow-shared-memory   # clients on this host may pass tensors through /dev/shm
 
 Message sizes: one 640x640 FP32 image is 4.9 MB, so the REST body limit and gRPC's
 message limits (tonic's default is 4 MB) are both raised to --max-message-bytes
@@ -101,6 +102,12 @@ struct Flags {
     /// Where an S3 repository is mirrored (default: a folder in the temp dir).
     #[arg(long)]
     cache_dir: Option<std::path::PathBuf>,
+    /// Let clients on this host register system shared-memory regions (Triton's
+    /// system_shared_memory extension, REST): tensors then travel through
+    /// /dev/shm instead of the socket. Off by default, as Triton's
+    /// --allow-client-shm, because a client may map any /dev/shm object serve can open.
+    #[arg(long, alias = "allow-client-shm", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    allow_shared_memory: bool,
     /// Log lines as JSON objects instead of text.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -173,6 +180,7 @@ fn config(flags: &Flags) -> anyhow::Result<cardet_serve::Config> {
         max_message_bytes: flags.max_message_bytes,
         modelmesh_capacity_bytes: flags.modelmesh_capacity_bytes,
         cache_dir: flags.cache_dir.clone(),
+        allow_shared_memory: flags.allow_shared_memory,
         ..cardet_serve::Config::default()
     })
 }

@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod model_config;
 pub mod protocol;
 pub mod repository;
+pub mod shared_memory;
 pub mod tensor;
 
 use std::net::SocketAddr;
@@ -81,6 +82,8 @@ pub struct Config {
     pub cache_dir: Option<PathBuf>,
     /// How long shutdown waits for requests in flight.
     pub shutdown_grace: Duration,
+    /// Whether clients may register system shared-memory regions (REST).
+    pub allow_shared_memory: bool,
 }
 
 impl Default for Config {
@@ -102,6 +105,7 @@ impl Default for Config {
             modelmesh_capacity_bytes: 4 << 30,
             cache_dir: None,
             shutdown_grace: Duration::from_secs(30),
+            allow_shared_memory: false,
         }
     }
 }
@@ -162,7 +166,11 @@ pub async fn start(runtime: Arc<cardet_onnx::Runtime>, config: Config) -> Result
     let metrics = metrics_listener.as_ref().map(address).transpose()?;
     let mut tasks = Vec::new();
 
-    let router = protocol::http::router(infer.clone(), config.max_message_bytes);
+    let router = protocol::http::router(
+        infer.clone(),
+        config.max_message_bytes,
+        Arc::new(shared_memory::SharedMemory::new(config.allow_shared_memory)),
+    );
     let stop = signal(watcher.clone());
     tasks.push(tokio::spawn(async move {
         axum::serve(http_listener, router)

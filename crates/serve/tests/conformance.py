@@ -18,6 +18,7 @@ import numpy as np
 import onnxruntime
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException
 
 HTTP_URL, GRPC_URL, REPOSITORY = sys.argv[1:4]
@@ -123,6 +124,59 @@ def http_checks():
         check("http unknown model is an error", "unknown model" in str(error), str(error))
 
 
+def http_shared_memory_checks():
+    """Triton's system shared-memory extension, driven by tritonclient's own helpers."""
+    client = httpclient.InferenceServerClient(HTTP_URL, network_timeout=300.0, connection_timeout=300.0)
+    check("http server metadata lists shared memory", "system_shared_memory" in client.get_server_metadata()["extensions"])
+    images = image_batch(2, 640, 42)
+    expected = reference("yolov8n", {"images": images})[0]
+    key_in, key_out = f"/cardet_conformance_{os.getpid()}_in", f"/cardet_conformance_{os.getpid()}_out"
+    # Room before each tensor, so offsets are exercised too.
+    in_handle = shm.create_shared_memory_region("in", key_in, 64 + images.nbytes)
+    out_handle = shm.create_shared_memory_region("out", key_out, 128 + expected.nbytes)
+    try:
+        shm.set_shared_memory_region(in_handle, [images], offset=64)
+        client.unregister_system_shared_memory()
+        client.register_system_shared_memory("in", key_in, 64 + images.nbytes)
+        client.register_system_shared_memory("out", key_out, 128 + expected.nbytes)
+        status = client.get_system_shared_memory_status()
+        check("http shm status lists both regions", sorted(region["name"] for region in status) == ["in", "out"], status)
+        status = client.get_system_shared_memory_status("in")
+        check("http shm status of one region", status[0]["key"] == key_in and int(status[0]["byte_size"]) == 64 + images.nbytes, status)
+        infer_input = httpclient.InferInput("images", list(images.shape), "FP32")
+        infer_input.set_shared_memory("in", images.nbytes, offset=64)
+        output = httpclient.InferRequestedOutput("output0")
+        output.set_shared_memory("out", expected.nbytes, offset=128)
+        result = client.infer("yolov8n", [infer_input], outputs=[output])
+        meta = result.get_output("output0")
+        in_body = "data" in meta or "binary_data_size" in meta.get("parameters", {})
+        check("http shm output has no data in the body", not in_body and meta["shape"] == list(expected.shape), meta)
+        got = shm.get_contents_as_numpy(out_handle, np.float32, meta["shape"], offset=128)
+        compare("http shm infer yolov8n batch 2, in and out", got, expected)
+        # Shared-memory input, binary output in the body.
+        result = client.infer("yolov8n", [infer_input], outputs=[httpclient.InferRequestedOutput("output0", binary_data=True)])
+        compare("http shm input, binary output", result.as_numpy("output0"), expected)
+        for name, region, size, fragment in [
+            ("unknown region", "nope", images.nbytes, "not registered"),
+            ("size against shape", "in", images.nbytes - 4, "does not match shape"),
+            ("past the region", "in", images.nbytes, "past its"),
+        ]:
+            bad = httpclient.InferInput("images", list(images.shape), "FP32")
+            bad.set_shared_memory(region, size, offset=128 if name == "past the region" else 64)
+            try:
+                client.infer("yolov8n", [bad])
+                check(f"http shm {name} is an error", False)
+            except InferenceServerException as error:
+                check(f"http shm {name} is an error", fragment in str(error), str(error))
+        client.unregister_system_shared_memory("in")
+        check("http shm unregister one", [region["name"] for region in client.get_system_shared_memory_status()] == ["out"])
+        client.unregister_system_shared_memory()
+        check("http shm unregister all", client.get_system_shared_memory_status() == [])
+    finally:
+        shm.destroy_shared_memory_region(in_handle)
+        shm.destroy_shared_memory_region(out_handle)
+
+
 def grpc_checks():
     options = [("grpc.max_receive_message_length", 256 << 20), ("grpc.max_send_message_length", 256 << 20)]
     client = grpcclient.InferenceServerClient(GRPC_URL, channel_args=options)
@@ -190,6 +244,7 @@ def grpc_checks():
 
 started = time.time()
 http_checks()
+http_shared_memory_checks()
 grpc_checks()
 summary["seconds"] = round(time.time() - started, 1)
 print(json.dumps(summary))

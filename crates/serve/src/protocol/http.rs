@@ -21,6 +21,7 @@ use crate::error::{ApiError, ErrorKind};
 use crate::infer::{Infer, InferRequest, LoadedVersion, VersionStats};
 use crate::metrics::Duration64;
 use crate::protocol::types::{encode_infer_response, parse_infer_request};
+use crate::shared_memory::SharedMemory;
 
 /// Above this, JSON is parsed and written on a blocking thread, not an async worker.
 const BLOCKING_THRESHOLD: usize = 1 << 20;
@@ -29,6 +30,7 @@ const BLOCKING_THRESHOLD: usize = 1 << 20;
 struct AppState {
     infer: Infer,
     max_body_bytes: usize,
+    shared_memory: Arc<SharedMemory>,
 }
 
 impl From<&ErrorKind> for StatusCode {
@@ -51,10 +53,11 @@ impl IntoResponse for ApiError {
 }
 
 /// The KServe v2 REST router.
-pub fn router(infer: Infer, max_body_bytes: usize) -> Router {
+pub fn router(infer: Infer, max_body_bytes: usize, shared_memory: Arc<SharedMemory>) -> Router {
     let state = AppState {
         infer,
         max_body_bytes,
+        shared_memory,
     };
     Router::new()
         .route("/v2", get(server_metadata))
@@ -85,6 +88,23 @@ pub fn router(infer: Infer, max_body_bytes: usize) -> Router {
         .route(
             "/v2/models/{model}/versions/{version}/infer",
             post(version_infer),
+        )
+        .route("/v2/systemsharedmemory/status", get(shared_memory_status))
+        .route(
+            "/v2/systemsharedmemory/region/{name}/status",
+            get(region_status),
+        )
+        .route(
+            "/v2/systemsharedmemory/region/{name}/register",
+            post(region_register),
+        )
+        .route(
+            "/v2/systemsharedmemory/unregister",
+            post(shared_memory_unregister),
+        )
+        .route(
+            "/v2/systemsharedmemory/region/{name}/unregister",
+            post(region_unregister),
         )
         .route("/v2/repository/index", post(repository_index))
         .route("/v2/repository/models/{model}/load", post(repository_load))
@@ -123,12 +143,93 @@ async fn not_found() -> ApiError {
     ApiError::not_found("no such endpoint")
 }
 
-async fn server_metadata() -> axum::Json<Value> {
+async fn server_metadata(State(state): State<Arc<AppState>>) -> axum::Json<Value> {
+    let mut extensions = crate::EXTENSIONS.to_vec();
+    if state.shared_memory.allowed() {
+        extensions.push("system_shared_memory");
+    }
     axum::Json(json!({
         "name": "cardet-serve",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": crate::EXTENSIONS,
+        "extensions": extensions,
     }))
+}
+
+async fn shared_memory_status(
+    State(state): State<Arc<AppState>>,
+) -> Result<axum::Json<Value>, ApiError> {
+    regions_json(&state, None)
+}
+
+async fn region_status(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    regions_json(&state, Some(&name))
+}
+
+fn regions_json(state: &AppState, name: Option<&str>) -> Result<axum::Json<Value>, ApiError> {
+    let regions = state.shared_memory.status(name)?;
+    Ok(axum::Json(Value::Array(
+        regions
+            .into_iter()
+            .map(|region| {
+                json!({
+                    "name": region.name,
+                    "key": region.key,
+                    "offset": region.offset,
+                    "byte_size": region.byte_size,
+                })
+            })
+            .collect(),
+    )))
+}
+
+async fn region_register(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let body = read_body(&headers, body, 1 << 20, None).await?;
+    let request: Value = serde_json::from_slice(&body)
+        .map_err(|error| ApiError::validation(format!("malformed request JSON: {error}")))?;
+    let key = request
+        .get("key")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::validation("register: 'key' (a string) is required"))?;
+    let number = |field: &str, default: Option<u64>| {
+        match request.get(field) {
+            None => default,
+            Some(value) => value.as_u64(),
+        }
+        .ok_or_else(|| {
+            ApiError::validation(format!(
+                "register: '{field}' must be a non-negative integer"
+            ))
+        })
+    };
+    let offset = number("offset", Some(0))?;
+    let byte_size = number("byte_size", None)?;
+    state
+        .shared_memory
+        .register(&name, key, offset, byte_size)?;
+    Ok(StatusCode::OK)
+}
+
+async fn shared_memory_unregister(
+    State(state): State<Arc<AppState>>,
+) -> Result<StatusCode, ApiError> {
+    state.shared_memory.unregister(None)?;
+    Ok(StatusCode::OK)
+}
+
+async fn region_unregister(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.shared_memory.unregister(Some(&name))?;
+    Ok(StatusCode::OK)
 }
 
 async fn live() -> StatusCode {
@@ -411,13 +512,18 @@ async fn infer(
         .and_then(|l| l.trim().parse::<usize>().ok());
     let body = read_body(&headers, body, state.max_body_bytes, binary_header_length).await?;
     let json_bytes = binary_header_length.unwrap_or(body.len());
-    let parsed = if json_bytes > BLOCKING_THRESHOLD {
+    let mut parsed = if json_bytes > BLOCKING_THRESHOLD {
         tokio::task::spawn_blocking(move || parse_infer_request(body, header_length.as_deref()))
             .await
             .map_err(|error| ApiError::backend(error.to_string()))??
     } else {
         parse_infer_request(body, header_length.as_deref())?
     };
+    for (index, reference) in &parsed.shared_memory_inputs {
+        if let Some(input) = parsed.inputs.get_mut(*index) {
+            input.data = state.shared_memory.read(reference)?;
+        }
+    }
     let request = InferRequest {
         model,
         version,
@@ -425,10 +531,15 @@ async fn infer(
         outputs: parsed.outputs.clone(),
     };
     let response = state.infer.infer(request).await?;
+    for output in &response.outputs {
+        if let Some(reference) = parsed.shared_memory_output(&output.name) {
+            state.shared_memory.write(reference, &output.data)?;
+        }
+    }
     let json_heavy = response
         .outputs
         .iter()
-        .filter(|o| !parsed.binary(&o.name))
+        .filter(|o| !parsed.binary(&o.name) && parsed.shared_memory_output(&o.name).is_none())
         .map(|o| o.data.len())
         .sum::<usize>()
         > BLOCKING_THRESHOLD;

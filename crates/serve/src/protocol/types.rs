@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 
 use crate::error::ApiError;
 use crate::infer::InferResponse;
+use crate::shared_memory::RegionRef;
 use crate::tensor::{DataType, Tensor};
 
 #[derive(Debug, Deserialize)]
@@ -54,9 +55,22 @@ pub struct ParsedRequest {
     pub binary_outputs: Vec<(String, bool)>,
     /// For outputs not named in `binary_outputs`.
     pub binary_default: bool,
+    /// Inputs (by index in `inputs`, their data left empty) to read from a
+    /// registered shared-memory region.
+    pub shared_memory_inputs: Vec<(usize, RegionRef)>,
+    /// Outputs to write into a registered shared-memory region instead of the body.
+    pub shared_memory_outputs: Vec<(String, RegionRef)>,
 }
 
 impl ParsedRequest {
+    /// Where the named output goes when it goes to shared memory.
+    pub fn shared_memory_output(&self, output: &str) -> Option<&RegionRef> {
+        self.shared_memory_outputs
+            .iter()
+            .find(|(name, _)| name == output)
+            .map(|(_, reference)| reference)
+    }
+
     pub fn binary(&self, output: &str) -> bool {
         self.binary_outputs
             .iter()
@@ -104,6 +118,7 @@ pub fn parse_infer_request(
         }
     };
     let mut inputs = Vec::with_capacity(request.inputs.len());
+    let mut shared_memory_inputs = Vec::new();
     for input in request.inputs {
         let datatype = DataType::from_name(&input.datatype).ok_or_else(|| {
             ApiError::validation(format!(
@@ -141,6 +156,37 @@ pub fn parse_infer_request(
                     })?,
             ),
         };
+        let region = region_ref(
+            &format!("input '{}'", input.name),
+            input.parameters.as_ref(),
+        )?;
+        if let Some(region) = region {
+            if binary_size.is_some() || input.data.is_some() {
+                return Err(ApiError::validation(format!(
+                    "input '{}': shared-memory parameters with 'data' or binary_data_size",
+                    input.name
+                )));
+            }
+            let expected = count.checked_mul(element_size);
+            if expected.and_then(|n| u64::try_from(n).ok()) != Some(region.byte_size) {
+                return Err(ApiError::validation(format!(
+                    "input '{}': shared_memory_byte_size {} does not match shape {:?} of {} ({} bytes)",
+                    input.name,
+                    region.byte_size,
+                    input.shape,
+                    datatype.name(),
+                    expected.map_or("too many".to_string(), |n| n.to_string())
+                )));
+            }
+            shared_memory_inputs.push((inputs.len(), region));
+            inputs.push(Tensor {
+                name: input.name,
+                datatype,
+                shape: input.shape,
+                data: Bytes::new(),
+            });
+            continue;
+        }
         let data = match (binary_size, input.data) {
             (Some(_), Some(_)) => {
                 return Err(ApiError::validation(format!(
@@ -190,6 +236,7 @@ pub fn parse_infer_request(
         )));
     }
     let mut binary_outputs = Vec::new();
+    let mut shared_memory_outputs = Vec::new();
     let outputs = match request.outputs {
         None => None,
         Some(requested) => {
@@ -201,6 +248,11 @@ pub fn parse_infer_request(
                             "output '{}': the classification extension is not supported",
                             output.name
                         )));
+                    }
+                    if let Some(region) =
+                        region_ref(&format!("output '{}'", output.name), Some(parameters))?
+                    {
+                        shared_memory_outputs.push((output.name.clone(), region));
                     }
                     match parameters.get("binary_data") {
                         None => {}
@@ -226,7 +278,47 @@ pub fn parse_infer_request(
         outputs,
         binary_outputs,
         binary_default,
+        shared_memory_inputs,
+        shared_memory_outputs,
     })
+}
+
+/// The `shared_memory_*` parameters of an input or requested output, if any: the
+/// region and byte size together (the offset defaults to 0), as Triton requires.
+fn region_ref(
+    what: &str,
+    parameters: Option<&Map<String, Value>>,
+) -> Result<Option<RegionRef>, ApiError> {
+    let Some(parameters) = parameters else {
+        return Ok(None);
+    };
+    let region = parameters.get("shared_memory_region");
+    let byte_size = parameters.get("shared_memory_byte_size");
+    let offset = parameters.get("shared_memory_offset");
+    let number = |value: Option<&Value>, field: &str| -> Result<u64, ApiError> {
+        match value {
+            None => Ok(0),
+            Some(value) => value.as_u64().ok_or_else(|| {
+                ApiError::validation(format!("{what}: {field} must be a non-negative integer"))
+            }),
+        }
+    };
+    match (region, byte_size) {
+        (None, None) if offset.is_none() => Ok(None),
+        (Some(region), Some(_)) => {
+            let region = region.as_str().ok_or_else(|| {
+                ApiError::validation(format!("{what}: shared_memory_region must be a string"))
+            })?;
+            Ok(Some(RegionRef {
+                region: region.to_string(),
+                offset: number(offset, "shared_memory_offset")?,
+                byte_size: number(byte_size, "shared_memory_byte_size")?,
+            }))
+        }
+        _ => Err(ApiError::validation(format!(
+            "{what}: shared_memory_region and shared_memory_byte_size go together"
+        ))),
+    }
 }
 
 /// Flattens JSON `data` (nested or flat) into little-endian bytes, checking each element.
@@ -344,14 +436,23 @@ struct OutputJson<'a> {
     datatype: &'static str,
     shape: &'a [i64],
     #[serde(skip_serializing_if = "Option::is_none")]
-    parameters: Option<BinaryParameters>,
+    parameters: Option<OutputParameters<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     data: Option<JsonData>,
 }
 
 #[derive(Serialize)]
-struct BinaryParameters {
-    binary_data_size: usize,
+#[serde(untagged)]
+enum OutputParameters<'a> {
+    Binary {
+        binary_data_size: usize,
+    },
+    /// The output was written into the client's region, not the body.
+    SharedMemory {
+        shared_memory_region: &'a str,
+        shared_memory_offset: u64,
+        shared_memory_byte_size: u64,
+    },
 }
 
 #[derive(Serialize)]
@@ -374,6 +475,19 @@ pub fn encode_infer_response(
         .outputs
         .iter()
         .map(|output| {
+            if let Some(region) = request.shared_memory_output(&output.name) {
+                return OutputJson {
+                    name: &output.name,
+                    datatype: output.datatype.name(),
+                    shape: &output.shape,
+                    parameters: Some(OutputParameters::SharedMemory {
+                        shared_memory_region: &region.region,
+                        shared_memory_offset: region.offset,
+                        shared_memory_byte_size: output.data.len() as u64,
+                    }),
+                    data: None,
+                };
+            }
             let binary = request.binary(&output.name);
             if binary {
                 binary_parts.push(&output.data);
@@ -382,7 +496,7 @@ pub fn encode_infer_response(
                 name: &output.name,
                 datatype: output.datatype.name(),
                 shape: &output.shape,
-                parameters: binary.then(|| BinaryParameters {
+                parameters: binary.then(|| OutputParameters::Binary {
                     binary_data_size: output.data.len(),
                 }),
                 data: (!binary).then(|| json_data(output)),
@@ -558,6 +672,8 @@ mod tests {
             outputs: None,
             binary_outputs: vec![("x".into(), true)],
             binary_default: false,
+            shared_memory_inputs: Vec::new(),
+            shared_memory_outputs: Vec::new(),
         };
         let (body, header_length) = encode_infer_response(&response, &request);
         let header_length = header_length.expect("binary");
@@ -566,5 +682,47 @@ mod tests {
         assert_eq!(json["outputs"][1]["data"], serde_json::json!([3.0]));
         assert_eq!(json["id"], "a");
         assert_eq!(&body[header_length..], &response.outputs[0].data[..]);
+    }
+
+    #[test]
+    fn shared_memory_parameters_name_a_region_instead_of_data() {
+        let body = br#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","parameters":{"shared_memory_region":"in","shared_memory_byte_size":8,"shared_memory_offset":16}}],"outputs":[{"name":"y","parameters":{"shared_memory_region":"out","shared_memory_byte_size":4}}]}"#;
+        let parsed = parse_infer_request(Bytes::from_static(body), None).expect("parses");
+        let region = |name: &str, offset, byte_size| RegionRef {
+            region: name.to_string(),
+            offset,
+            byte_size,
+        };
+        assert_eq!(parsed.shared_memory_inputs, vec![(0, region("in", 16, 8))]);
+        assert!(parsed.inputs[0].data.is_empty());
+        assert_eq!(parsed.shared_memory_output("y"), Some(&region("out", 0, 4)));
+        let response = InferResponse {
+            model: "m".into(),
+            version: "1".into(),
+            outputs: vec![Tensor::from_f32("y", vec![1], &[3.0])],
+        };
+        let (body, header_length) = encode_infer_response(&response, &parsed);
+        assert_eq!(header_length, None, "no binary data follows");
+        let json: Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(
+            json["outputs"][0]["parameters"]["shared_memory_region"],
+            "out"
+        );
+        assert_eq!(
+            json["outputs"][0]["parameters"]["shared_memory_byte_size"],
+            4
+        );
+        assert!(json["outputs"][0].get("data").is_none());
+        for (body, fragment) in [
+            (&br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","parameters":{"shared_memory_region":"in"}}]}"#[..], "go together"),
+            (br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1.0],"parameters":{"shared_memory_region":"in","shared_memory_byte_size":4}}]}"#, "with 'data'"),
+            (br#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","parameters":{"shared_memory_region":"in","shared_memory_byte_size":4}}]}"#, "does not match shape"),
+            (br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","parameters":{"shared_memory_region":7,"shared_memory_byte_size":4}}]}"#, "must be a string"),
+        ] {
+            let message = parse_infer_request(Bytes::copy_from_slice(body), None)
+                .expect_err(fragment)
+                .message;
+            assert!(message.contains(fragment), "{message}");
+        }
     }
 }

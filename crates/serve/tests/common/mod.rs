@@ -98,8 +98,16 @@ pub async fn start(
     mode: cardet_serve::ControlMode,
     max_message_bytes: usize,
 ) -> cardet_serve::Server {
-    let runtime = std::sync::Arc::new(cardet_onnx::load().expect("onnxruntime"));
-    let config = cardet_serve::Config {
+    start_with(config(repository, mode, max_message_bytes)).await
+}
+
+/// What [`start`] starts, for a test that changes a setting first.
+pub fn config(
+    repository: &Path,
+    mode: cardet_serve::ControlMode,
+    max_message_bytes: usize,
+) -> cardet_serve::Config {
+    cardet_serve::Config {
         model_repository: repository.display().to_string(),
         http_address: "127.0.0.1".into(),
         http_port: 0,
@@ -114,7 +122,11 @@ pub async fn start(
         },
         max_message_bytes,
         ..cardet_serve::Config::default()
-    };
+    }
+}
+
+pub async fn start_with(config: cardet_serve::Config) -> cardet_serve::Server {
+    let runtime = std::sync::Arc::new(cardet_onnx::load().expect("onnxruntime"));
     cardet_serve::start(runtime, config)
         .await
         .expect("server starts")
