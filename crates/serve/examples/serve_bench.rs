@@ -5,6 +5,7 @@
 //! serve_bench raw   --best      ...                         # best of batch 1, 2, 4, 8
 //! serve_bench raw   ... [--arena-off] [--pattern-off]         # without ORT's CPU arena / memory patterns
 //! serve_bench serve --clients 8 [--secs 10] [--threads 2] [--no-batching]
+//! serve_bench serve ... --shared-memory                      # tensors through /dev/shm regions
 //! serve_bench rss                                            # a bare session's resident memory
 //! ```
 //! Both sides run the same YOLOv8n export (random weights, 640x640, made by Ultralytics
@@ -33,6 +34,8 @@ struct Args {
     arena_off: bool,
     /// The raw session without memory patterns.
     pattern_off: bool,
+    /// Clients pass the input and output through system shared-memory regions.
+    shared_memory: bool,
 }
 
 fn parse_args() -> Args {
@@ -46,6 +49,7 @@ fn parse_args() -> Args {
         batching: true,
         arena_off: false,
         pattern_off: false,
+        shared_memory: false,
     };
     let mut iter = std::env::args().skip(1);
     args.mode = iter.next().unwrap_or_default();
@@ -60,6 +64,7 @@ fn parse_args() -> Args {
             "--no-batching" => args.batching = false,
             "--arena-off" => args.arena_off = true,
             "--pattern-off" => args.pattern_off = true,
+            "--shared-memory" => args.shared_memory = true,
             other => panic!("unknown flag {other}"),
         }
     }
@@ -176,53 +181,117 @@ async fn start_server(args: &Args, repository: &std::path::Path) -> cardet_serve
             intra_op: args.threads,
             inter_op: 1,
         },
+        allow_shared_memory: args.shared_memory,
         ..cardet_serve::Config::default()
     };
     cardet_serve::start(runtime, config).await.expect("server")
 }
 
-async fn drive(args: &Args, url: String) -> f64 {
+/// One client's request: its body and, for binary data, the JSON header's length.
+#[derive(Clone)]
+struct Request {
+    body: bytes::Bytes,
+    header_length: Option<String>,
+}
+
+/// A binary-data request carrying the image.
+fn binary_request() -> Request {
     let header = br#"{"inputs":[{"name":"images","shape":[1,3,640,640],"datatype":"FP32","parameters":{"binary_data_size":4915200}}],"outputs":[{"name":"output0","parameters":{"binary_data":true}}]}"#;
     let mut body = header.to_vec();
     for value in image(1) {
         body.extend_from_slice(&value.to_le_bytes());
     }
-    let body = bytes::Bytes::from(body);
+    Request {
+        body: bytes::Bytes::from(body),
+        header_length: Some(header.len().to_string()),
+    }
+}
+
+/// Room for YOLOv8n's `[1, 84, 8400]` FP32 output.
+const OUTPUT_REGION_BYTES: usize = 4 << 20;
+
+/// Creates client `index`'s input (holding the image) and output regions in
+/// /dev/shm, registers them, and returns the JSON request that names them. The
+/// objects are unlinked once registered: `serve` keeps its mappings.
+async fn shared_memory_request(client: &reqwest::Client, url: &str, index: usize) -> Request {
+    let base = url.split("/v2/").next().unwrap_or(url).to_string();
+    let input: Vec<u8> = image(1).iter().flat_map(|v| v.to_le_bytes()).collect();
+    for (suffix, contents) in [("in", input), ("out", vec![0; OUTPUT_REGION_BYTES])] {
+        let key = format!(
+            "/cardet-serve-bench-{}-{index}-{suffix}",
+            std::process::id()
+        );
+        let path = format!("/dev/shm{key}");
+        std::fs::write(&path, &contents).expect("shared-memory object");
+        let response = client
+            .post(format!(
+                "{base}/v2/systemsharedmemory/region/{index}-{suffix}/register"
+            ))
+            .body(
+                serde_json::json!({"key": key, "offset": 0, "byte_size": contents.len()})
+                    .to_string(),
+            )
+            .send()
+            .await
+            .expect("register");
+        assert!(
+            response.status().is_success(),
+            "register: {}",
+            response.status()
+        );
+        std::fs::remove_file(&path).expect("unlink");
+    }
+    let body = serde_json::json!({
+        "inputs": [{"name": "images", "shape": [1, 3, 640, 640], "datatype": "FP32",
+            "parameters": {"shared_memory_region": format!("{index}-in"), "shared_memory_byte_size": 4915200}}],
+        "outputs": [{"name": "output0",
+            "parameters": {"shared_memory_region": format!("{index}-out"), "shared_memory_byte_size": OUTPUT_REGION_BYTES}}],
+    });
+    Request {
+        body: bytes::Bytes::from(body.to_string()),
+        header_length: None,
+    }
+}
+
+async fn drive(args: &Args, url: String) -> f64 {
     let client = reqwest::Client::new();
-    let header_length = header.len().to_string();
-    let send = move |client: reqwest::Client, body: bytes::Bytes, url: String| {
-        let header_length = header_length.clone();
-        async move {
-            let response = client
-                .post(&url)
-                .header("Inference-Header-Content-Length", header_length)
-                .body(body)
-                .send()
-                .await
-                .expect("request");
-            assert!(response.status().is_success(), "{}", response.status());
-            response.bytes().await.expect("body");
+    let mut requests = Vec::new();
+    for index in 0..args.clients.max(1) {
+        requests.push(if args.shared_memory {
+            shared_memory_request(&client, &url, index).await
+        } else {
+            binary_request()
+        });
+    }
+    let send = move |client: reqwest::Client, request: Request, url: String| async move {
+        let mut builder = client.post(&url).body(request.body);
+        if let Some(length) = request.header_length {
+            builder = builder.header("Inference-Header-Content-Length", length);
         }
+        let response = builder.send().await.expect("request");
+        let status = response.status();
+        let body = response.bytes().await.expect("body");
+        assert!(
+            status.is_success(),
+            "{status}: {}",
+            String::from_utf8_lossy(&body)
+        );
     };
     // Warm up every client's connection and the model.
-    for _ in 0..2 {
-        send(client.clone(), body.clone(), url.clone()).await;
+    for request in &requests {
+        for _ in 0..2 {
+            send(client.clone(), request.clone(), url.clone()).await;
+        }
     }
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.secs);
     let mut tasks = Vec::new();
-    for _ in 0..args.clients.max(1) {
-        let (client, body, url, done, send) = (
-            client.clone(),
-            body.clone(),
-            url.clone(),
-            done.clone(),
-            send.clone(),
-        );
+    for request in requests {
+        let (client, url, done, send) = (client.clone(), url.clone(), done.clone(), send.clone());
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
-                send(client.clone(), body.clone(), url.clone()).await;
+                send(client.clone(), request.clone(), url.clone()).await;
                 done.fetch_add(1, Ordering::Relaxed);
             }
         }));
@@ -233,7 +302,15 @@ async fn drive(args: &Args, url: String) -> f64 {
     let elapsed = started.elapsed();
     let requests = done.load(Ordering::Relaxed);
     let rate = requests as f64 / elapsed.as_secs_f64();
-    eprintln!("serve, {} clients: {rate:.2} images/s", args.clients);
+    let transport = if args.shared_memory {
+        "shared memory"
+    } else {
+        "binary REST"
+    };
+    eprintln!(
+        "serve, {} clients, {transport}: {rate:.2} images/s",
+        args.clients
+    );
     print_time_split(&client, &url, requests, elapsed).await;
     rate
 }
