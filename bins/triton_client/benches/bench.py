@@ -3,7 +3,9 @@ triton_client, the original project's client (original_client.py) and
 tritonclient with the same pre/post in Python (tritonclient_client.py), all
 sequential (one request in flight), interleaved over rounds, plus our client's
 CPU time per image. Every client decodes, letterboxes (or resizes), infers,
-decodes + NMS and draws every image.
+decodes + NMS and draws every image (the "no drawing" rows skip the drawing). The
+"shared memory" rows pass the tensors through /dev/shm regions (Triton's system
+shared-memory extension) instead of the socket.
 
 usage: bench.py --serve PATH --client PATH --onnx MODEL.onnx [--images 40] [--rounds 3]
 """
@@ -83,7 +85,7 @@ def main():
     serve = subprocess.Popen([args.serve, "--model-repository", os.path.join(work, "repo"),
                               "--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1",
                               "--http-port", str(http_port), "--grpc-port", str(grpc_port),
-                              "--allow-metrics", "false"], stderr=subprocess.DEVNULL)
+                              "--allow-metrics", "false", "--allow-shared-memory"], stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{http_port}"
     for _ in range(600):
         try:
@@ -103,6 +105,11 @@ def main():
                                               "--no-progress", "--out", out, "--jsonl", os.devnull, *paths],
         "ours, no drawing (concurrency 1)": [args.client, "--url", url, "--model", "yolov8n", "--concurrency", "1",
                                              "--no-progress", "--jsonl", os.devnull, *paths],
+        "ours, shared memory (concurrency 1)": [args.client, "--url", url, "--model", "yolov8n", "--concurrency", "1",
+                                                "--shared-memory", "--no-progress", "--out", out, "--jsonl", os.devnull, *paths],
+        "ours, shared memory, no drawing (concurrency 1)": [args.client, "--url", url, "--model", "yolov8n",
+                                                            "--concurrency", "1", "--shared-memory", "--no-progress",
+                                                            "--jsonl", os.devnull, *paths],
         "tritonclient (binary) + Python pre/post": [python, os.path.join(HERE, "tritonclient_client.py"),
                                                     f"127.0.0.1:{http_port}", "yolov8n", out, *paths],
         "original client (JSON list, numpy)": [python, os.path.join(HERE, "original_client.py"), url, "yolov8n", out, *paths],

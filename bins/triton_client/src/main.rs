@@ -25,6 +25,7 @@ use clap::{Parser, ValueEnum};
   triton_client --url http://127.0.0.1:8000 --model yolov8n_car --out drawn/ 'frames/**/*.jpg'
   triton_client --protocol grpc --url http://127.0.0.1:8001 --model yolov8n_car frames/
   triton_client --model yolov8n_car --json street.jpg          # JSON tensors, not binary
+  triton_client --model yolov8n_car --shared-memory frames/    # tensors through /dev/shm (serve --allow-shared-memory)
   triton_client --model yolov8n_car --dataset data/synth/data.yaml --split val --conf 0.001 --metrics-out map.json
   triton_client --model yolov8n_car --concurrency 8 --batch 4 --retries 5 frames/ > detections.jsonl
   triton_client --model yolov8n_car --kafka-topic images --names data.yaml   # the topic as it is now, mAP from its labels
@@ -118,6 +119,12 @@ struct Flags {
     /// Retries of a request that failed for a transient reason.
     #[arg(long, default_value_t = 0)]
     retries: u32,
+    /// Pass the images and the outputs through system shared-memory regions that
+    /// the server maps (Triton's system_shared_memory extension; serve needs
+    /// --allow-shared-memory, Triton --allow-client-shm), not through the socket.
+    /// The server must share this host's /dev/shm. HTTP binary only.
+    #[arg(long)]
+    shared_memory: bool,
     /// Seconds before a request is abandoned.
     #[arg(long, default_value_t = 120)]
     timeout_s: u64,
@@ -189,6 +196,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     config.default_image_size = (flags.imgsz, flags.imgsz);
     config.names = names;
     config.retries = flags.retries;
+    config.shared_memory = flags.shared_memory;
     config.timeout = Duration::from_secs(flags.timeout_s.max(1));
     config.progress_bar = !flags.no_progress;
     config.metrics_out = flags
@@ -215,10 +223,15 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             cardet_client::run(&config, &mut stdout).await?
         }
     };
+    let transport = if flags.shared_memory {
+        format!("{protocol}, shared memory")
+    } else {
+        protocol.to_string()
+    };
     let mut stderr = std::io::stderr().lock();
     let _ = writeln!(
         stderr,
-        "{} images ({} detections, {} skipped) in {:.2} s: {:.1} images/s, latency p50 {:.1} ms, p99 {:.1} ms ({protocol}, concurrency {}, batch {})",
+        "{} images ({} detections, {} skipped) in {:.2} s: {:.1} images/s, latency p50 {:.1} ms, p99 {:.1} ms ({transport}, concurrency {}, batch {})",
         summary.n_images,
         summary.n_detections,
         summary.n_skipped,
@@ -246,6 +259,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             "latency_p50_ms": summary.latency_p50_ms,
             "latency_p99_ms": summary.latency_p99_ms,
             "protocol": protocol.to_string(),
+            "shared_memory": flags.shared_memory,
             "concurrency": flags.concurrency,
             "batch": flags.batch,
         });

@@ -1,7 +1,8 @@
 //! End to end through the stack: a YOLOv8n ONNX model folder is uploaded to the
 //! stack's S3 server as a verified version, `serve` loads it from S3, and
 //! `triton_client` runs a synthetic validation split through it over HTTP with
-//! binary tensors, HTTP with JSON tensors, and gRPC. The three must give the same
+//! binary tensors, HTTP with JSON tensors, gRPC, and HTTP with the tensors in
+//! system shared-memory regions. All four must give the same
 //! detections, and the mAP the client prints must equal the evaluator's on
 //! predictions made in-process by ONNX Runtime on the same model and split.
 //!
@@ -119,6 +120,13 @@ fn a_model_uploaded_to_s3_serves_the_same_detections_over_every_protocol() {
         work.path(),
         "grpc",
     );
+    let (shared_memory, shared_memory_metrics, _) = run_client(
+        http,
+        &["--shared-memory"],
+        &data_yaml,
+        work.path(),
+        "shared-memory",
+    );
     assert_eq!(binary.len(), 6, "one line per validation image");
     let n_detections: usize = binary
         .iter()
@@ -130,6 +138,13 @@ fn a_model_uploaded_to_s3_serves_the_same_detections_over_every_protocol() {
     );
     assert_eq!(binary, json, "HTTP binary and HTTP JSON disagree");
     assert_eq!(binary, grpc_lines, "HTTP binary and gRPC disagree");
+    // Three batches on two slots: the first answer of each slot comes back in the
+    // body, the third through the output region the slot made after it.
+    assert_eq!(
+        binary, shared_memory,
+        "HTTP binary and shared memory disagree"
+    );
+    assert_eq!(binary_metrics, shared_memory_metrics);
     assert_eq!(binary_metrics, json_metrics);
     assert_eq!(binary_metrics, grpc_metrics);
 

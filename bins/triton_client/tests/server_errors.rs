@@ -1,5 +1,5 @@
 //! The client against a server that refuses: an unknown model, a batch larger than
-//! the model allows, and no server at all. Each ends the run with a non-zero exit
+//! the model allows, shared memory it does not allow, and no server at all. Each ends the run with a non-zero exit
 //! and one line carrying the server's own message. And against no Kafka broker at
 //! all: one line naming the address.
 
@@ -132,6 +132,40 @@ fn server_errors_reach_the_user_with_the_servers_message() {
         );
         assert!(stderr.contains("batch"), "{protocol}: {stderr}");
     }
+
+    // Shared memory against a server that does not allow it: its message, which
+    // says how to allow it; and with a transport that cannot carry it.
+    let (ok, stderr) = client(
+        &["--url", &http, "--model", "car", "--shared-memory"],
+        &image,
+    );
+    assert!(
+        !ok,
+        "shared memory succeeded against a server that refuses it"
+    );
+    assert!(
+        stderr.starts_with(&format!(
+            "triton_client: the server at {http} refused registering shared-memory region"
+        )) && stderr.contains("--allow-shared-memory"),
+        "{stderr}"
+    );
+    let (ok, stderr) = client(
+        &[
+            "--url",
+            &grpc,
+            "--protocol",
+            "grpc",
+            "--model",
+            "car",
+            "--shared-memory",
+        ],
+        &image,
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("--shared-memory needs --protocol http-binary"),
+        "{stderr}"
+    );
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())

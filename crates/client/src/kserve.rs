@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use crate::error::Error;
 use crate::recycle::Recycler;
+use crate::shared_memory::{RegionFloats, SharedRegion};
 
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod pb {
@@ -64,12 +65,23 @@ pub struct ModelMetadata {
 
 /// An FP32 input tensor as the wire carries it: the values' little-endian bytes,
 /// shared, so a retry resends them without a copy, and whatever owns the values
-/// (a recycled buffer, say) gets them back when the last request holding them ends.
+/// (a recycled buffer, say) gets them back when the last request holding them ends;
+/// or the name of a shared-memory region that holds them.
 #[derive(Clone, Debug)]
 pub struct InputTensor {
     pub name: String,
     pub shape: Vec<i64>,
-    data: Bytes,
+    data: InputData,
+}
+
+#[derive(Clone, Debug)]
+enum InputData {
+    Bytes(Bytes),
+    /// The first `byte_size` bytes of a registered region.
+    Region {
+        region: String,
+        byte_size: usize,
+    },
 }
 
 impl InputTensor {
@@ -88,17 +100,48 @@ impl InputTensor {
         InputTensor {
             name: name.to_string(),
             shape,
-            data: Bytes::from_owner(LittleEndianF32(values)),
+            data: InputData::Bytes(Bytes::from_owner(LittleEndianF32(values))),
+        }
+    }
+
+    /// The first `n_values` floats of `region`, written there by the caller.
+    pub fn in_region(
+        name: &str,
+        shape: Vec<i64>,
+        region: &SharedRegion,
+        n_values: usize,
+    ) -> InputTensor {
+        InputTensor {
+            name: name.to_string(),
+            shape,
+            data: InputData::Region {
+                region: region.name().to_string(),
+                byte_size: n_values * 4,
+            },
         }
     }
 
     pub fn n_values(&self) -> usize {
-        self.data.len() / 4
+        match &self.data {
+            InputData::Bytes(bytes) => bytes.len() / 4,
+            InputData::Region { byte_size, .. } => byte_size / 4,
+        }
     }
 
-    fn values(&self) -> Vec<f32> {
-        le_bytes_to_f32(&self.data)
+    /// The bytes, for the transports that send them (all but shared memory).
+    fn bytes(&self) -> Result<&Bytes, Error> {
+        match &self.data {
+            InputData::Bytes(bytes) => Ok(bytes),
+            InputData::Region { .. } => Err(shared_memory_needs_binary_http()),
+        }
     }
+}
+
+fn shared_memory_needs_binary_http() -> Error {
+    Error::InvalidArgument(
+        "system shared memory works over REST with binary data (--protocol http-binary)"
+            .to_string(),
+    )
 }
 
 /// An FP32 output tensor, row-major.
@@ -112,6 +155,8 @@ pub struct OutputTensor {
 #[derive(Clone, Debug)]
 enum OutputValues {
     Owned(Vec<f32>),
+    /// Written by the server into the client's shared-memory region.
+    Region(RegionFloats),
     /// The answer's own bytes, 4-byte aligned, on a little-endian machine: read in
     /// place, no copy.
     LittleEndian(Bytes),
@@ -136,6 +181,7 @@ impl OutputTensor {
     pub fn values(&self) -> &[f32] {
         match &self.values {
             OutputValues::Owned(values) => values,
+            OutputValues::Region(floats) => floats.as_slice(),
             // Checked to cast in `from_le_bytes`.
             OutputValues::LittleEndian(bytes) => bytemuck::cast_slice(bytes),
         }
@@ -233,6 +279,63 @@ impl KserveClient {
 
     /// Fails fast, with one clear error, when the server is down or the model is not
     /// ready.
+    /// Creates a shared-memory object of `byte_size` bytes, registers it with the
+    /// server as region `name` (Triton's system_shared_memory extension, REST), and
+    /// unlinks the object's name: the server and this process keep their mappings.
+    /// Server and client must share `/dev/shm` (the same host, or the same pod).
+    pub async fn create_region(&self, name: &str, byte_size: usize) -> Result<SharedRegion, Error> {
+        let Transport::Http(http) = &self.transport else {
+            return Err(shared_memory_needs_binary_http());
+        };
+        let key = format!("/cardet-client-{}-{name}", std::process::id());
+        let region = SharedRegion::create(name, &key, byte_size)?;
+        let answer = http
+            .post(format!(
+                "{}/v2/systemsharedmemory/region/{name}/register",
+                self.url
+            ))
+            .body(json!({ "key": key, "offset": 0, "byte_size": byte_size }).to_string())
+            .send()
+            .await;
+        SharedRegion::unlink(&key);
+        let response = answer.map_err(|error| self.send_error(error))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.bytes().await.unwrap_or_default();
+            return Err(self.http_error(
+                status,
+                &body,
+                &format!("registering shared-memory region {name}"),
+            ));
+        }
+        Ok(region)
+    }
+
+    /// Unregisters region `name` (the server unmaps it once no request uses it).
+    pub async fn unregister_region(&self, name: &str) -> Result<(), Error> {
+        let Transport::Http(http) = &self.transport else {
+            return Err(shared_memory_needs_binary_http());
+        };
+        let response = http
+            .post(format!(
+                "{}/v2/systemsharedmemory/region/{name}/unregister",
+                self.url
+            ))
+            .send()
+            .await
+            .map_err(|error| self.send_error(error))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.bytes().await.unwrap_or_default();
+            return Err(self.http_error(
+                status,
+                &body,
+                &format!("unregistering shared-memory region {name}"),
+            ));
+        }
+        Ok(())
+    }
+
     pub async fn check_ready(&self, model: &str, version: Option<&str>) -> Result<(), Error> {
         let not_ready = |message: String| Error::NotReady {
             url: self.url.clone(),
@@ -331,13 +434,15 @@ impl KserveClient {
         }
     }
 
-    /// Runs one FP32 input through the model and returns the named FP32 output.
+    /// Runs one FP32 input through the model and returns the named FP32 output,
+    /// written into `output_region` when one is given (REST with binary data only).
     pub async fn infer(
         &self,
         model: &str,
         version: Option<&str>,
         input: &InputTensor,
         output_name: &str,
+        output_region: Option<&SharedRegion>,
     ) -> Result<OutputTensor, Error> {
         let expected: i64 = input.shape.iter().product();
         if expected != input.n_values() as i64 {
@@ -348,13 +453,16 @@ impl KserveClient {
                 input.n_values()
             )));
         }
+        if output_region.is_some() && self.protocol != Protocol::HttpBinary {
+            return Err(shared_memory_needs_binary_http());
+        }
         match (&self.transport, self.protocol) {
             (Transport::Http(http), Protocol::HttpJson) => {
                 self.infer_http_json(http, model, version, input, output_name)
                     .await
             }
             (Transport::Http(http), _) => {
-                self.infer_http_binary(http, model, version, input, output_name)
+                self.infer_http_binary(http, model, version, input, output_name, output_region)
                     .await
             }
             (Transport::Grpc(grpc), _) => {
@@ -371,13 +479,28 @@ impl KserveClient {
         version: Option<&str>,
         input: &InputTensor,
         output_name: &str,
+        output_region: Option<&SharedRegion>,
     ) -> Result<OutputTensor, Error> {
+        let (input_parameters, input_bytes) = match &input.data {
+            InputData::Bytes(bytes) => (json!({ "binary_data_size": bytes.len() }), bytes.clone()),
+            InputData::Region { region, byte_size } => (
+                json!({ "shared_memory_region": region, "shared_memory_byte_size": byte_size }),
+                Bytes::new(),
+            ),
+        };
+        let output_parameters = match output_region {
+            Some(region) => json!({
+                "shared_memory_region": region.name(),
+                "shared_memory_byte_size": region.byte_size(),
+            }),
+            None => json!({ "binary_data": true }),
+        };
         let header = json!({
             "inputs": [{
                 "name": input.name, "shape": input.shape, "datatype": "FP32",
-                "parameters": { "binary_data_size": input.data.len() },
+                "parameters": input_parameters,
             }],
-            "outputs": [{ "name": output_name, "parameters": { "binary_data": true } }],
+            "outputs": [{ "name": output_name, "parameters": output_parameters }],
         })
         .to_string();
         let header_length = header.len();
@@ -391,12 +514,13 @@ impl KserveClient {
             .header("Content-Type", "application/octet-stream")
             .body(reqwest::Body::wrap(Frames::new([
                 Bytes::from(header),
-                input.data.clone(),
+                input_bytes,
             ])))
             .send()
             .await
             .map_err(|error| self.send_error(error))?;
-        self.read_http_answer(response, model, output_name).await
+        self.read_http_answer(response, model, output_name, output_region)
+            .await
     }
 
     async fn infer_http_json(
@@ -410,7 +534,7 @@ impl KserveClient {
         let body = json!({
             "inputs": [{
                 "name": input.name, "shape": input.shape, "datatype": "FP32",
-                "data": input.values(),
+                "data": le_bytes_to_f32(input.bytes()?),
             }],
             "outputs": [{ "name": output_name, "parameters": { "binary_data": false } }],
         });
@@ -425,7 +549,8 @@ impl KserveClient {
             .send()
             .await
             .map_err(|error| self.send_error(error))?;
-        self.read_http_answer(response, model, output_name).await
+        self.read_http_answer(response, model, output_name, None)
+            .await
     }
 
     /// Reads an infer answer: a JSON header, and binary outputs after it when the
@@ -435,6 +560,7 @@ impl KserveClient {
         response: reqwest::Response,
         model: &str,
         output_name: &str,
+        output_region: Option<&SharedRegion>,
     ) -> Result<OutputTensor, Error> {
         let status = response.status();
         let header_length = response
@@ -469,7 +595,34 @@ impl KserveClient {
                 .and_then(|parameters| parameters.get("binary_data_size"))
                 .and_then(Value::as_u64)
                 .map(|size| size as usize);
+            let in_region = output
+                .parameters
+                .as_ref()
+                .and_then(|parameters| parameters.get("shared_memory_region"))
+                .is_some();
             let tensor = match (binary_size, output.data) {
+                _ if in_region => {
+                    if output.name != output_name {
+                        continue;
+                    }
+                    let region = output_region.ok_or_else(|| {
+                        protocol_error(format!(
+                            "output {} is in a shared-memory region this client did not ask for",
+                            output.name
+                        ))
+                    })?;
+                    let n_values: i64 = output.shape.iter().product();
+                    let n_bytes = usize::try_from(n_values)
+                        .unwrap_or(usize::MAX)
+                        .saturating_mul(4);
+                    OutputTensor {
+                        values: OutputValues::Region(
+                            region.floats(0..n_bytes).map_err(protocol_error)?,
+                        ),
+                        name: output.name,
+                        shape: output.shape,
+                    }
+                }
                 (Some(size), _) => {
                     if size > binary.len() {
                         return Err(protocol_error(format!(
@@ -559,7 +712,7 @@ impl KserveClient {
                 name: output_name.to_string(),
                 ..Default::default()
             }],
-            raw_input_contents: vec![input.data.clone()],
+            raw_input_contents: vec![input.bytes()?.clone()],
             ..Default::default()
         };
         let answer = grpc
@@ -758,8 +911,9 @@ mod tests {
         let values = [1.0_f32, -2.5, f32::MIN_POSITIVE];
         let input = InputTensor::new("images", vec![1, 3], values.to_vec());
         assert_eq!(input.n_values(), 3);
-        assert_eq!(&input.data[..], &le_bytes(&values)[..]);
-        assert_eq!(input.values(), values);
+        let bytes = input.bytes().expect("bytes");
+        assert_eq!(&bytes[..], &le_bytes(&values)[..]);
+        assert_eq!(le_bytes_to_f32(bytes), values);
     }
 
     #[test]

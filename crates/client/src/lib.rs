@@ -30,6 +30,7 @@ mod kafka_input;
 pub mod kserve;
 mod recycle;
 mod run;
+pub mod shared_memory;
 
 pub use crate::error::Error;
 pub use crate::inputs::{InputImage, InputSpec, RecordPosition};
@@ -38,3 +39,4 @@ pub use crate::kserve::{
     InputTensor, KserveClient, ModelMetadata, OutputTensor, Protocol, TensorMetadata,
 };
 pub use crate::run::{EvalSummary, RunConfig, Summary, eval_image, predicted_box, run};
+pub use crate::shared_memory::SharedRegion;

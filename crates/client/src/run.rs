@@ -22,6 +22,7 @@ use crate::error::Error;
 use crate::inputs::{self, Input, InputImage, InputSpec, RecordPosition};
 use crate::kserve::{InputTensor, KserveClient, Protocol};
 use crate::recycle::{Recycled, Recycler};
+use crate::shared_memory::SharedRegion;
 
 /// With a live input (a followed topic), how long a part-filled batch waits for
 /// more images before it is sent: long enough to batch a burst, short enough that a
@@ -58,6 +59,9 @@ pub struct RunConfig {
     /// Raised (by a signal handler, say): read no more input, finish the batches in
     /// flight and sum up. The way to end a run that follows a topic.
     pub stop: Arc<AtomicBool>,
+    /// Pass tensors through system shared-memory regions instead of the socket
+    /// (HTTP binary only; the server must share this host's `/dev/shm`).
+    pub shared_memory: bool,
 }
 
 impl RunConfig {
@@ -79,6 +83,7 @@ impl RunConfig {
             progress_bar: false,
             metrics_out: None,
             stop: Arc::new(AtomicBool::new(false)),
+            shared_memory: false,
         }
     }
 }
@@ -163,6 +168,11 @@ pub async fn run(config: &RunConfig, lines: &mut (dyn Write + Send)) -> Result<S
             "--concurrency and --batch must be at least 1".to_string(),
         ));
     }
+    if config.shared_memory && config.protocol != Protocol::HttpBinary {
+        return Err(Error::InvalidArgument(
+            "--shared-memory needs --protocol http-binary".to_string(),
+        ));
+    }
     let input = config.input.clone();
     let source = tokio::task::spawn_blocking(move || inputs::open(&input))
         .await
@@ -193,6 +203,7 @@ pub async fn run(config: &RunConfig, lines: &mut (dyn Write + Send)) -> Result<S
     let reader = source.spawn_reader(sender, config.stop.clone());
 
     let started = Instant::now();
+    let (width, height) = model_io.image_size;
     let shared = Arc::new(Shared {
         client,
         config: config.clone(),
@@ -200,6 +211,9 @@ pub async fn run(config: &RunConfig, lines: &mut (dyn Write + Send)) -> Result<S
         names: names.clone(),
         input_buffers: Recycler::new(config.concurrency + 1),
         image_buffers: Recycler::new(config.batch * (config.concurrency + 1)),
+        region_slots: config
+            .shared_memory
+            .then(|| RegionSlots::new(config.batch * 3 * width as usize * height as usize * 4)),
     });
     let mut in_flight: JoinSet<Result<BatchOutcome, Error>> = JoinSet::new();
     let mut collected = Collected::default();
@@ -256,6 +270,9 @@ pub async fn run(config: &RunConfig, lines: &mut (dyn Write + Send)) -> Result<S
         .map_err(|error| Error::InvalidArgument(format!("the input reader failed: {error}")))?;
     progress.finish_and_clear();
     let elapsed_s = started.elapsed().as_secs_f64();
+    if let Some(slots) = &shared.region_slots {
+        slots.unregister_all(&shared.client).await;
+    }
     flush(lines)?;
     collected.summary(elapsed_s, &names, config.metrics_out.as_deref())
 }
@@ -276,6 +293,128 @@ struct Shared {
     input_buffers: Arc<Recycler<f32>>,
     /// Decoded frames.
     image_buffers: Arc<Recycler<u8>>,
+    /// With `--shared-memory`: the regions of the requests in flight.
+    region_slots: Option<RegionSlots>,
+}
+
+/// The shared-memory regions one request in flight uses.
+struct RegionSlot {
+    index: usize,
+    input: SharedRegion,
+    /// Made after the slot's first answer, once the output's size is known; until
+    /// then the output comes back in the body.
+    output: Option<SharedRegion>,
+}
+
+/// Region slots handed from request to request, made as concurrency needs them.
+struct RegionSlots {
+    free: std::sync::Mutex<Vec<RegionSlot>>,
+    input_bytes: usize,
+    /// Every region this run registered, to unregister at the end.
+    registered: std::sync::Mutex<Vec<String>>,
+}
+
+/// Slot numbers, unique in the process: region names are global on the server,
+/// and a run that failed leaves its regions registered.
+static NEXT_SLOT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl RegionSlots {
+    fn new(input_bytes: usize) -> RegionSlots {
+        RegionSlots {
+            free: std::sync::Mutex::new(Vec::new()),
+            input_bytes,
+            registered: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    fn region_name(index: usize, role: &str) -> String {
+        format!("cardet-{}-{index}-{role}", std::process::id())
+    }
+
+    async fn create(
+        &self,
+        client: &KserveClient,
+        name: String,
+        bytes: usize,
+    ) -> Result<SharedRegion, Error> {
+        let region = client.create_region(&name, bytes).await?;
+        lock(&self.registered).push(name);
+        Ok(region)
+    }
+
+    async fn take(&self, client: &KserveClient) -> Result<RegionSlot, Error> {
+        if let Some(slot) = lock(&self.free).pop() {
+            return Ok(slot);
+        }
+        let index = NEXT_SLOT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = Self::region_name(index, "in");
+        let input = self.create(client, name, self.input_bytes).await?;
+        Ok(RegionSlot {
+            index,
+            input,
+            output: None,
+        })
+    }
+
+    /// Gives `slot` an output region of `bytes` once it has learnt the size.
+    async fn add_output(
+        &self,
+        client: &KserveClient,
+        slot: &mut RegionSlot,
+        bytes: usize,
+    ) -> Result<(), Error> {
+        if slot.output.is_none() && bytes > 0 {
+            let name = Self::region_name(slot.index, "out");
+            slot.output = Some(self.create(client, name, bytes).await?);
+        }
+        Ok(())
+    }
+
+    fn give(&self, slot: RegionSlot) {
+        lock(&self.free).push(slot);
+    }
+
+    /// Best effort: a region left registered costs the server its mapping only.
+    async fn unregister_all(&self, client: &KserveClient) {
+        let names = std::mem::take(&mut *lock(&self.registered));
+        for name in names {
+            if let Err(error) = client.unregister_region(&name).await {
+                tracing::warn!("{error}");
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Where a batch is letterboxed into.
+enum InputBuffer {
+    Recycled(Recycled<f32>),
+    Region(RegionSlot),
+}
+
+impl InputBuffer {
+    fn floats(&mut self, n_values: usize) -> Result<&mut [f32], Error> {
+        match self {
+            InputBuffer::Recycled(buffer) => {
+                // Same-sized batches, the usual case, leave the length as it is: no fill.
+                buffer.resize(n_values, 0.0);
+                Ok(&mut buffer[..])
+            }
+            InputBuffer::Region(slot) => {
+                let name = slot.input.name().to_string();
+                slot.input.floats_mut().get_mut(..n_values).ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "a batch of {n_values} floats does not fit shared-memory region {name}"
+                    ))
+                })
+            }
+        }
+    }
 }
 
 /// Reads the input's name and size and the output's name from the model metadata.
@@ -368,12 +507,31 @@ async fn process_batch(shared: &Shared, images: Vec<InputImage>) -> Result<Batch
     let started = Instant::now();
     let image_size = shared.model_io.image_size;
     let keep_images = shared.config.out.is_some();
-    let buffers = (shared.input_buffers.clone(), shared.image_buffers.clone());
-    let (prepared, n_skipped) =
-        tokio::task::spawn_blocking(move || prepare(images, image_size, keep_images, &buffers))
-            .await
-            .map_err(|error| Error::InvalidArgument(format!("a decode task failed: {error}")))??;
+    let image_buffers = shared.image_buffers.clone();
+    let input_buffer = match &shared.region_slots {
+        Some(slots) => InputBuffer::Region(slots.take(&shared.client).await?),
+        None => InputBuffer::Recycled(shared.input_buffers.take_guarded()),
+    };
+    let (prepared, n_skipped, input_buffer) = tokio::task::spawn_blocking(move || {
+        let mut input_buffer = input_buffer;
+        let (prepared, n_skipped) = prepare(
+            images,
+            image_size,
+            keep_images,
+            &mut input_buffer,
+            &image_buffers,
+        )?;
+        Ok::<_, Error>((prepared, n_skipped, input_buffer))
+    })
+    .await
+    .map_err(|error| Error::InvalidArgument(format!("a decode task failed: {error}")))??;
+    let give_back = |input_buffer: InputBuffer| {
+        if let (InputBuffer::Region(slot), Some(slots)) = (input_buffer, &shared.region_slots) {
+            slots.give(slot);
+        }
+    };
     let Some(prepared) = prepared else {
+        give_back(input_buffer);
         return Ok(BatchOutcome {
             results: Vec::new(),
             n_skipped,
@@ -381,22 +539,38 @@ async fn process_batch(shared: &Shared, images: Vec<InputImage>) -> Result<Batch
     };
     let infer_started = Instant::now();
     let batch_size = prepared.metas.len();
-    let input = InputTensor::new(
-        &shared.model_io.input_name,
-        prepared.shape.iter().map(|&side| side as i64).collect(),
-        prepared.input,
-    );
+    let shape: Vec<i64> = prepared.shape.iter().map(|&side| side as i64).collect();
+    let n_values = prepared.shape.iter().product();
+    let (input, mut slot) = match input_buffer {
+        InputBuffer::Recycled(buffer) => (
+            InputTensor::new(&shared.model_io.input_name, shape, buffer),
+            None,
+        ),
+        InputBuffer::Region(slot) => (
+            InputTensor::in_region(&shared.model_io.input_name, shape, &slot.input, n_values),
+            Some(slot),
+        ),
+    };
     let input = &input;
+    let output_region = slot.as_ref().and_then(|slot| slot.output.as_ref());
     let output = with_retries(shared.config.retries, || {
         shared.client.infer(
             &shared.config.model,
             shared.config.version.as_deref(),
             input,
             &shared.model_io.output_name,
+            output_region,
         )
     })
     .await?;
     let infer_ms = infer_started.elapsed().as_secs_f64() * 1e3;
+    if let (Some(slot), Some(slots)) = (&mut slot, &shared.region_slots) {
+        // Room for a full batch of what one image's output turned out to be.
+        let bytes_per_image = output.values().len() * 4 / batch_size.max(1);
+        slots
+            .add_output(&shared.client, slot, bytes_per_image * shared.config.batch)
+            .await?;
+    }
     let shape: Vec<usize> = output
         .shape
         .iter()
@@ -458,6 +632,10 @@ async fn process_batch(shared: &Shared, images: Vec<InputImage>) -> Result<Batch
     })
     .await
     .map_err(|error| Error::InvalidArgument(format!("a post-processing task failed: {error}")))??;
+    // The output, read from the slot's region, was dropped with the task above.
+    if let Some(slot) = slot {
+        give_back(InputBuffer::Region(slot));
+    }
     Ok(BatchOutcome { results, n_skipped })
 }
 
@@ -471,8 +649,8 @@ struct ImageMeta {
 
 struct Prepared {
     metas: Vec<ImageMeta>,
-    /// The letterboxed batch, `[n, 3, height, width]`.
-    input: Recycled<f32>,
+    /// The letterboxed batch's shape, `[n, 3, height, width]` (its values are in the
+    /// batch's [`InputBuffer`]).
     shape: [usize; 4],
     infos: Vec<cardet_detect::TransformInfo>,
     sizes: Vec<(u32, u32)>,
@@ -489,7 +667,8 @@ fn prepare(
     images: Vec<InputImage>,
     image_size: (u32, u32),
     keep_images: bool,
-    (input_buffers, image_buffers): &(Arc<Recycler<f32>>, Arc<Recycler<u8>>),
+    input_buffer: &mut InputBuffer,
+    image_buffers: &Recycler<u8>,
 ) -> Result<(Option<Prepared>, usize), Error> {
     let mut metas = Vec::with_capacity(images.len());
     let mut decoded = Vec::with_capacity(images.len());
@@ -524,10 +703,8 @@ fn prepare(
     }
     let preprocess_started = Instant::now();
     let shape = cardet_detect::letterbox::batch_shape(decoded.len(), image_size);
-    let mut input = input_buffers.take_guarded();
-    // Same-sized batches, the usual case, leave the length as it is: no fill.
-    input.resize(shape.iter().product(), 0.0);
-    let infos = cardet_detect::letterbox::letterbox_batch_into(&decoded, image_size, &mut input)?;
+    let input = input_buffer.floats(shape.iter().product())?;
+    let infos = cardet_detect::letterbox::letterbox_batch_into(&decoded, image_size, input)?;
     let preprocess_ms = preprocess_started.elapsed().as_secs_f64() * 1e3;
     let sizes = decoded.iter().map(RgbImage::dimensions).collect();
     if !keep_images {
@@ -537,7 +714,6 @@ fn prepare(
     }
     let prepared = Prepared {
         metas,
-        input,
         shape,
         infos,
         sizes,

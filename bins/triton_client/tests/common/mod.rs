@@ -122,6 +122,7 @@ pub unsafe fn serve_from_s3(work: &Path) -> ServedFromS3 {
                 intra_op: 2,
                 inter_op: 1,
             },
+            allow_shared_memory: true,
             ..cardet_serve::Config::default()
         };
         cardet_serve::start(onnx_runtime.clone(), config)
