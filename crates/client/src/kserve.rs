@@ -299,15 +299,11 @@ impl KserveClient {
             .await;
         SharedRegion::unlink(&key);
         let response = answer.map_err(|error| self.send_error(error))?;
-        let status = response.status();
-        if !status.is_success() {
-            let body = response.bytes().await.unwrap_or_default();
-            return Err(self.http_error(
-                status,
-                &body,
-                &format!("registering shared-memory region {name}"),
-            ));
-        }
+        self.succeeded(
+            response,
+            &format!("registering shared-memory region {name}"),
+        )
+        .await?;
         Ok(region)
     }
 
@@ -324,16 +320,26 @@ impl KserveClient {
             .send()
             .await
             .map_err(|error| self.send_error(error))?;
-        let status = response.status();
-        if !status.is_success() {
-            let body = response.bytes().await.unwrap_or_default();
-            return Err(self.http_error(
-                status,
-                &body,
-                &format!("unregistering shared-memory region {name}"),
-            ));
-        }
+        self.succeeded(
+            response,
+            &format!("unregistering shared-memory region {name}"),
+        )
+        .await?;
         Ok(())
+    }
+
+    /// `response` when it succeeded, else the server's `error` text about `what`.
+    async fn succeeded(
+        &self,
+        response: reqwest::Response,
+        what: &str,
+    ) -> Result<reqwest::Response, Error> {
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let body = response.bytes().await.unwrap_or_default();
+        Err(self.http_error(status, &body, what))
     }
 
     pub async fn check_ready(&self, model: &str, version: Option<&str>) -> Result<(), Error> {

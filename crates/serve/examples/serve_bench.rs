@@ -288,7 +288,7 @@ async fn drive(args: &Args, url: String) -> f64 {
     let deadline = started + Duration::from_secs(args.secs);
     let mut tasks = Vec::new();
     for request in requests {
-        let (client, url, done, send) = (client.clone(), url.clone(), done.clone(), send.clone());
+        let (client, url, done) = (client.clone(), url.clone(), done.clone());
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
                 send(client.clone(), request.clone(), url.clone()).await;
