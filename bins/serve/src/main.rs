@@ -103,7 +103,7 @@ struct Flags {
     #[arg(long)]
     cache_dir: Option<std::path::PathBuf>,
     /// Let clients on this host register system shared-memory regions (Triton's
-    /// system_shared_memory extension, REST): tensors then travel through
+    /// system_shared_memory extension, REST and gRPC): tensors then travel through
     /// /dev/shm instead of the socket. Off by default, as Triton's
     /// --allow-client-shm, because a client may map any /dev/shm object serve can open.
     #[arg(long, alias = "allow-client-shm", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]

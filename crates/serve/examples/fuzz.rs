@@ -192,7 +192,8 @@ fn run_pbtxt(input: &[u8]) {
 fn run_grpc(input: &[u8]) {
     use cardet_serve::protocol::grpc::pb::inference as v2;
     if let Ok(request) = v2::ModelInferRequest::decode(input)
-        && let Ok(request) = cardet_serve::protocol::grpc::from_wire(request)
+        && let Ok(cardet_serve::protocol::grpc::WireRequest { request, .. }) =
+            cardet_serve::protocol::grpc::from_wire(request)
         && let Ok(config) = ModelConfig::from_text(
             "max_batch_size: 8 input [{ name: \"x\" data_type: TYPE_FP32 dims: [4] }] output [{ name: \"y\" data_type: TYPE_FP32 dims: [4] }]",
             "tiny",

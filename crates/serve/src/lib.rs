@@ -82,7 +82,7 @@ pub struct Config {
     pub cache_dir: Option<PathBuf>,
     /// How long shutdown waits for requests in flight.
     pub shutdown_grace: Duration,
-    /// Whether clients may register system shared-memory regions (REST).
+    /// Whether clients may register system shared-memory regions (REST and gRPC).
     pub allow_shared_memory: bool,
 }
 
@@ -166,10 +166,12 @@ pub async fn start(runtime: Arc<cardet_onnx::Runtime>, config: Config) -> Result
     let metrics = metrics_listener.as_ref().map(address).transpose()?;
     let mut tasks = Vec::new();
 
+    // One registry: a region registered over REST is usable over gRPC and back.
+    let shared_memory = Arc::new(shared_memory::SharedMemory::new(config.allow_shared_memory));
     let router = protocol::http::router(
         infer.clone(),
         config.max_message_bytes,
-        Arc::new(shared_memory::SharedMemory::new(config.allow_shared_memory)),
+        shared_memory.clone(),
     );
     let stop = signal(watcher.clone());
     tasks.push(tokio::spawn(async move {
@@ -179,8 +181,8 @@ pub async fn start(runtime: Arc<cardet_onnx::Runtime>, config: Config) -> Result
             .map_err(|error| Error::Serve(format!("http: {error}")))
     }));
 
-    let grpc_service =
-        protocol::grpc::GrpcService::new(infer.clone()).server(config.max_message_bytes);
+    let grpc_service = protocol::grpc::GrpcService::new(infer.clone(), shared_memory)
+        .server(config.max_message_bytes);
     let modelmesh =
         protocol::modelmesh::ModelMeshService::new(infer.clone(), config.modelmesh_capacity_bytes)
             .server();

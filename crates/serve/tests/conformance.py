@@ -177,6 +177,48 @@ def http_shared_memory_checks():
         shm.destroy_shared_memory_region(out_handle)
 
 
+def grpc_shared_memory_checks():
+    """The same extension over gRPC; REST and gRPC share one registry."""
+    client = grpcclient.InferenceServerClient(GRPC_URL)
+    metadata = client.get_server_metadata(as_json=True)
+    check("grpc server metadata lists shared memory", "system_shared_memory" in metadata["extensions"], metadata)
+    images = image_batch(1, 640, 43)
+    expected = reference("yolov8n", {"images": images})[0]
+    key_in, key_out = f"/cardet_conformance_{os.getpid()}_gin", f"/cardet_conformance_{os.getpid()}_gout"
+    in_handle = shm.create_shared_memory_region("gin", key_in, images.nbytes)
+    out_handle = shm.create_shared_memory_region("gout", key_out, 16 + expected.nbytes)
+    try:
+        shm.set_shared_memory_region(in_handle, [images])
+        client.unregister_system_shared_memory()
+        client.register_system_shared_memory("gin", key_in, images.nbytes)
+        # Registered over REST, used over gRPC.
+        httpclient.InferenceServerClient(HTTP_URL).register_system_shared_memory("gout", key_out, 16 + expected.nbytes)
+        status = client.get_system_shared_memory_status(as_json=True)
+        check("grpc shm status lists regions from both edges", sorted(status.get("regions", {})) == ["gin", "gout"], status)
+        infer_input = grpcclient.InferInput("images", list(images.shape), "FP32")
+        infer_input.set_shared_memory("gin", images.nbytes)
+        output = grpcclient.InferRequestedOutput("output0")
+        output.set_shared_memory("gout", expected.nbytes, offset=16)
+        result = client.infer("yolov8n", [infer_input], outputs=[output])
+        shape = list(result.get_output("output0").shape)
+        got = shm.get_contents_as_numpy(out_handle, np.float32, shape, offset=16)
+        compare("grpc shm infer yolov8n, in and out", got, expected)
+        result = client.infer("yolov8n", [infer_input])
+        compare("grpc shm input, raw output", result.as_numpy("output0"), expected)
+        bad = grpcclient.InferInput("images", list(images.shape), "FP32")
+        bad.set_shared_memory("nope", images.nbytes)
+        try:
+            client.infer("yolov8n", [bad])
+            check("grpc shm unknown region is an error", False)
+        except InferenceServerException as error:
+            check("grpc shm unknown region is INVALID_ARGUMENT", "not registered" in str(error) and "INVALID_ARGUMENT" in str(error.status()), str(error))
+        client.unregister_system_shared_memory()
+        check("grpc shm unregister all", client.get_system_shared_memory_status(as_json=True).get("regions", {}) == {})
+    finally:
+        shm.destroy_shared_memory_region(in_handle)
+        shm.destroy_shared_memory_region(out_handle)
+
+
 def grpc_checks():
     options = [("grpc.max_receive_message_length", 256 << 20), ("grpc.max_send_message_length", 256 << 20)]
     client = grpcclient.InferenceServerClient(GRPC_URL, channel_args=options)
@@ -246,5 +288,6 @@ started = time.time()
 http_checks()
 http_shared_memory_checks()
 grpc_checks()
+grpc_shared_memory_checks()
 summary["seconds"] = round(time.time() - started, 1)
 print(json.dumps(summary))

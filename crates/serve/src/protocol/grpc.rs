@@ -1,11 +1,14 @@
 //! The gRPC edge (tonic): the KServe v2 `GRPCInferenceService` with Triton's
 //! extensions, over the same [`Infer`] handle as REST.
 //!
-//! Inputs come as `raw_input_contents` (one per input, in order) or as typed
-//! `contents`; outputs always go back raw, as Triton does. `ModelStreamInfer` answers
-//! each request of the stream in order, errors as `error_message` in the stream.
+//! Inputs come as `raw_input_contents` (one per input, in order), as typed
+//! `contents`, or in a registered system shared-memory region; outputs go back raw,
+//! as Triton does, or into a region. `ModelStreamInfer` answers each request of the
+//! stream in order, errors as `error_message` in the stream.
 
+use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio_stream::Stream;
@@ -14,6 +17,8 @@ use tonic::{Request, Response, Status};
 use crate::error::{ApiError, ErrorKind};
 use crate::infer::{Infer, InferRequest, InferResponse};
 use crate::metrics::Duration64;
+use crate::protocol::types::region_ref;
+use crate::shared_memory::{RegionRef, SharedMemory};
 use crate::tensor::{DataType, Tensor};
 
 /// Generated protobuf types and services.
@@ -45,11 +50,15 @@ impl From<ApiError> for Status {
 #[derive(Clone)]
 pub struct GrpcService {
     infer: Infer,
+    shared_memory: Arc<SharedMemory>,
 }
 
 impl GrpcService {
-    pub fn new(infer: Infer) -> GrpcService {
-        GrpcService { infer }
+    pub fn new(infer: Infer, shared_memory: Arc<SharedMemory>) -> GrpcService {
+        GrpcService {
+            infer,
+            shared_memory,
+        }
     }
 
     /// The tonic service, with message limits raised to `max_message_bytes` both ways.
@@ -63,8 +72,54 @@ impl GrpcService {
     }
 }
 
+/// A `ModelInferRequest` in internal terms, and the tensors that travel through
+/// shared memory instead.
+#[derive(Debug)]
+pub struct WireRequest {
+    pub request: InferRequest,
+    /// Inputs (by index, their data left empty) to read from a region.
+    pub shared_memory_inputs: Vec<(usize, RegionRef)>,
+    /// Outputs to write into a region instead of `raw_output_contents`.
+    pub shared_memory_outputs: Vec<(String, RegionRef)>,
+}
+
+impl WireRequest {
+    /// The request with its shared-memory inputs read (as views of the regions).
+    fn resolve(mut self, shared_memory: &SharedMemory) -> Result<WireRequest, ApiError> {
+        for (index, reference) in &self.shared_memory_inputs {
+            if let Some(input) = self.request.inputs.get_mut(*index) {
+                input.data = shared_memory.read(reference)?;
+            }
+        }
+        Ok(self)
+    }
+}
+
+/// The `shared_memory_*` parameters of a tensor, as REST's parser reads them.
+fn wire_region_ref(
+    what: &str,
+    parameters: &HashMap<String, v2::InferParameter>,
+) -> Result<Option<RegionRef>, ApiError> {
+    use v2::infer_parameter::ParameterChoice;
+    let json: serde_json::Map<String, serde_json::Value> = parameters
+        .iter()
+        .filter(|(name, _)| name.starts_with("shared_memory_"))
+        .filter_map(|(name, parameter)| {
+            let value = match parameter.parameter_choice.as_ref()? {
+                ParameterChoice::BoolParam(flag) => serde_json::Value::from(*flag),
+                ParameterChoice::Int64Param(number) => serde_json::Value::from(*number),
+                ParameterChoice::Uint64Param(number) => serde_json::Value::from(*number),
+                ParameterChoice::DoubleParam(number) => serde_json::Value::from(*number),
+                ParameterChoice::StringParam(text) => serde_json::Value::from(text.as_str()),
+            };
+            Some((name.clone(), value))
+        })
+        .collect();
+    region_ref(what, Some(&json))
+}
+
 /// Converts a `ModelInferRequest` to internal terms.
-pub fn from_wire(request: v2::ModelInferRequest) -> Result<InferRequest, ApiError> {
+pub fn from_wire(request: v2::ModelInferRequest) -> Result<WireRequest, ApiError> {
     let raw = request.raw_input_contents;
     if !raw.is_empty() && raw.len() != request.inputs.len() {
         return Err(ApiError::validation(format!(
@@ -74,6 +129,7 @@ pub fn from_wire(request: v2::ModelInferRequest) -> Result<InferRequest, ApiErro
         )));
     }
     let mut inputs = Vec::with_capacity(request.inputs.len());
+    let mut shared_memory_inputs = Vec::new();
     for (index, input) in request.inputs.into_iter().enumerate() {
         let datatype = DataType::from_name(&input.datatype).ok_or_else(|| {
             ApiError::validation(format!(
@@ -81,6 +137,37 @@ pub fn from_wire(request: v2::ModelInferRequest) -> Result<InferRequest, ApiErro
                 input.name, input.datatype
             ))
         })?;
+        if let Some(region) =
+            wire_region_ref(&format!("input '{}'", input.name), &input.parameters)?
+        {
+            let expected = Tensor::element_count(&input.shape)
+                .zip(datatype.size())
+                .and_then(|(count, size)| count.checked_mul(size))
+                .and_then(|bytes| u64::try_from(bytes).ok());
+            if expected != Some(region.byte_size) {
+                return Err(ApiError::validation(format!(
+                    "input '{}': shared_memory_byte_size {} does not match shape {:?} of {}",
+                    input.name,
+                    region.byte_size,
+                    input.shape,
+                    datatype.name()
+                )));
+            }
+            if input.contents.is_some() || raw.get(index).is_some_and(|bytes| !bytes.is_empty()) {
+                return Err(ApiError::validation(format!(
+                    "input '{}': shared-memory parameters with contents",
+                    input.name
+                )));
+            }
+            shared_memory_inputs.push((index, region));
+            inputs.push(Tensor {
+                name: input.name,
+                datatype,
+                shape: input.shape,
+                data: Bytes::new(),
+            });
+            continue;
+        }
         let data = match (raw.get(index), input.contents) {
             (Some(_), Some(_)) => {
                 return Err(ApiError::validation(format!(
@@ -104,13 +191,25 @@ pub fn from_wire(request: v2::ModelInferRequest) -> Result<InferRequest, ApiErro
             data,
         });
     }
+    let mut shared_memory_outputs = Vec::new();
+    for output in &request.outputs {
+        if let Some(region) =
+            wire_region_ref(&format!("output '{}'", output.name), &output.parameters)?
+        {
+            shared_memory_outputs.push((output.name.clone(), region));
+        }
+    }
     let outputs = (!request.outputs.is_empty())
         .then(|| request.outputs.into_iter().map(|o| o.name).collect());
-    Ok(InferRequest {
-        model: request.model_name,
-        version: Some(request.model_version).filter(|v| !v.is_empty()),
-        inputs,
-        outputs,
+    Ok(WireRequest {
+        request: InferRequest {
+            model: request.model_name,
+            version: Some(request.model_version).filter(|v| !v.is_empty()),
+            inputs,
+            outputs,
+        },
+        shared_memory_inputs,
+        shared_memory_outputs,
     })
 }
 
@@ -165,19 +264,56 @@ fn typed_contents(
     Ok(Bytes::from(bytes))
 }
 
-/// Converts a response to the wire, outputs as raw contents.
-pub fn to_wire(response: InferResponse, id: String) -> v2::ModelInferResponse {
+/// Converts a response to the wire, outputs as raw contents, or, for those in
+/// `in_regions` (already written there), an empty entry and the region's parameters.
+pub fn to_wire(
+    response: InferResponse,
+    id: String,
+    in_regions: &[(String, RegionRef)],
+) -> v2::ModelInferResponse {
+    use v2::infer_parameter::ParameterChoice;
     let mut raw = Vec::with_capacity(response.outputs.len());
     let outputs = response
         .outputs
         .into_iter()
         .map(|output| {
-            raw.push(output.data);
+            let region = in_regions
+                .iter()
+                .find(|(name, _)| *name == output.name)
+                .map(|(_, region)| region);
+            let parameters = match region {
+                None => HashMap::new(),
+                Some(region) => {
+                    let parameter = |choice| v2::InferParameter {
+                        parameter_choice: Some(choice),
+                    };
+                    HashMap::from([
+                        (
+                            "shared_memory_region".to_string(),
+                            parameter(ParameterChoice::StringParam(region.region.clone())),
+                        ),
+                        (
+                            "shared_memory_offset".to_string(),
+                            parameter(ParameterChoice::Int64Param(region.offset as i64)),
+                        ),
+                        (
+                            "shared_memory_byte_size".to_string(),
+                            parameter(ParameterChoice::Int64Param(output.data.len() as i64)),
+                        ),
+                    ])
+                }
+            };
+            // An entry per output keeps `raw_output_contents` aligned with `outputs`.
+            raw.push(if region.is_some() {
+                Bytes::new()
+            } else {
+                output.data
+            });
             v2::model_infer_response::InferOutputTensor {
                 name: output.name,
                 datatype: output.datatype.name().to_string(),
                 shape: output.shape,
-                parameters: Default::default(),
+                parameters,
                 contents: None,
             }
         })
@@ -190,6 +326,41 @@ pub fn to_wire(response: InferResponse, id: String) -> v2::ModelInferResponse {
         outputs,
         raw_output_contents: raw,
     }
+}
+
+/// An answer, and which of its outputs went into shared memory.
+struct WireAnswer {
+    response: InferResponse,
+    in_regions: Vec<(String, RegionRef)>,
+}
+
+impl WireAnswer {
+    fn into_wire(self, id: String) -> v2::ModelInferResponse {
+        to_wire(self.response, id, &self.in_regions)
+    }
+}
+
+/// Runs a wire request: shared-memory inputs read, outputs written to their regions.
+async fn infer_wire(
+    infer: &Infer,
+    shared_memory: &SharedMemory,
+    request: v2::ModelInferRequest,
+) -> Result<WireAnswer, ApiError> {
+    let wire = from_wire(request)?.resolve(shared_memory)?;
+    let response = infer.infer(wire.request).await?;
+    for output in &response.outputs {
+        if let Some((_, region)) = wire
+            .shared_memory_outputs
+            .iter()
+            .find(|(name, _)| *name == output.name)
+        {
+            shared_memory.write(region, &output.data)?;
+        }
+    }
+    Ok(WireAnswer {
+        response,
+        in_regions: wire.shared_memory_outputs,
+    })
 }
 
 fn config_to_wire(model: &crate::infer::LoadedVersion) -> v2::ModelConfig {
@@ -309,7 +480,15 @@ impl GrpcInferenceService for GrpcService {
         Ok(Response::new(v2::ServerMetadataResponse {
             name: "cardet-serve".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            extensions: crate::EXTENSIONS.iter().map(|e| e.to_string()).collect(),
+            extensions: crate::EXTENSIONS
+                .iter()
+                .chain(
+                    self.shared_memory
+                        .allowed()
+                        .then_some(&"system_shared_memory"),
+                )
+                .map(|e| e.to_string())
+                .collect(),
         }))
     }
 
@@ -357,9 +536,10 @@ impl GrpcInferenceService for GrpcService {
     ) -> Result<Response<v2::ModelInferResponse>, Status> {
         let request = request.into_inner();
         let id = request.id.clone();
-        let request = from_wire(request).map_err(Status::from)?;
-        let response = self.infer.infer(request).await.map_err(Status::from)?;
-        Ok(Response::new(to_wire(response, id)))
+        let response = infer_wire(&self.infer, &self.shared_memory, request)
+            .await
+            .map_err(Status::from)?;
+        Ok(Response::new(response.into_wire(id)))
     }
 
     type ModelStreamInferStream = StreamResult;
@@ -370,6 +550,7 @@ impl GrpcInferenceService for GrpcService {
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
         let mut incoming = request.into_inner();
         let infer = self.infer.clone();
+        let shared_memory = self.shared_memory.clone();
         let (sender, receiver) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             loop {
@@ -382,14 +563,10 @@ impl GrpcInferenceService for GrpcService {
                     }
                 };
                 let id = request.id.clone();
-                let answer = match from_wire(request) {
-                    Ok(request) => infer.infer(request).await,
-                    Err(error) => Err(error),
-                };
-                let message = match answer {
+                let message = match infer_wire(&infer, &shared_memory, request).await {
                     Ok(response) => v2::ModelStreamInferResponse {
                         error_message: String::new(),
-                        infer_response: Some(to_wire(response, id)),
+                        infer_response: Some(response.into_wire(id)),
                     },
                     Err(error) => v2::ModelStreamInferResponse {
                         error_message: error.message,
@@ -522,6 +699,60 @@ impl GrpcInferenceService for GrpcService {
             .map_err(Status::from)?;
         Ok(Response::new(v2::RepositoryModelUnloadResponse {}))
     }
+
+    async fn system_shared_memory_status(
+        &self,
+        request: Request<v2::SystemSharedMemoryStatusRequest>,
+    ) -> Result<Response<v2::SystemSharedMemoryStatusResponse>, Status> {
+        let name = request.into_inner().name;
+        let regions = self
+            .shared_memory
+            .status(Some(name.as_str()).filter(|name| !name.is_empty()))
+            .map_err(Status::from)?;
+        Ok(Response::new(v2::SystemSharedMemoryStatusResponse {
+            regions: regions
+                .into_iter()
+                .map(|region| {
+                    (
+                        region.name.clone(),
+                        v2::system_shared_memory_status_response::RegionStatus {
+                            name: region.name,
+                            key: region.key,
+                            offset: region.offset,
+                            byte_size: region.byte_size,
+                        },
+                    )
+                })
+                .collect(),
+        }))
+    }
+
+    async fn system_shared_memory_register(
+        &self,
+        request: Request<v2::SystemSharedMemoryRegisterRequest>,
+    ) -> Result<Response<v2::SystemSharedMemoryRegisterResponse>, Status> {
+        let request = request.into_inner();
+        self.shared_memory
+            .register(
+                &request.name,
+                &request.key,
+                request.offset,
+                request.byte_size,
+            )
+            .map_err(Status::from)?;
+        Ok(Response::new(v2::SystemSharedMemoryRegisterResponse {}))
+    }
+
+    async fn system_shared_memory_unregister(
+        &self,
+        request: Request<v2::SystemSharedMemoryUnregisterRequest>,
+    ) -> Result<Response<v2::SystemSharedMemoryUnregisterResponse>, Status> {
+        let name = request.into_inner().name;
+        self.shared_memory
+            .unregister(Some(name.as_str()).filter(|name| !name.is_empty()))
+            .map_err(Status::from)?;
+        Ok(Response::new(v2::SystemSharedMemoryUnregisterResponse {}))
+    }
 }
 
 #[cfg(test)]
@@ -530,7 +761,7 @@ mod tests {
 
     fn check(request: v2::ModelInferRequest, expected: Result<Vec<Tensor>, &str>) {
         match (from_wire(request), expected) {
-            (Ok(actual), Ok(expected)) => assert_eq!(actual.inputs, expected),
+            (Ok(actual), Ok(expected)) => assert_eq!(actual.request.inputs, expected),
             (Err(error), Err(expected)) => {
                 assert_eq!(error.kind, ErrorKind::Validation);
                 assert!(
@@ -618,6 +849,57 @@ mod tests {
                 ..Default::default()
             },
             Err("out of range for INT8"),
+        );
+    }
+
+    #[test]
+    fn shared_memory_parameters_name_a_region_instead_of_contents() {
+        use v2::infer_parameter::ParameterChoice;
+        let parameter = |choice| v2::InferParameter {
+            parameter_choice: Some(choice),
+        };
+        let mut tensor = input("FP32", None);
+        tensor.parameters = HashMap::from([
+            (
+                "shared_memory_region".to_string(),
+                parameter(ParameterChoice::StringParam("in".into())),
+            ),
+            (
+                "shared_memory_byte_size".to_string(),
+                parameter(ParameterChoice::Int64Param(8)),
+            ),
+        ]);
+        let request = v2::ModelInferRequest {
+            model_name: "m".into(),
+            inputs: vec![tensor.clone()],
+            ..Default::default()
+        };
+        let wire = from_wire(request.clone()).expect("parses");
+        assert_eq!(
+            wire.shared_memory_inputs,
+            vec![(
+                0,
+                RegionRef {
+                    region: "in".into(),
+                    offset: 0,
+                    byte_size: 8
+                }
+            )]
+        );
+        assert!(wire.request.inputs[0].data.is_empty());
+        tensor.parameters.insert(
+            "shared_memory_byte_size".to_string(),
+            parameter(ParameterChoice::Int64Param(4)),
+        );
+        let error = from_wire(v2::ModelInferRequest {
+            inputs: vec![tensor],
+            ..request
+        })
+        .expect_err("4 bytes for 2 FP32 values");
+        assert!(
+            error.message.contains("does not match shape"),
+            "{}",
+            error.message
         );
     }
 }

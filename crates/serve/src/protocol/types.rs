@@ -285,7 +285,7 @@ pub fn parse_infer_request(
 
 /// The `shared_memory_*` parameters of an input or requested output, if any: the
 /// region and byte size together (the offset defaults to 0), as Triton requires.
-fn region_ref(
+pub(crate) fn region_ref(
     what: &str,
     parameters: Option<&Map<String, Value>>,
 ) -> Result<Option<RegionRef>, ApiError> {
