@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 use crate::error::{ApiError, ErrorKind};
 use crate::infer::{Infer, InferRequest, InferResponse};
 use crate::metrics::Duration64;
-use crate::protocol::types::region_ref;
+use crate::protocol::types::{region_input, region_ref};
 use crate::shared_memory::{RegionRef, SharedMemory};
 use crate::tensor::{DataType, Tensor};
 
@@ -140,32 +140,14 @@ pub fn from_wire(request: v2::ModelInferRequest) -> Result<WireRequest, ApiError
         if let Some(region) =
             wire_region_ref(&format!("input '{}'", input.name), &input.parameters)?
         {
-            let expected = Tensor::element_count(&input.shape)
-                .zip(datatype.size())
-                .and_then(|(count, size)| count.checked_mul(size))
-                .and_then(|bytes| u64::try_from(bytes).ok());
-            if expected != Some(region.byte_size) {
-                return Err(ApiError::validation(format!(
-                    "input '{}': shared_memory_byte_size {} does not match shape {:?} of {}",
-                    input.name,
-                    region.byte_size,
-                    input.shape,
-                    datatype.name()
-                )));
-            }
             if input.contents.is_some() || raw.get(index).is_some_and(|bytes| !bytes.is_empty()) {
                 return Err(ApiError::validation(format!(
                     "input '{}': shared-memory parameters with contents",
                     input.name
                 )));
             }
+            inputs.push(region_input(input.name, datatype, input.shape, &region)?);
             shared_memory_inputs.push((index, region));
-            inputs.push(Tensor {
-                name: input.name,
-                datatype,
-                shape: input.shape,
-                data: Bytes::new(),
-            });
             continue;
         }
         let data = match (raw.get(index), input.contents) {

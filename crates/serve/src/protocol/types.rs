@@ -167,24 +167,9 @@ pub fn parse_infer_request(
                     input.name
                 )));
             }
-            let expected = count.checked_mul(element_size);
-            if expected.and_then(|n| u64::try_from(n).ok()) != Some(region.byte_size) {
-                return Err(ApiError::validation(format!(
-                    "input '{}': shared_memory_byte_size {} does not match shape {:?} of {} ({} bytes)",
-                    input.name,
-                    region.byte_size,
-                    input.shape,
-                    datatype.name(),
-                    expected.map_or("too many".to_string(), |n| n.to_string())
-                )));
-            }
+            let tensor = region_input(input.name, datatype, input.shape, &region)?;
             shared_memory_inputs.push((inputs.len(), region));
-            inputs.push(Tensor {
-                name: input.name,
-                datatype,
-                shape: input.shape,
-                data: Bytes::new(),
-            });
+            inputs.push(tensor);
             continue;
         }
         let data = match (binary_size, input.data) {
@@ -280,6 +265,33 @@ pub fn parse_infer_request(
         binary_default,
         shared_memory_inputs,
         shared_memory_outputs,
+    })
+}
+
+/// An input whose bytes are in `region`, checked against its shape; its data is
+/// left empty until the region is read.
+pub(crate) fn region_input(
+    name: String,
+    datatype: DataType,
+    shape: Vec<i64>,
+    region: &RegionRef,
+) -> Result<Tensor, ApiError> {
+    let expected = Tensor::element_count(&shape)
+        .zip(datatype.size())
+        .and_then(|(count, size)| count.checked_mul(size));
+    if expected.and_then(|n| u64::try_from(n).ok()) != Some(region.byte_size) {
+        return Err(ApiError::validation(format!(
+            "input '{name}': shared_memory_byte_size {} does not match shape {shape:?} of {} ({} bytes)",
+            region.byte_size,
+            datatype.name(),
+            expected.map_or("too many".to_string(), |n| n.to_string())
+        )));
+    }
+    Ok(Tensor {
+        name,
+        datatype,
+        shape,
+        data: Bytes::new(),
     })
 }
 
