@@ -62,6 +62,16 @@ impl SharedMemory {
         self.allowed
     }
 
+    /// The protocol extensions server metadata lists: [`crate::EXTENSIONS`], and
+    /// this one when it is on (both edges answer the same).
+    pub fn extensions(&self) -> Vec<&'static str> {
+        let mut extensions = crate::EXTENSIONS.to_vec();
+        if self.allowed {
+            extensions.push("system_shared_memory");
+        }
+        extensions
+    }
+
     fn check_allowed(&self) -> Result<(), ApiError> {
         if self.allowed {
             Ok(())

@@ -462,14 +462,11 @@ impl GrpcInferenceService for GrpcService {
         Ok(Response::new(v2::ServerMetadataResponse {
             name: "cardet-serve".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            extensions: crate::EXTENSIONS
-                .iter()
-                .chain(
-                    self.shared_memory
-                        .allowed()
-                        .then_some(&"system_shared_memory"),
-                )
-                .map(|e| e.to_string())
+            extensions: self
+                .shared_memory
+                .extensions()
+                .into_iter()
+                .map(str::to_string)
                 .collect(),
         }))
     }

@@ -144,14 +144,10 @@ async fn not_found() -> ApiError {
 }
 
 async fn server_metadata(State(state): State<Arc<AppState>>) -> axum::Json<Value> {
-    let mut extensions = crate::EXTENSIONS.to_vec();
-    if state.shared_memory.allowed() {
-        extensions.push("system_shared_memory");
-    }
     axum::Json(json!({
         "name": "cardet-serve",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": extensions,
+        "extensions": state.shared_memory.extensions(),
     }))
 }
 
