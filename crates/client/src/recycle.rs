@@ -6,7 +6,7 @@
 //! one buffer of each kind per request in flight and hands them round instead.
 
 use std::ops::{Deref, DerefMut};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// Buffers handed back after use. Their contents are stale and their lengths
 /// whatever the last user left: a taker overwrites what it reads.
@@ -27,11 +27,7 @@ impl<T: Send + 'static> Recycler<T> {
 
     /// A buffer from an earlier use, or a new empty one.
     pub fn take(&self) -> Vec<T> {
-        self.free
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop()
-            .unwrap_or_default()
+        lock(&self.free).pop().unwrap_or_default()
     }
 
     /// Keeps `buffer` for a later [`Recycler::take`].
@@ -39,7 +35,7 @@ impl<T: Send + 'static> Recycler<T> {
         if buffer.capacity() == 0 {
             return;
         }
-        let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut free = lock(&self.free);
         if free.len() < self.max_kept {
             free.push(buffer);
         }
@@ -55,11 +51,14 @@ impl<T: Send + 'static> Recycler<T> {
 
     #[cfg(test)]
     fn n_kept(&self) -> usize {
-        self.free
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        lock(&self.free).len()
     }
+}
+
+/// The guard of a mutex whose holder panicked: the lists guarded here stay valid
+/// whatever a holder was doing.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A buffer that goes back to its [`Recycler`] when dropped: the owner behind a

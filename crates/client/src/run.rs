@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 use crate::error::Error;
 use crate::inputs::{self, Input, InputImage, InputSpec, RecordPosition};
 use crate::kserve::{InputTensor, KserveClient, Protocol};
-use crate::recycle::{Recycled, Recycler};
+use crate::recycle::{Recycled, Recycler, lock};
 use crate::shared_memory::SharedRegion;
 
 /// With a live input (a followed topic), how long a part-filled batch waits for
@@ -383,12 +383,6 @@ impl RegionSlots {
             }
         }
     }
-}
-
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Where a batch is letterboxed into.
