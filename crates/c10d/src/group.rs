@@ -40,24 +40,10 @@ unsafe impl Send for RawGroupHandle {}
 
 impl ProcessGroup {
     /// Connects to the job described by `config`: rank 0 hosts the TCPStore and
-    /// every rank waits (up to `config.timeout`) for all `world_size` ranks.
+    /// every rank waits (up to `config.timeout`) for all `world_size` ranks. A job
+    /// of one gets no c10d group at all: its collectives are identities.
     pub fn new(config: &DistConfig) -> Result<ProcessGroup, Error> {
-        if config.world_size == 0 || config.rank >= config.world_size {
-            return Err(Error::Config {
-                field: "rank",
-                reason: format!(
-                    "{} is not below world size {}",
-                    config.rank, config.world_size
-                ),
-            });
-        }
-        if config.backend == Backend::Nccl && !cfg!(feature = "cuda") {
-            // Refused before the rendezvous, which would otherwise wait for peers.
-            return Err(Error::Config {
-                field: "backend",
-                reason: "NCCL needs cardet-c10d built with the `cuda` feature".to_owned(),
-            });
-        }
+        check_config(config)?;
         if !config.is_distributed() {
             return Ok(ProcessGroup {
                 raw: None,
@@ -66,6 +52,18 @@ impl ProcessGroup {
                 backend: config.backend,
             });
         }
+        Self::connect_checked(config)
+    }
+
+    /// Like [`ProcessGroup::new`], but builds the real c10d group even for a job of
+    /// one. That is how the NCCL path is exercised on a machine with one GPU:
+    /// NCCL refuses two ranks on the same device.
+    pub fn connect(config: &DistConfig) -> Result<ProcessGroup, Error> {
+        check_config(config)?;
+        Self::connect_checked(config)
+    }
+
+    fn connect_checked(config: &DistConfig) -> Result<ProcessGroup, Error> {
         let rendezvous_error = |message: String| Error::Rendezvous {
             master_addr: config.master_addr.clone(),
             master_port: config.master_port,
@@ -262,6 +260,27 @@ impl std::fmt::Debug for ProcessGroup {
     }
 }
 
+/// What every group needs before any socket is opened.
+fn check_config(config: &DistConfig) -> Result<(), Error> {
+    if config.world_size == 0 || config.rank >= config.world_size {
+        return Err(Error::Config {
+            field: "rank",
+            reason: format!(
+                "{} is not below world size {}",
+                config.rank, config.world_size
+            ),
+        });
+    }
+    if config.backend == Backend::Nccl && !cfg!(feature = "cuda") {
+        // Refused before the rendezvous, which would otherwise wait for peers.
+        return Err(Error::Config {
+            field: "backend",
+            reason: "NCCL needs cardet-c10d built with the `cuda` feature".to_owned(),
+        });
+    }
+    Ok(())
+}
+
 fn to_c_int(field: &'static str, value: usize) -> Result<c_int, Error> {
     c_int::try_from(value).map_err(|_| Error::Config {
         field,
@@ -326,5 +345,33 @@ mod tests {
             error.to_string(),
             "invalid broadcast root: 1 is not below world size 1"
         );
+    }
+
+    /// `connect` builds the real c10d group even for one rank (the NCCL test's way
+    /// onto a one-GPU machine); over gloo its collectives keep the rank's values.
+    #[test]
+    fn connect_builds_a_real_group_of_one() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let config = DistConfig {
+            master_port: port,
+            gloo_interface: Some("lo".to_owned()),
+            ..DistConfig::single_process()
+        }
+        .with_timeout(std::time::Duration::from_secs(30));
+        let group = ProcessGroup::connect(&config).expect("gloo group of one");
+        assert!(group.raw.is_some(), "connect must not fall back to the identity");
+        let tensor = Tensor::from_slice(&[1.5_f32, -2.0, 4.0]);
+        group
+            .all_reduce(&[tensor.shallow_clone()], ReduceOp::Sum)
+            .expect("sum");
+        group
+            .all_reduce(&[tensor.shallow_clone()], ReduceOp::Average)
+            .expect("average");
+        group.broadcast(&[tensor.shallow_clone()], 0).expect("broadcast");
+        group.barrier().expect("barrier");
+        assert_eq!(Vec::<f32>::try_from(&tensor).expect("f32"), [1.5, -2.0, 4.0]);
     }
 }
