@@ -362,7 +362,10 @@ mod tests {
         }
         .with_timeout(std::time::Duration::from_secs(30));
         let group = ProcessGroup::connect(&config).expect("gloo group of one");
-        assert!(group.raw.is_some(), "connect must not fall back to the identity");
+        assert!(
+            group.raw.is_some(),
+            "connect must not fall back to the identity"
+        );
         let tensor = Tensor::from_slice(&[1.5_f32, -2.0, 4.0]);
         group
             .all_reduce(&[tensor.shallow_clone()], ReduceOp::Sum)
@@ -370,8 +373,13 @@ mod tests {
         group
             .all_reduce(&[tensor.shallow_clone()], ReduceOp::Average)
             .expect("average");
-        group.broadcast(&[tensor.shallow_clone()], 0).expect("broadcast");
+        group
+            .broadcast(&[tensor.shallow_clone()], 0)
+            .expect("broadcast");
         group.barrier().expect("barrier");
-        assert_eq!(Vec::<f32>::try_from(&tensor).expect("f32"), [1.5, -2.0, 4.0]);
+        assert_eq!(
+            Vec::<f32>::try_from(&tensor).expect("f32"),
+            [1.5, -2.0, 4.0]
+        );
     }
 }

@@ -87,7 +87,11 @@ fn amp_step(
     let criterion = DetectionLoss::new(3, LossGains::default());
     optimizer.zero_grad();
     let raw = tch::autocast(true, || detector.net.forward_t(images, true));
-    assert_eq!(raw.pred[0].kind(), Kind::Half, "autocast did not run in fp16");
+    assert_eq!(
+        raw.pred[0].kind(),
+        Kind::Half,
+        "autocast did not run in fp16"
+    );
     let head = head_to_float(&raw).expect("fp32 head");
     let loss = criterion.compute(&head, targets).expect("loss");
     assert!(loss.total.double_value(&[]).is_finite());
@@ -118,14 +122,41 @@ fn amp_on_cuda_skips_the_step_with_an_infinite_gradient() {
     let (images, targets) = batch(device);
 
     let before = snapshot(&optimizer);
-    assert!(!amp_step(&detector, &mut optimizer, &mut scaler, &images, &targets, true), "an inf gradient must skip the step");
+    assert!(
+        !amp_step(
+            &detector,
+            &mut optimizer,
+            &mut scaler,
+            &images,
+            &targets,
+            true
+        ),
+        "an inf gradient must skip the step"
+    );
     assert_eq!(scaler.scale(), INIT_SCALE * BACKOFF_FACTOR);
-    assert_eq!(max_change(&before, &optimizer), 0.0, "a skipped step moved weights");
+    assert_eq!(
+        max_change(&before, &optimizer),
+        0.0,
+        "a skipped step moved weights"
+    );
 
-    assert!(amp_step(&detector, &mut optimizer, &mut scaler, &images, &targets, false), "a finite step must be taken");
+    assert!(
+        amp_step(
+            &detector,
+            &mut optimizer,
+            &mut scaler,
+            &images,
+            &targets,
+            false
+        ),
+        "a finite step must be taken"
+    );
     assert_eq!(scaler.scale(), INIT_SCALE * BACKOFF_FACTOR);
     let moved = max_change(&before, &optimizer);
-    assert!(moved > 0.0 && moved.is_finite(), "the finite step moved {moved}");
+    assert!(
+        moved > 0.0 && moved.is_finite(),
+        "the finite step moved {moved}"
+    );
 }
 
 /// One fp32 training step on CUDA gives the CPU's loss and gradients, from the same
@@ -166,7 +197,10 @@ fn a_cuda_step_matches_the_cpu_step() {
         "loss {cpu_total} on CPU, {gpu_total} on CUDA"
     );
     for (part, (c, g)) in cpu_parts.iter().zip(gpu_parts).enumerate() {
-        assert!(relative(*c, g) < 1e-4, "loss part {part}: {c} on CPU, {g} on CUDA");
+        assert!(
+            relative(*c, g) < 1e-4,
+            "loss part {part}: {c} on CPU, {g} on CUDA"
+        );
     }
     assert_eq!(cpu_grads.len(), gpu_grads.len());
     for ((name, c), (_, g)) in cpu_grads.iter().zip(&gpu_grads) {
