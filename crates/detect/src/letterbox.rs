@@ -138,7 +138,39 @@ pub fn batch_shape(n_images: usize, dst_size: (u32, u32)) -> [usize; 4] {
 ///
 /// Each resized row goes straight from its 8-bit value to the three float planes,
 /// and only the padding is filled: no intermediate image, no full-buffer fill.
+/// The per-pixel loops take AVX2 where the CPU has it, with the same results.
 pub fn letterbox_batch_into(
+    images: &[RgbImage],
+    dst_size: (u32, u32),
+    data: &mut [f32],
+) -> Result<Vec<TransformInfo>, Error> {
+    letterbox_batch_into_with(Isa::detect(), images, dst_size, data)
+}
+
+/// The 8-bit image converted to CHW floats in `0..=1`, `[3, height, width]`.
+pub fn to_chw(image: &RgbImage) -> Vec<f32> {
+    let plane = image.width() as usize * image.height() as usize;
+    let mut chw = vec![0.0; 3 * plane];
+    let (red, rest) = chw.split_at_mut(plane);
+    let (green, blue) = rest.split_at_mut(plane);
+    scatter_planes(Isa::detect(), image.as_raw(), red, green, blue);
+    chw
+}
+
+/// Bilinear resize with OpenCV `INTER_LINEAR`'s sampling: pixel centres aligned,
+/// edges clamped, no anti-aliasing, result rounded to 8 bits.
+pub fn resize_bilinear(image: &RgbImage, size: (u32, u32)) -> RgbImage {
+    let row_len = size.0 as usize * 3;
+    let mut output = vec![0_u8; row_len * size.1 as usize];
+    resize_rows(Isa::detect(), image, size, |y, row| {
+        output[y * row_len..(y + 1) * row_len].copy_from_slice(row);
+    });
+    RgbImage::from_raw(size.0, size.1, output).unwrap_or_else(|| RgbImage::new(size.0, size.1))
+}
+
+/// [`letterbox_batch_into`] with the per-pixel loops compiled for `isa`.
+fn letterbox_batch_into_with(
+    isa: Isa,
     images: &[RgbImage],
     dst_size: (u32, u32),
     data: &mut [f32],
@@ -156,8 +188,7 @@ pub fn letterbox_batch_into(
     let width = dst_size.0 as usize;
     let plane = width * dst_size.1 as usize;
     let mut infos = Vec::with_capacity(images.len());
-    let to_float = unit_floats();
-    let pad = to_float[usize::from(PAD_VALUE)];
+    let pad = unit_float(PAD_VALUE);
     for (image, chw) in images.iter().zip(data.chunks_exact_mut(3 * plane)) {
         let info = TransformInfo::new(image.dimensions(), dst_size)?;
         let (red, rest) = chw.split_at_mut(plane);
@@ -166,62 +197,169 @@ pub fn letterbox_batch_into(
         let (resized_width, resized_height) =
             (info.resized_size.0 as usize, info.resized_size.1 as usize);
         for channel in [&mut *red, &mut *green, &mut *blue] {
-            channel[..pad_top * width].fill(pad);
-            channel[(pad_top + resized_height) * width..].fill(pad);
+            fill(isa, &mut channel[..pad_top * width], pad);
+            fill(isa, &mut channel[(pad_top + resized_height) * width..], pad);
             for y in pad_top..pad_top + resized_height {
                 let row = &mut channel[y * width..(y + 1) * width];
-                row[..pad_left].fill(pad);
-                row[pad_left + resized_width..].fill(pad);
+                fill(isa, &mut row[..pad_left], pad);
+                fill(isa, &mut row[pad_left + resized_width..], pad);
             }
         }
-        resize_rows(image, info.resized_size, |y, row| {
+        resize_rows(isa, image, info.resized_size, |y, row| {
             let start = (y + pad_top) * width + pad_left;
             let end = start + resized_width;
-            for (((pixel, r), g), b) in row
-                .chunks_exact(3)
-                .zip(&mut red[start..end])
-                .zip(&mut green[start..end])
-                .zip(&mut blue[start..end])
-            {
-                *r = to_float[usize::from(pixel[0])];
-                *g = to_float[usize::from(pixel[1])];
-                *b = to_float[usize::from(pixel[2])];
-            }
+            scatter_planes(
+                isa,
+                row,
+                &mut red[start..end],
+                &mut green[start..end],
+                &mut blue[start..end],
+            );
         });
         infos.push(info);
     }
     Ok(infos)
 }
 
-/// The 8-bit image converted to CHW floats in `0..=1`, `[3, height, width]`.
-pub fn to_chw(image: &RgbImage) -> Vec<f32> {
-    let to_float = unit_floats();
-    let plane = image.width() as usize * image.height() as usize;
-    let mut chw = vec![0.0; 3 * plane];
-    let (red, rest) = chw.split_at_mut(plane);
-    let (green, blue) = rest.split_at_mut(plane);
-    for (index, pixel) in image.as_raw().chunks_exact(3).enumerate() {
-        red[index] = to_float[usize::from(pixel[0])];
-        green[index] = to_float[usize::from(pixel[1])];
-        blue[index] = to_float[usize::from(pixel[2])];
+/// `v / 255`: the network's input scaling. Division is correctly rounded in IEEE
+/// arithmetic, so the scalar and the vector instructions give the same bits.
+#[inline(always)]
+fn unit_float(value: u8) -> f32 {
+    f32::from(value) / 255.0
+}
+
+/// Which instructions the per-pixel loops are compiled for: the build's baseline
+/// (SSE2 on x86-64) or AVX2, chosen at run time. Both run the same Rust code, with
+/// integer arithmetic or correctly rounded division only, so they give the same bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Isa {
+    Baseline,
+    /// Only constructed by [`Isa::detect`] on a CPU that has AVX2.
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    Avx2,
+}
+
+impl Isa {
+    /// The widest the CPU runs (std caches the CPUID query, so this is cheap).
+    fn detect() -> Isa {
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return Isa::Avx2;
+        }
+        Isa::Baseline
     }
-    chw
 }
 
-/// `v / 255` for every 8-bit value: the network's input scaling, looked up.
-fn unit_floats() -> [f32; 256] {
-    std::array::from_fn(|value| value as f32 / 255.0)
+/// Defines `fn $name(isa: Isa, args…)` running `$body`, inlined into one copy for
+/// the baseline target and one compiled with AVX2, so that LLVM vectorises the
+/// same loop 8 lanes wide where the CPU allows.
+macro_rules! kernel {
+    ($(#[$attr:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$attr])*
+        fn $name(isa: Isa, $($arg: $ty),*) {
+            #[inline(always)]
+            fn generic($($arg: $ty),*) $body
+
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            #[target_feature(enable = "avx2")]
+            fn avx2($($arg: $ty),*) {
+                generic($($arg),*)
+            }
+
+            match isa {
+                Isa::Baseline => generic($($arg),*),
+                #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+                // SAFETY: `Isa::Avx2` exists only where `Isa::detect` found AVX2 on this CPU.
+                Isa::Avx2 => unsafe { avx2($($arg),*) },
+            }
+        }
+    };
 }
 
-/// Bilinear resize with OpenCV `INTER_LINEAR`'s sampling: pixel centres aligned,
-/// edges clamped, no anti-aliasing, result rounded to 8 bits.
-pub fn resize_bilinear(image: &RgbImage, size: (u32, u32)) -> RgbImage {
-    let row_len = size.0 as usize * 3;
-    let mut output = vec![0_u8; row_len * size.1 as usize];
-    resize_rows(image, size, |y, row| {
-        output[y * row_len..(y + 1) * row_len].copy_from_slice(row);
-    });
-    RgbImage::from_raw(size.0, size.1, output).unwrap_or_else(|| RgbImage::new(size.0, size.1))
+kernel! {
+    /// Every element set to `value`.
+    fn fill(values: &mut [f32], value: f32) {
+        values.fill(value);
+    }
+}
+
+kernel! {
+    /// Interleaved RGB bytes into three float planes, each scaled to `0..=1`.
+    fn scatter_planes(rgb: &[u8], red: &mut [f32], green: &mut [f32], blue: &mut [f32]) {
+        for (((pixel, r), g), b) in rgb.chunks_exact(3).zip(red).zip(green).zip(blue) {
+            *r = unit_float(pixel[0]);
+            *g = unit_float(pixel[1]);
+            *b = unit_float(pixel[2]);
+        }
+    }
+}
+
+kernel! {
+    /// `top * (2^11 - weight1) + bottom * weight1` for every byte of two rows, exact.
+    fn blend_rows(top: &[u8], bottom: &[u8], weight1: u16, out: &mut [u32]) {
+        // At most 2^11; the mask tells LLVM that it fits in 15 bits.
+        let weight1 = i32::from(weight1 & 0x7fff);
+        for ((out, &top), &bottom) in out.iter_mut().zip(top).zip(bottom) {
+            let (top, bottom) = (i32::from(top), i32::from(bottom));
+            // The same sum, as the weights add up to 2^11, with one multiply of two
+            // 16-bit values (which x86 does 8 or 16 at a time with `pmaddwd`).
+            *out = ((top << WEIGHT_BITS) + (bottom - top) * weight1) as u32;
+        }
+    }
+}
+
+kernel! {
+    /// A row of [`blend_rows`] sampled at `taps`, rounded to 8 bits.
+    ///
+    /// Each pixel is computed as four lanes, its three channels and the next value
+    /// (a vector of four where the CPU has one), and written as four bytes, the
+    /// last overwritten by the next pixel: `blended` and `out` hold one spare value
+    /// past their pixels. Every lane blends two values of `blended`, so none overflows.
+    fn resample_blended(blended: &[u32], taps: &[LinearTap], out: &mut [u8]) {
+        for (x, tap) in taps.iter().enumerate() {
+            let (Some(left), Some(right), Some(pixel)) = (
+                blended[tap.index0 * 3..].first_chunk::<4>(),
+                blended[tap.index1 * 3..].first_chunk::<4>(),
+                out[x * 3..].first_chunk_mut::<4>(),
+            ) else {
+                return;
+            };
+            let weight1 = tap.weight1;
+            for lane in 0..4 {
+                // `left * (2^11 - weight1) + right * weight1` with one multiply: the
+                // true value is below 2^31, so arithmetic modulo 2^32 gives it exactly.
+                let sum = (left[lane] << WEIGHT_BITS)
+                    .wrapping_add(right[lane].wrapping_sub(left[lane]).wrapping_mul(weight1));
+                pixel[lane] = round_weighted(sum);
+            }
+        }
+    }
+}
+
+kernel! {
+    /// A source row sampled at `taps`, unrounded (11 fractional bits).
+    fn resample_source(row: &[u8], taps: &[LinearTap], out: &mut [u32]) {
+        for (out, tap) in out.chunks_exact_mut(3).zip(taps) {
+            let left = &row[tap.index0 * 3..tap.index0 * 3 + 3];
+            let right = &row[tap.index1 * 3..tap.index1 * 3 + 3];
+            let (w0, w1) = (WEIGHT_ONE - tap.weight1, tap.weight1);
+            for channel in 0..3 {
+                out[channel] = u32::from(left[channel]) * w0 + u32::from(right[channel]) * w1;
+            }
+        }
+    }
+}
+
+kernel! {
+    /// Two rows of [`resample_source`] blended, rounded to 8 bits.
+    fn blend_resampled(top: &[u32], bottom: &[u32], weight1: u32, out: &mut [u8]) {
+        for ((out, &top), &bottom) in out.iter_mut().zip(top).zip(bottom) {
+            // `top * (2^11 - weight1) + bottom * weight1` with one multiply: the true
+            // value is below 2^31, so arithmetic modulo 2^32 gives it exactly.
+            let sum = (top << WEIGHT_BITS).wrapping_add(bottom.wrapping_sub(top).wrapping_mul(weight1));
+            *out = round_weighted(sum);
+        }
+    }
 }
 
 /// Fixed-point weights, as OpenCV's 8-bit `INTER_LINEAR` uses: 11 fractional bits.
@@ -238,7 +376,7 @@ const WEIGHT_ONE: u32 = 1 << WEIGHT_BITS;
 /// blended first (a contiguous, vectorised pass) and only the blended row is
 /// resampled horizontally; otherwise each source row is resampled horizontally once
 /// and cached while consecutive output rows reuse it (they do when enlarging).
-fn resize_rows(image: &RgbImage, size: (u32, u32), mut emit: impl FnMut(usize, &[u8])) {
+fn resize_rows(isa: Isa, image: &RgbImage, size: (u32, u32), mut emit: impl FnMut(usize, &[u8])) {
     let (src_width, src_height) = image.dimensions();
     let (dst_width, dst_height) = size;
     if dst_width == 0 || dst_height == 0 || src_width == 0 || src_height == 0 {
@@ -252,15 +390,16 @@ fn resize_rows(image: &RgbImage, size: (u32, u32), mut emit: impl FnMut(usize, &
         return;
     }
     if src_height > dst_height {
-        resize_rows_vertical_first(image, size, emit);
+        resize_rows_vertical_first(isa, image, size, emit);
     } else {
-        resize_rows_horizontal_first(image, size, emit);
+        resize_rows_horizontal_first(isa, image, size, emit);
     }
 }
 
 /// [`resize_rows`] resampling each source row once, for images that do not shrink
 /// vertically.
 fn resize_rows_horizontal_first(
+    isa: Isa,
     image: &RgbImage,
     size: (u32, u32),
     mut emit: impl FnMut(usize, &[u8]),
@@ -295,28 +434,18 @@ fn resize_rows_horizontal_first(
                 continue;
             }
             let row = &source[src_y * src_stride..(src_y + 1) * src_stride];
-            let cached = &mut row_cache[slot].1;
-            for (out, tap_x) in cached.chunks_exact_mut(3).zip(&taps_x) {
-                let left = &row[tap_x.index0 * 3..tap_x.index0 * 3 + 3];
-                let right = &row[tap_x.index1 * 3..tap_x.index1 * 3 + 3];
-                let (w0, w1) = (WEIGHT_ONE - tap_x.weight1, tap_x.weight1);
-                for channel in 0..3 {
-                    out[channel] = u32::from(left[channel]) * w0 + u32::from(right[channel]) * w1;
-                }
-            }
+            resample_source(isa, row, &taps_x, &mut row_cache[slot].1);
             row_cache[slot].0 = src_y;
         }
         let (top, bottom) = (&row_cache[0].1, &row_cache[1].1);
-        let (w0, w1) = (WEIGHT_ONE - tap_y.weight1, tap_y.weight1);
-        for ((out, top), bottom) in out_row.iter_mut().zip(top).zip(bottom) {
-            *out = round_weighted(top * w0 + bottom * w1);
-        }
+        blend_resampled(isa, top, bottom, tap_y.weight1, &mut out_row);
         emit(dst_y, &out_row);
     }
 }
 
 /// [`resize_rows`] blending rows before columns, for images that shrink vertically.
 fn resize_rows_vertical_first(
+    isa: Isa,
     image: &RgbImage,
     size: (u32, u32),
     mut emit: impl FnMut(usize, &[u8]),
@@ -326,29 +455,23 @@ fn resize_rows_vertical_first(
     let taps_y = linear_taps(src_height, size.1);
     let source = image.as_raw();
     let src_stride = src_width as usize * 3;
-    let mut blended = vec![0_u32; src_stride];
-    let mut out_row = vec![0_u8; size.0 as usize * 3];
+    // One spare value each, for `resample_blended`'s four-lane pixels.
+    let mut blended = vec![0_u32; src_stride + 1];
+    let row_len = size.0 as usize * 3;
+    let mut out_row = vec![0_u8; row_len + 1];
     for (dst_y, tap_y) in taps_y.iter().enumerate() {
         let top = &source[tap_y.index0 * src_stride..(tap_y.index0 + 1) * src_stride];
         let bottom = &source[tap_y.index1 * src_stride..(tap_y.index1 + 1) * src_stride];
-        let (w0, w1) = (WEIGHT_ONE - tap_y.weight1, tap_y.weight1);
-        for ((out, &top), &bottom) in blended.iter_mut().zip(top).zip(bottom) {
-            *out = u32::from(top) * w0 + u32::from(bottom) * w1;
-        }
-        for (out, tap_x) in out_row.chunks_exact_mut(3).zip(&taps_x) {
-            let left = &blended[tap_x.index0 * 3..tap_x.index0 * 3 + 3];
-            let right = &blended[tap_x.index1 * 3..tap_x.index1 * 3 + 3];
-            let (w0, w1) = (WEIGHT_ONE - tap_x.weight1, tap_x.weight1);
-            for channel in 0..3 {
-                out[channel] = round_weighted(left[channel] * w0 + right[channel] * w1);
-            }
-        }
-        emit(dst_y, &out_row);
+        // A weight is at most 2^11, so it fits.
+        blend_rows(isa, top, bottom, tap_y.weight1 as u16, &mut blended);
+        resample_blended(isa, &blended, &taps_x, &mut out_row);
+        emit(dst_y, &out_row[..row_len]);
     }
 }
 
 /// A pixel from a value with 22 fractional bits (two weights of 2^11 applied),
 /// rounded half up. At most 255 * 2^22 + 2^21: fits in `u32`, and the result in `u8`.
+#[inline(always)]
 fn round_weighted(value: u32) -> u8 {
     const ROUND: u32 = 1 << (2 * WEIGHT_BITS - 1);
     ((value + ROUND) >> (2 * WEIGHT_BITS)) as u8
@@ -488,15 +611,85 @@ mod tests {
                 let mut rows = Vec::new();
                 let emit = |y: usize, row: &[u8]| rows.push((y, row.to_vec()));
                 if vertical_first {
-                    resize_rows_vertical_first(&image, dst, emit);
+                    resize_rows_vertical_first(Isa::Baseline, &image, dst, emit);
                 } else {
-                    resize_rows_horizontal_first(&image, dst, emit);
+                    resize_rows_horizontal_first(Isa::Baseline, &image, dst, emit);
                 }
                 rows
             };
             let vertical_first = rows(true);
             assert_eq!(vertical_first.len(), dst.1 as usize);
             assert_eq!(vertical_first, rows(false), "{src:?} -> {dst:?}");
+        }
+    }
+
+    /// Random RGB noise, the same for the same seed.
+    fn noise_image(seed: u32, (width, height): (u32, u32)) -> RgbImage {
+        let mut state = seed | 1;
+        RgbImage::from_fn(width, height, |_, _| {
+            let mut next = || {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                state as u8
+            };
+            image::Rgb([next(), next(), next()])
+        })
+    }
+
+    #[test]
+    fn the_avx2_and_baseline_paths_give_the_same_bits() {
+        let fastest = Isa::detect();
+        if fastest == Isa::Baseline {
+            eprintln!("no AVX2 on this CPU: only the baseline path runs");
+        }
+        // Shrinking (rows blended first), enlarging (columns first), the same size
+        // (no resize), odd widths that leave vector tails, thin images.
+        let cases = [
+            ((1280, 720), (640, 640)),
+            ((1279, 721), (640, 640)),
+            ((333, 517), (640, 640)),
+            ((999, 101), (640, 640)),
+            ((37, 91), (61, 33)),
+            ((13, 7), (41, 29)),
+            ((61, 45), (61, 61)),
+            ((1, 1000), (63, 65)),
+            ((1000, 3), (97, 35)),
+        ];
+        for (seed, &(src, dst)) in (1_u32..).zip(&cases) {
+            let images = [noise_image(seed, src), noise_image(seed + 100, src)];
+            let n_values: usize = batch_shape(images.len(), dst).iter().product();
+            let mut baseline = vec![f32::NAN; n_values];
+            let mut fast = vec![f32::NAN; n_values];
+            letterbox_batch_into_with(Isa::Baseline, &images, dst, &mut baseline)
+                .expect("letterboxes");
+            letterbox_batch_into_with(fastest, &images, dst, &mut fast).expect("letterboxes");
+            let bits = |values: &[f32]| values.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert!(bits(&baseline) == bits(&fast), "{src:?} -> {dst:?}");
+
+            let info = TransformInfo::new(src, dst).expect("valid sizes");
+            let mut rows = [Vec::new(), Vec::new()];
+            for (isa, rows) in [Isa::Baseline, fastest].into_iter().zip(&mut rows) {
+                resize_rows(isa, &images[0], info.resized_size, |_, row| {
+                    rows.extend_from_slice(row)
+                });
+            }
+            assert!(rows[0] == rows[1], "{src:?} -> {dst:?}, 8-bit");
+        }
+    }
+
+    #[test]
+    fn every_byte_scales_to_its_float() {
+        let rgb: Vec<u8> = (0..=255).flat_map(|v| [v, 255 - v, v / 3]).collect();
+        for isa in [Isa::Baseline, Isa::detect()] {
+            let (mut red, mut green, mut blue) = (vec![0.0; 256], vec![0.0; 256], vec![0.0; 256]);
+            scatter_planes(isa, &rgb, &mut red, &mut green, &mut blue);
+            for value in 0..=255_u8 {
+                let index = usize::from(value);
+                assert_eq!(red[index].to_bits(), (f32::from(value) / 255.0).to_bits());
+                assert_eq!(green[index], f32::from(255 - value) / 255.0);
+                assert_eq!(blue[index], f32::from(value / 3) / 255.0);
+            }
         }
     }
 }
