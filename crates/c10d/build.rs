@@ -2,6 +2,10 @@
 //! set by `.cargo/config.toml`), and embeds libtorch's folder as an rpath so the
 //! crate's tests, examples and benches start with an empty LD_LIBRARY_PATH.
 //!
+//! With the `cuda` feature the shim also needs CUDA's and NCCL's headers: the
+//! folders in CUDA_INCLUDE (a PATH-style list), else every `include` folder of the
+//! nvidia-* wheels beside the wheel's torch (see xtask/requirements.txt).
+//!
 //! The wheel ships c10d's headers but not gloo's, which `ProcessGroupGloo.hpp`
 //! includes; Debian's `libgloo-dev` supplies them from the default include path
 //! (`GLOO_INCLUDE` overrides). The shim touches gloo only through pointers
@@ -53,9 +57,16 @@ fn main() {
         build
             .define("CARDET_C10D_CUDA", None)
             .define("USE_C10D_NCCL", None);
-        if let Ok(cuda_include) = std::env::var("CUDA_INCLUDE") {
-            for folder in std::env::split_paths(&cuda_include) {
-                build.include(folder);
+        match std::env::var("CUDA_INCLUDE") {
+            Ok(cuda_include) => {
+                for folder in std::env::split_paths(&cuda_include) {
+                    build.include(folder);
+                }
+            }
+            Err(_) => {
+                for folder in wheel_cuda_includes(&libtorch) {
+                    build.include(folder);
+                }
             }
         }
     }
@@ -71,6 +82,25 @@ fn main() {
     println!("cargo:rustc-link-lib=dylib=torch_cpu");
     println!("cargo:rustc-link-lib=dylib=c10");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+}
+
+/// The headers of the nvidia-* wheels beside a wheel's libtorch
+/// (`site-packages/torch` → `site-packages/nvidia/*/include`): what `cargo xtask
+/// setup` installs, so `--features cuda` needs no CUDA_INCLUDE there.
+fn wheel_cuda_includes(libtorch: &std::path::Path) -> Vec<PathBuf> {
+    let Some(nvidia) = libtorch.parent().map(|site| site.join("nvidia")) else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir(&nvidia) else {
+        return Vec::new();
+    };
+    let mut folders: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path().join("include"))
+        .filter(|include| include.is_dir())
+        .collect();
+    folders.sort();
+    folders
 }
 
 fn fail(message: &str) -> ! {

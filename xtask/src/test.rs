@@ -66,6 +66,16 @@ fn lint(sh: &Shell) -> anyhow::Result<()> {
         )
         .run()
         .map_err(Into::into)
+    })?;
+    // The NCCL build of the c10d shim, so the CUDA path compiles on machines with no
+    // GPU too (its tests and bench run only where one is present).
+    step("cargo clippy (cardet-c10d, cuda)", || {
+        cmd!(
+            sh,
+            "cargo clippy -p cardet-c10d --features cuda --all-targets --quiet -- -D warnings"
+        )
+        .run()
+        .map_err(Into::into)
     })
 }
 

@@ -71,6 +71,7 @@ fn main() -> ExitCode {
 }
 
 fn info(json: bool) -> anyhow::Result<()> {
+    use cardet_model::libtorch;
     use std::io::Write;
 
     // A real computation, so "found" means "works", not just "linked".
@@ -80,13 +81,13 @@ fn info(json: bool) -> anyhow::Result<()> {
         sum == 64.0 * 64.0 * 64.0,
         "libtorch computed a wrong matmul ({sum})"
     );
-    let library = loaded_library("libtorch_cpu.so");
-    let version = library.as_deref().and_then(torch_version);
+    let library = libtorch::loaded_library("libtorch_cpu.so");
+    let version = library.as_deref().and_then(libtorch::torch_version);
     let report = serde_json::json!({
         "libtorch": library.as_ref().map(|path| path.display().to_string()),
         "torch_version": version,
         "threads": tch::get_num_threads(),
-        "cuda_available": tch::Cuda::is_available(),
+        "cuda_available": libtorch::load_cuda_backend(),
         "cuda_devices": tch::Cuda::device_count(),
     });
     let mut stdout = std::io::stdout().lock();
@@ -113,23 +114,4 @@ fn info(json: bool) -> anyhow::Result<()> {
         )?;
     }
     Ok(())
-}
-
-/// The file the dynamic loader actually mapped, from /proc/self/maps.
-fn loaded_library(name: &str) -> Option<std::path::PathBuf> {
-    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    maps.lines()
-        .filter_map(|line| line.split_whitespace().nth(5))
-        .find(|path| path.ends_with(name))
-        .map(Into::into)
-}
-
-/// The wheel's `torch/version.py` beside the loaded `torch/lib/libtorch_cpu.so`
-/// (a line `__version__ = '2.13.0+cu130'`, with or without a type annotation).
-fn torch_version(library: &std::path::Path) -> Option<String> {
-    let version_py = library.parent()?.parent()?.join("version.py");
-    let text = std::fs::read_to_string(version_py).ok()?;
-    let line = text.lines().find(|line| line.starts_with("__version__"))?;
-    let (_, value) = line.split_once('=')?;
-    Some(value.trim().trim_matches(['\'', '"']).to_string())
 }

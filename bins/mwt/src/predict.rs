@@ -147,7 +147,8 @@ impl Backend {
         if is_onnx {
             return Backend::open_onnx(flags);
         }
-        let device = parse_device(&flags.device)?;
+        // `cuda` with no CUDA device is an error, not a silent fall back to the CPU.
+        let device = cardet_train::trainer::parse_device(&flags.device)?;
         let metadata = cardet_model::weights::read_metadata(&flags.model)
             .with_context(|| format!("reading {}", flags.model.display()))?;
         let scale = match &flags.scale {
@@ -246,23 +247,6 @@ impl Backend {
                 let out_shape: Vec<usize> = out_shape.iter().map(|d| *d as usize).collect();
                 Ok((values.to_vec(), out_shape))
             }
-        }
-    }
-}
-
-fn parse_device(text: &str) -> anyhow::Result<tch::Device> {
-    match text {
-        "cpu" => Ok(tch::Device::Cpu),
-        "cuda" => Ok(tch::Device::cuda_if_available()),
-        _ => {
-            let index = text
-                .strip_prefix("cuda:")
-                .and_then(|index| index.parse::<usize>().ok())
-                .with_context(|| format!("--device {text:?} is none of cpu, cuda, cuda:N"))?;
-            if !tch::Cuda::is_available() {
-                bail!("--device {text}: this libtorch sees no CUDA device");
-            }
-            Ok(tch::Device::Cuda(index))
         }
     }
 }

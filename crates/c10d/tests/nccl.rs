@@ -17,7 +17,7 @@ use tch::{Device, Kind, Tensor};
 
 fn nccl_group_of_one() -> ProcessGroup {
     assert!(
-        tch::Cuda::is_available(),
+        tch::Cuda::is_available(), // c10d's NCCL build links libtorch_cuda itself
         "libtorch sees no CUDA device: run this only where one is present"
     );
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -19,6 +19,7 @@
 
 mod error;
 pub mod export;
+pub mod libtorch;
 pub mod weights;
 pub mod yolov8;
 

@@ -53,16 +53,43 @@ def main(out_dir, steps, threads, device="cpu"):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.937, nesterov=True)
     model.train()
     times = []
-    for step in range(int(steps) + 2):
-        started = time.perf_counter()
-        optimizer.zero_grad()
-        loss, _ = criterion(model(images), batch)
-        loss.sum().backward()
-        optimizer.step()
+    # CARDET_STEP_BREAKDOWN=1: wait for the device after each phase and print the
+    # median milliseconds of each on stderr (as the Rust side does).
+    breakdown = bool(os.environ.get("CARDET_STEP_BREAKDOWN"))
+    phases = {name: [] for name in ("zero_grad", "forward", "loss", "backward", "optimizer")}
+
+    def sync():
         if device != "cpu":
             torch.cuda.synchronize()
+
+    for step in range(int(steps) + 2):
+        started = time.perf_counter()
+        marks = []
+
+        def mark():
+            if breakdown:
+                sync()
+                marks.append((time.perf_counter() - started) * 1000)
+
+        optimizer.zero_grad()
+        mark()
+        head = model(images)
+        mark()
+        loss, _ = criterion(head, batch)
+        mark()
+        loss.sum().backward()
+        mark()
+        optimizer.step()
+        sync()
+        mark()
         if step >= 2:
             times.append((time.perf_counter() - started) * 1000)
+            for index, name in enumerate(phases):
+                if breakdown:
+                    phases[name].append(marks[index] - (marks[index - 1] if index else 0.0))
+    if breakdown:
+        parts = ", ".join(f"{name} {statistics.median(values):.2f} ms" for name, values in phases.items())
+        print(f"ultralytics breakdown: {parts}", file=sys.stderr)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     median = statistics.median(times) if times else float("nan")
     mean = statistics.mean(times) if times else float("nan")

@@ -98,7 +98,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 fn parse_device(name: &str) -> Result<Device, Box<dyn std::error::Error>> {
     match name {
         "cpu" => Ok(Device::Cpu),
-        "cuda" if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+        "cuda" if cardet_model::libtorch::load_cuda_backend() => Ok(Device::Cuda(0)),
         "cuda" => Err("--device cuda: libtorch sees no CUDA device".into()),
         other => Err(format!("unknown device {other:?} (cpu or cuda)").into()),
     }
@@ -125,8 +125,13 @@ fn one_side(
             .args([dir_str, &steps.to_string(), &threads, device_name])
             .env("YOLO_CONFIG_DIR", &dir)
             .output()?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
         if !output.status.success() {
-            return Err(String::from_utf8_lossy(&output.stderr).into_owned().into());
+            return Err(stderr.into_owned().into());
+        }
+        // The baseline's CARDET_STEP_BREAKDOWN line, next to ours.
+        for line in stderr.lines().filter(|line| line.contains("breakdown:")) {
+            eprintln!("{line}");
         }
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
     };
@@ -173,18 +178,56 @@ fn ours(dir: &str, steps: usize, device: Device) -> Result<(), Box<dyn std::erro
     };
     let mut optimizer = Optimizer::new(&choice, detector.vs.variables(), 0.0)?;
     let mut times = Vec::new();
-    for step in 0..steps + 2 {
-        let started = std::time::Instant::now();
-        optimizer.zero_grad();
-        let head = detector.net.forward_t(images, true);
-        criterion.compute(&head, &targets)?.total.backward();
-        optimizer.step();
+    // CARDET_STEP_BREAKDOWN=1: wait for the device after each phase and print the
+    // median milliseconds of each on stderr (the waits make the total a little longer,
+    // so the timed steps never use them).
+    let breakdown = std::env::var_os("CARDET_STEP_BREAKDOWN").is_some();
+    let sync = || {
         if let Device::Cuda(index) = device {
             tch::Cuda::synchronize(index as i64);
         }
+    };
+    let mut phases: [Vec<f64>; 5] = Default::default();
+    for step in 0..steps + 2 {
+        let started = std::time::Instant::now();
+        let mut marks = [0.0; 5];
+        let mut mark = |phase: usize| {
+            if breakdown {
+                sync();
+                marks[phase] = started.elapsed().as_secs_f64() * 1000.0;
+            }
+        };
+        optimizer.zero_grad();
+        mark(0);
+        let head = detector.net.forward_t(images, true);
+        mark(1);
+        let loss = criterion.compute(&head, &targets)?.total;
+        mark(2);
+        loss.backward();
+        mark(3);
+        optimizer.step();
+        sync();
+        mark(4);
         if step >= 2 {
             times.push(started.elapsed().as_secs_f64() * 1000.0);
+            for (phase, samples) in phases.iter_mut().enumerate() {
+                let previous = if phase == 0 { 0.0 } else { marks[phase - 1] };
+                samples.push(marks[phase] - previous);
+            }
         }
+    }
+    if breakdown {
+        let names = ["zero_grad", "forward", "loss", "backward", "optimizer"];
+        let medians: Vec<String> = names
+            .iter()
+            .zip(phases.iter_mut())
+            .map(|(name, samples)| {
+                samples.sort_by(f64::total_cmp);
+                let median = samples.get(samples.len() / 2).copied().unwrap_or(f64::NAN);
+                format!("{name} {median:.2} ms")
+            })
+            .collect();
+        eprintln!("ours breakdown: {}", medians.join(", "));
     }
     let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
     times.sort_by(f64::total_cmp);

@@ -96,14 +96,20 @@ impl GradScaler {
         }
         let _no_grad = tch::no_grad_guard();
         let inverse = 1.0 / self.scale;
-        let mut finite = true;
+        let mut all_finite = Vec::with_capacity(grads.len());
         for grad in grads.iter().filter(|grad| grad.defined()) {
             let _ = grad.shallow_clone().f_mul_scalar_(inverse)?;
-            // One reduction per tensor; a single inf or NaN anywhere poisons the step.
-            let all_finite = grad.f_isfinite()?.f_all()?;
-            finite &= all_finite.f_int64_value(&[])? != 0;
+            all_finite.push(grad.f_isfinite()?.f_all()?);
         }
-        Ok(finite)
+        if all_finite.is_empty() {
+            return Ok(true);
+        }
+        // One read of the device for the whole step: a single inf or NaN anywhere
+        // poisons it.
+        let finite = Tensor::f_stack(&all_finite, 0)?
+            .f_all()?
+            .f_int64_value(&[])?;
+        Ok(finite != 0)
     }
 
     /// After each optimiser step (taken or skipped): back off on an inf/NaN, grow after

@@ -57,7 +57,8 @@ pub fn parse_device(text: &str) -> Result<Device, Error> {
         }
     };
     if let Device::Cuda(index) = device
-        && (!tch::Cuda::is_available() || index >= tch::Cuda::device_count() as usize)
+        && (!cardet_model::libtorch::load_cuda_backend()
+            || index >= tch::Cuda::device_count() as usize)
     {
         return Err(Error::Config(format!(
             "device {text:?}: this libtorch sees {} CUDA devices",
@@ -428,8 +429,7 @@ pub fn train(
                 // Every rank unscales the same reduced gradients, so all skip together.
                 let finite = scaler.unscale(&grads)?;
                 if finite {
-                    optimizer.clip_grad_norm(MAX_GRAD_NORM);
-                    optimizer.step();
+                    optimizer.clip_and_step(MAX_GRAD_NORM);
                 }
                 scaler.update(!finite);
                 optimizer.zero_grad();
