@@ -14,9 +14,9 @@ pub enum Backend {
     /// CPU tensors over TCP; always built.
     Gloo,
     /// CUDA tensors over NCCL; needs the `cuda` feature and a CUDA libtorch,
-    /// and tensors on `cuda:LOCAL_RANK`. Untested here (no GPU build). NCCL's
-    /// own watchdog, not this crate, decides what a timeout does to the process
-    /// (`TORCH_NCCL_ASYNC_ERROR_HANDLING`).
+    /// and tensors on `cuda:LOCAL_RANK`. Tested on one GPU only (`tests/nccl.rs`,
+    /// a group of one rank). NCCL's own watchdog, not this crate, decides what a
+    /// timeout does to the process (`TORCH_NCCL_ASYNC_ERROR_HANDLING`).
     Nccl,
 }
 
