@@ -33,6 +33,10 @@ const SAMPLE_IMAGES: usize = 3;
 /// optimiser step (`rank<R>_step<N>.safetensors`), so multi-process tests can compare
 /// the replicas with each other and with a single process.
 pub const DEBUG_STEP_WEIGHTS_ENV: &str = "CARDET_DEBUG_STEP_WEIGHTS";
+/// Test hook: when set, the training forward runs BatchNorm on its running statistics
+/// (eval mode), so an update does not depend on how images are grouped into batches:
+/// the accumulation check compares 4 batches of 2 with one batch of 8 this way.
+pub const DEBUG_BN_EVAL_ENV: &str = "CARDET_DEBUG_BN_EVAL";
 
 /// What plugs into a run.
 pub struct Hooks<'a> {
@@ -280,6 +284,7 @@ pub fn train(
         None
     };
     let debug_weights_dir = std::env::var_os(DEBUG_STEP_WEIGHTS_ENV).map(PathBuf::from);
+    let batch_statistics = std::env::var_os(DEBUG_BN_EVAL_ENV).is_none();
 
     let mut start_epoch = 0;
     let mut last_opt_step: i64 = -1;
@@ -403,10 +408,10 @@ pub fn train(
             let images = crate::validate::images_to_tensor(&batch.images, batch.shape, device)?;
             let head = match &bf16_shadow {
                 Some(shadow) => shadow.forward(&images)?,
-                None if amp_cuda => {
-                    head_to_float(&tch::autocast(true, || model.net.forward_t(&images, true)))?
-                }
-                None => model.net.forward_t(&images, true),
+                None if amp_cuda => head_to_float(&tch::autocast(true, || {
+                    model.net.forward_t(&images, batch_statistics)
+                }))?,
+                None => model.net.forward_t(&images, batch_statistics),
             };
             let loss = criterion.compute(&head, &batch.targets)?;
             scaler.scale_loss(&(&loss.total * world as f64)).backward();
