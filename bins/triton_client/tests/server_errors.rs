@@ -1,7 +1,8 @@
 //! The client against a server that refuses: an unknown model, a batch larger than
-//! the model allows, shared memory it does not allow, and no server at all. Each ends the run with a non-zero exit
-//! and one line carrying the server's own message. And against no Kafka broker at
-//! all: one line naming the address.
+//! the model allows, shared memory it does not allow, and no server at all. Each ends
+//! the run with a non-zero exit and one line carrying the server's own message; a
+//! shared-memory run that fails so leaves no region registered on the server. And
+//! against no Kafka broker at all: one line naming the address.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -28,6 +29,33 @@ fn repository(root: &Path) {
     std::fs::copy(onnx, folder.join("1/model.onnx")).expect("model");
 }
 
+/// `serve` on `repo` at free local ports, with or without `--allow-shared-memory`.
+fn serve(
+    runtime: &tokio::runtime::Runtime,
+    onnx: &Arc<cardet_onnx::Runtime>,
+    repo: &Path,
+    allow_shared_memory: bool,
+) -> cardet_serve::Server {
+    let config = cardet_serve::Config {
+        model_repository: repo.display().to_string(),
+        http_address: "127.0.0.1".into(),
+        http_port: 0,
+        grpc_address: "127.0.0.1".into(),
+        grpc_port: 0,
+        metrics_port: None,
+        load_models: vec!["*".into()],
+        threads: cardet_serve::Threads {
+            intra_op: 1,
+            inter_op: 1,
+        },
+        allow_shared_memory,
+        ..cardet_serve::Config::default()
+    };
+    runtime
+        .block_on(cardet_serve::start(onnx.clone(), config))
+        .expect("serve starts")
+}
+
 fn client(args: &[&str], image: &Path) -> (bool, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_triton_client"))
         .args(args)
@@ -52,25 +80,9 @@ fn server_errors_reach_the_user_with_the_servers_message() {
     )
     .expect("image");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let server = runtime.block_on(async {
-        let config = cardet_serve::Config {
-            model_repository: work.path().join("repo").display().to_string(),
-            http_address: "127.0.0.1".into(),
-            http_port: 0,
-            grpc_address: "127.0.0.1".into(),
-            grpc_port: 0,
-            metrics_port: None,
-            load_models: vec!["*".into()],
-            threads: cardet_serve::Threads {
-                intra_op: 1,
-                inter_op: 1,
-            },
-            ..cardet_serve::Config::default()
-        };
-        cardet_serve::start(Arc::new(cardet_onnx::load().expect("onnxruntime")), config)
-            .await
-            .expect("serve starts")
-    });
+    // One ONNX Runtime environment per process, for both servers.
+    let onnx = Arc::new(cardet_onnx::load().expect("onnxruntime"));
+    let server = serve(&runtime, &onnx, &work.path().join("repo"), false);
     let http = format!("http://{}", server.http);
     let grpc = format!("http://{}", server.grpc);
 
@@ -166,6 +178,56 @@ fn server_errors_reach_the_user_with_the_servers_message() {
         stderr.contains("--shared-memory needs --protocol http-binary"),
         "{stderr}"
     );
+
+    // A shared-memory run that fails midway (a request of two images to a model that
+    // takes one, beside one of a single image) leaves none of its regions registered.
+    let shm_server = serve(&runtime, &onnx, &work.path().join("repo"), true);
+    let shm_http = format!("http://{}", shm_server.http);
+    let three = work.path().join("three");
+    std::fs::create_dir_all(&three).expect("folder");
+    for name in ["a.png", "b.png", "c.png"] {
+        std::fs::copy(&image, three.join(name)).expect("image");
+    }
+    let (ok, stderr) = client(
+        &[
+            "--url",
+            &shm_http,
+            "--model",
+            "car",
+            "--shared-memory",
+            "--batch",
+            "2",
+        ],
+        &three,
+    );
+    assert!(!ok, "a batch of 2 for max_batch_size 1 succeeded: {stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "triton_client: the server at {shm_http} refused inference on model car:"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "the error alone, no warning about regions left: {stderr}"
+    );
+    let regions: serde_json::Value = runtime.block_on(async {
+        reqwest::get(format!("{shm_http}/v2/systemsharedmemory/status"))
+            .await
+            .expect("status")
+            .error_for_status()
+            .expect("status succeeds")
+            .json()
+            .await
+            .expect("status JSON")
+    });
+    assert_eq!(
+        regions,
+        serde_json::json!([]),
+        "regions left registered after a failed run"
+    );
+    drop(shm_server);
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())

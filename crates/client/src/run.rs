@@ -29,6 +29,10 @@ use crate::shared_memory::SharedRegion;
 /// lone frame is answered at once.
 const LIVE_BATCH_LINGER: Duration = Duration::from_millis(20);
 
+/// How long unregistering a run's shared-memory regions may take in all, so that a
+/// server that stopped answering does not hold up the exit.
+const UNREGISTER_WITHIN: Duration = Duration::from_secs(10);
+
 /// Everything a run needs.
 #[derive(Clone, Debug)]
 pub struct RunConfig {
@@ -216,63 +220,71 @@ pub async fn run(config: &RunConfig, lines: &mut (dyn Write + Send)) -> Result<S
             .then(|| RegionSlots::new(config.batch * 3 * width as usize * height as usize * 4)),
     });
     let mut in_flight: JoinSet<Result<BatchOutcome, Error>> = JoinSet::new();
-    let mut collected = Collected::default();
-    let mut pending: Vec<InputImage> = Vec::with_capacity(config.batch);
-    // When a live input's part-filled batch goes out anyway.
-    let mut linger_until: Option<tokio::time::Instant> = None;
-    let mut input_done = false;
-    loop {
-        let batch_full = pending.len() >= config.batch;
-        let lingering = linger_until.is_some_and(|until| tokio::time::Instant::now() < until);
-        let send_now = batch_full
-            || (!pending.is_empty() && (input_done || (linger_until.is_some() && !lingering)));
-        if send_now && in_flight.len() < config.concurrency {
-            let batch = std::mem::replace(&mut pending, Vec::with_capacity(config.batch));
-            linger_until = None;
-            let shared = shared.clone();
-            in_flight.spawn(async move { process_batch(&shared, batch).await });
-            continue;
-        }
-        if input_done && pending.is_empty() && in_flight.is_empty() {
-            break;
-        }
-        tokio::select! {
-            // Finished batches first, so output streams while later batches run.
-            biased;
-            Some(finished) = in_flight.join_next(), if !in_flight.is_empty() => {
-                collected.take(finished, lines, &names, &progress)?;
-                if live {
-                    flush(lines)?;
-                }
+    let outcome = async {
+        let mut collected = Collected::default();
+        let mut pending: Vec<InputImage> = Vec::with_capacity(config.batch);
+        // When a live input's part-filled batch goes out anyway.
+        let mut linger_until: Option<tokio::time::Instant> = None;
+        let mut input_done = false;
+        loop {
+            let batch_full = pending.len() >= config.batch;
+            let lingering = linger_until.is_some_and(|until| tokio::time::Instant::now() < until);
+            let send_now = batch_full
+                || (!pending.is_empty() && (input_done || (linger_until.is_some() && !lingering)));
+            if send_now && in_flight.len() < config.concurrency {
+                let batch = std::mem::replace(&mut pending, Vec::with_capacity(config.batch));
+                linger_until = None;
+                let shared = shared.clone();
+                in_flight.spawn(async move { process_batch(&shared, batch).await });
+                continue;
             }
-            item = receiver.recv(), if !input_done && !batch_full => match item {
-                Some(Input::Image(image)) => {
-                    if live && pending.is_empty() {
-                        linger_until = Some(tokio::time::Instant::now() + LIVE_BATCH_LINGER);
+            if input_done && pending.is_empty() && in_flight.is_empty() {
+                break;
+            }
+            tokio::select! {
+                // Finished batches first, so output streams while later batches run.
+                biased;
+                Some(finished) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    collected.take(finished, lines, &names, &progress)?;
+                    if live {
+                        flush(lines)?;
                     }
-                    pending.push(image);
                 }
-                Some(Input::Skipped) => {
-                    collected.n_skipped += 1;
-                    progress.inc(1);
-                }
-                None => input_done = true,
-            },
-            // Wakes the loop when a part-filled live batch has waited long enough.
-            () = tokio::time::sleep_until(linger_until.unwrap_or_else(tokio::time::Instant::now)),
-                if lingering && !batch_full => {}
+                item = receiver.recv(), if !input_done && !batch_full => match item {
+                    Some(Input::Image(image)) => {
+                        if live && pending.is_empty() {
+                            linger_until = Some(tokio::time::Instant::now() + LIVE_BATCH_LINGER);
+                        }
+                        pending.push(image);
+                    }
+                    Some(Input::Skipped) => {
+                        collected.n_skipped += 1;
+                        progress.inc(1);
+                    }
+                    None => input_done = true,
+                },
+                // Wakes the loop when a part-filled live batch has waited long enough.
+                () = tokio::time::sleep_until(
+                    linger_until.unwrap_or_else(tokio::time::Instant::now),
+                ), if lingering && !batch_full => {}
+            }
         }
+        // The reader has sent everything (or was stopped); a reader that died early
+        // would leave inputs unread, which the summary must not hide.
+        reader
+            .await
+            .map_err(|error| Error::InvalidArgument(format!("the input reader failed: {error}")))?;
+        Ok::<_, Error>((collected, started.elapsed().as_secs_f64()))
     }
-    // The reader has sent everything (or was stopped); a reader that died early
-    // would leave inputs unread, which the summary must not hide.
-    reader
-        .await
-        .map_err(|error| Error::InvalidArgument(format!("the input reader failed: {error}")))?;
+    .await;
+    // Whichever way the loop ended, the regions go: after a failed request the
+    // others are stopped first, so none registers a region once they are unregistered.
+    in_flight.shutdown().await;
     progress.finish_and_clear();
-    let elapsed_s = started.elapsed().as_secs_f64();
     if let Some(slots) = &shared.region_slots {
         slots.unregister_all(&shared.client).await;
     }
+    let (collected, elapsed_s) = outcome?;
     flush(lines)?;
     collected.summary(elapsed_s, &names, config.metrics_out.as_deref())
 }
@@ -310,12 +322,14 @@ struct RegionSlot {
 struct RegionSlots {
     free: std::sync::Mutex<Vec<RegionSlot>>,
     input_bytes: usize,
-    /// Every region this run registered, to unregister at the end.
+    /// Every region this run registered (or was registering), to unregister when
+    /// the run ends, however it ends.
     registered: std::sync::Mutex<Vec<String>>,
 }
 
 /// Slot numbers, unique in the process: region names are global on the server,
-/// and a run that failed leaves its regions registered.
+/// and a run that could not unregister its regions (one killed, say) leaves them
+/// registered.
 static NEXT_SLOT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 impl RegionSlots {
@@ -337,9 +351,16 @@ impl RegionSlots {
         name: String,
         bytes: usize,
     ) -> Result<SharedRegion, Error> {
-        let region = client.create_region(&name, bytes).await?;
-        lock(&self.registered).push(name);
-        Ok(region)
+        // Recorded before asking: a run that ends while this request is out cannot
+        // tell whether the server registered it, and unregistering a name that is
+        // not registered succeeds.
+        lock(&self.registered).push(name.clone());
+        let created = client.create_region(&name, bytes).await;
+        if let Err(Error::Server { .. } | Error::Io { .. }) = &created {
+            // Refused, or never sent: nothing to unregister.
+            lock(&self.registered).retain(|registered| *registered != name);
+        }
+        created
     }
 
     async fn take(&self, client: &KserveClient) -> Result<RegionSlot, Error> {
@@ -374,13 +395,42 @@ impl RegionSlots {
         lock(&self.free).push(slot);
     }
 
-    /// Best effort: a region left registered costs the server its mapping only.
+    /// Unregisters every region this run registered, on every way a run ends. Best
+    /// effort, within [`UNREGISTER_WITHIN`]: a region left registered costs the server
+    /// its mapping only, so a failure is one warning naming the regions left, and
+    /// never replaces the error that ended the run.
     async fn unregister_all(&self, client: &KserveClient) {
         let names = std::mem::take(&mut *lock(&self.registered));
-        for name in names {
-            if let Err(error) = client.unregister_region(&name).await {
-                tracing::warn!("{error}");
+        let mut left: Vec<&str> = Vec::new();
+        let mut first_error: Option<String> = None;
+        let mut n_tried = 0;
+        let unregistering = async {
+            for name in &names {
+                if let Err(error) = client.unregister_region(name).await {
+                    left.push(name);
+                    first_error.get_or_insert_with(|| error.to_string());
+                }
+                n_tried += 1;
             }
+        };
+        if tokio::time::timeout(UNREGISTER_WITHIN, unregistering)
+            .await
+            .is_err()
+        {
+            left.extend(names[n_tried..].iter().map(String::as_str));
+            first_error.get_or_insert_with(|| {
+                format!(
+                    "the server at {} did not answer within {} s",
+                    client.url(),
+                    UNREGISTER_WITHIN.as_secs()
+                )
+            });
+        }
+        if let Some(error) = first_error {
+            tracing::warn!(
+                "shared-memory regions left registered on the server ({}): {error}",
+                left.join(", ")
+            );
         }
     }
 }
