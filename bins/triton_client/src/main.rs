@@ -122,7 +122,7 @@ struct Flags {
     /// Pass the images and the outputs through system shared-memory regions that
     /// the server maps (Triton's system_shared_memory extension; serve needs
     /// --allow-shared-memory, Triton --allow-client-shm), not through the socket.
-    /// The server must share this host's /dev/shm. HTTP binary only.
+    /// The server must share this host's /dev/shm. HTTP binary or gRPC, not --json.
     #[arg(long)]
     shared_memory: bool,
     /// Seconds before a request is abandoned.

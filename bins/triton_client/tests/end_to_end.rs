@@ -1,8 +1,8 @@
 //! End to end through the stack: a YOLOv8n ONNX model folder is uploaded to the
 //! stack's S3 server as a verified version, `serve` loads it from S3, and
 //! `triton_client` runs a synthetic validation split through it over HTTP with
-//! binary tensors, HTTP with JSON tensors, gRPC, and HTTP with the tensors in
-//! system shared-memory regions. All four must give the same
+//! binary tensors, HTTP with JSON tensors, gRPC, and HTTP and gRPC with the tensors
+//! in system shared-memory regions. All five must give the same
 //! detections, and the mAP the client prints must equal the evaluator's on
 //! predictions made in-process by ONNX Runtime on the same model and split.
 //!
@@ -127,6 +127,13 @@ fn a_model_uploaded_to_s3_serves_the_same_detections_over_every_protocol() {
         work.path(),
         "shared-memory",
     );
+    let (grpc_shared_memory, grpc_shared_memory_metrics, _) = run_client(
+        grpc,
+        &["--protocol", "grpc", "--shared-memory"],
+        &data_yaml,
+        work.path(),
+        "grpc-shared-memory",
+    );
     assert_eq!(binary.len(), 6, "one line per validation image");
     let n_detections: usize = binary
         .iter()
@@ -144,9 +151,14 @@ fn a_model_uploaded_to_s3_serves_the_same_detections_over_every_protocol() {
         binary, shared_memory,
         "HTTP binary and shared memory disagree"
     );
+    assert_eq!(
+        binary, grpc_shared_memory,
+        "HTTP binary and gRPC with shared memory disagree"
+    );
     assert_eq!(binary_metrics, shared_memory_metrics);
     assert_eq!(binary_metrics, json_metrics);
     assert_eq!(binary_metrics, grpc_metrics);
+    assert_eq!(binary_metrics, grpc_shared_memory_metrics);
 
     let (map50, map50_95) = reference_map(
         &served.onnx_runtime,

@@ -145,88 +145,108 @@ fn server_errors_reach_the_user_with_the_servers_message() {
         assert!(stderr.contains("batch"), "{protocol}: {stderr}");
     }
 
-    // Shared memory against a server that does not allow it: its message, which
-    // says how to allow it; and with a transport that cannot carry it.
-    let (ok, stderr) = client(
-        &["--url", &http, "--model", "car", "--shared-memory"],
-        &image,
-    );
-    assert!(
-        !ok,
-        "shared memory succeeded against a server that refuses it"
-    );
-    assert!(
-        stderr.starts_with(&format!(
-            "triton_client: the server at {http} refused registering shared-memory region"
-        )) && stderr.contains("--allow-shared-memory"),
-        "{stderr}"
-    );
+    // Shared memory against a server that does not allow it, over either protocol:
+    // its message, which says how to allow it; and with JSON tensors, which cannot
+    // name a region.
+    for (url, protocol) in [(&http, "http"), (&grpc, "grpc")] {
+        let (ok, stderr) = client(
+            &[
+                "--url",
+                url,
+                "--protocol",
+                protocol,
+                "--model",
+                "car",
+                "--shared-memory",
+            ],
+            &image,
+        );
+        assert!(
+            !ok,
+            "shared memory succeeded over {protocol} against a server that refuses it"
+        );
+        assert!(
+            stderr.starts_with(&format!(
+                "triton_client: the server at {url} refused registering shared-memory region"
+            )) && stderr.contains("--allow-shared-memory"),
+            "{protocol}: {stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "{protocol}: {stderr}");
+    }
     let (ok, stderr) = client(
         &[
             "--url",
-            &grpc,
-            "--protocol",
-            "grpc",
+            &http,
             "--model",
             "car",
+            "--json",
             "--shared-memory",
         ],
         &image,
     );
     assert!(!ok);
     assert!(
-        stderr.contains("--shared-memory needs --protocol http-binary"),
+        stderr.contains("--shared-memory needs binary tensors"),
         "{stderr}"
     );
 
     // A shared-memory run that fails midway (a request of two images to a model that
     // takes one, beside one of a single image) leaves none of its regions registered.
+    // Over either protocol: regions are registered over the one the client speaks.
     let shm_server = serve(&runtime, &onnx, &work.path().join("repo"), true);
     let shm_http = format!("http://{}", shm_server.http);
+    let shm_grpc = format!("http://{}", shm_server.grpc);
     let three = work.path().join("three");
     std::fs::create_dir_all(&three).expect("folder");
     for name in ["a.png", "b.png", "c.png"] {
         std::fs::copy(&image, three.join(name)).expect("image");
     }
-    let (ok, stderr) = client(
-        &[
-            "--url",
-            &shm_http,
-            "--model",
-            "car",
-            "--shared-memory",
-            "--batch",
-            "2",
-        ],
-        &three,
-    );
-    assert!(!ok, "a batch of 2 for max_batch_size 1 succeeded: {stderr}");
-    assert!(
-        stderr.starts_with(&format!(
-            "triton_client: the server at {shm_http} refused inference on model car:"
-        )),
-        "{stderr}"
-    );
-    assert_eq!(
-        stderr.lines().count(),
-        1,
-        "the error alone, no warning about regions left: {stderr}"
-    );
-    let regions: serde_json::Value = runtime.block_on(async {
-        reqwest::get(format!("{shm_http}/v2/systemsharedmemory/status"))
-            .await
-            .expect("status")
-            .error_for_status()
-            .expect("status succeeds")
-            .json()
-            .await
-            .expect("status JSON")
-    });
-    assert_eq!(
-        regions,
-        serde_json::json!([]),
-        "regions left registered after a failed run"
-    );
+    for (url, protocol) in [(&shm_http, "http"), (&shm_grpc, "grpc")] {
+        let (ok, stderr) = client(
+            &[
+                "--url",
+                url,
+                "--protocol",
+                protocol,
+                "--model",
+                "car",
+                "--shared-memory",
+                "--batch",
+                "2",
+            ],
+            &three,
+        );
+        assert!(
+            !ok,
+            "a batch of 2 for max_batch_size 1 succeeded over {protocol}: {stderr}"
+        );
+        assert!(
+            stderr.starts_with(&format!(
+                "triton_client: the server at {url} refused inference on model car:"
+            )),
+            "{protocol}: {stderr}"
+        );
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "{protocol}: the error alone, no warning about regions left: {stderr}"
+        );
+        let regions: serde_json::Value = runtime.block_on(async {
+            reqwest::get(format!("{shm_http}/v2/systemsharedmemory/status"))
+                .await
+                .expect("status")
+                .error_for_status()
+                .expect("status succeeds")
+                .json()
+                .await
+                .expect("status JSON")
+        });
+        assert_eq!(
+            regions,
+            serde_json::json!([]),
+            "{protocol}: regions left registered after a failed run"
+        );
+    }
     drop(shm_server);
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")

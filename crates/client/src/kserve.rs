@@ -1,7 +1,7 @@
 //! The KServe v2 (Open Inference Protocol) client: HTTP/REST with Triton's binary
 //! tensor extension or plain JSON, and gRPC. Only this module knows the wire.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -132,14 +132,14 @@ impl InputTensor {
     fn bytes(&self) -> Result<&Bytes, Error> {
         match &self.data {
             InputData::Bytes(bytes) => Ok(bytes),
-            InputData::Region { .. } => Err(shared_memory_needs_binary_http()),
+            InputData::Region { .. } => Err(shared_memory_needs_binary()),
         }
     }
 }
 
-fn shared_memory_needs_binary_http() -> Error {
+fn shared_memory_needs_binary() -> Error {
     Error::InvalidArgument(
-        "system shared memory works over REST with binary data (--protocol http-binary)"
+        "system shared memory works over REST with binary data or over gRPC, not with JSON tensors"
             .to_string(),
     )
 }
@@ -277,54 +277,78 @@ impl KserveClient {
         }
     }
 
-    /// Fails fast, with one clear error, when the server is down or the model is not
-    /// ready.
     /// Creates a shared-memory object of `byte_size` bytes, registers it with the
-    /// server as region `name` (Triton's system_shared_memory extension, REST), and
-    /// unlinks the object's name: the server and this process keep their mappings.
-    /// Server and client must share `/dev/shm` (the same host, or the same pod).
+    /// server as region `name` (Triton's system_shared_memory extension, over REST or
+    /// gRPC as the client speaks), and unlinks the object's name: the server and this
+    /// process keep their mappings. Server and client must share `/dev/shm` (the
+    /// same host, or the same pod).
     pub async fn create_region(&self, name: &str, byte_size: usize) -> Result<SharedRegion, Error> {
-        let Transport::Http(http) = &self.transport else {
-            return Err(shared_memory_needs_binary_http());
-        };
+        if self.protocol == Protocol::HttpJson {
+            return Err(shared_memory_needs_binary());
+        }
         let key = format!("/cardet-client-{}-{name}", std::process::id());
         let region = SharedRegion::create(name, &key, byte_size)?;
-        let answer = http
-            .post(format!(
-                "{}/v2/systemsharedmemory/region/{name}/register",
-                self.url
-            ))
-            .body(json!({ "key": key, "offset": 0, "byte_size": byte_size }).to_string())
-            .send()
-            .await;
-        SharedRegion::unlink(&key);
-        let response = answer.map_err(|error| self.send_error(error))?;
-        self.succeeded(
-            response,
-            &format!("registering shared-memory region {name}"),
-        )
-        .await?;
+        // Unlinked once registered, refused, or abandoned (a run that ends while this
+        // request is out drops it here), so no object is left in `/dev/shm`.
+        let _unlink = UnlinkOnDrop(&key);
+        self.register_region(name, &key, byte_size).await?;
         Ok(region)
+    }
+
+    async fn register_region(&self, name: &str, key: &str, byte_size: usize) -> Result<(), Error> {
+        let what = format!("registering shared-memory region {name}");
+        match &self.transport {
+            Transport::Http(http) => {
+                let response = http
+                    .post(format!(
+                        "{}/v2/systemsharedmemory/region/{name}/register",
+                        self.url
+                    ))
+                    .body(json!({ "key": key, "offset": 0, "byte_size": byte_size }).to_string())
+                    .send()
+                    .await
+                    .map_err(|error| self.send_error(error))?;
+                self.succeeded(response, &what).await?;
+            }
+            Transport::Grpc(grpc) => {
+                grpc.clone()
+                    .system_shared_memory_register(pb::SystemSharedMemoryRegisterRequest {
+                        name: name.to_string(),
+                        key: key.to_string(),
+                        offset: 0,
+                        byte_size: byte_size as u64,
+                    })
+                    .await
+                    .map_err(|status| self.status_error(status, &what))?;
+            }
+        }
+        Ok(())
     }
 
     /// Unregisters region `name` (the server unmaps it once no request uses it).
     pub async fn unregister_region(&self, name: &str) -> Result<(), Error> {
-        let Transport::Http(http) = &self.transport else {
-            return Err(shared_memory_needs_binary_http());
-        };
-        let response = http
-            .post(format!(
-                "{}/v2/systemsharedmemory/region/{name}/unregister",
-                self.url
-            ))
-            .send()
-            .await
-            .map_err(|error| self.send_error(error))?;
-        self.succeeded(
-            response,
-            &format!("unregistering shared-memory region {name}"),
-        )
-        .await?;
+        let what = format!("unregistering shared-memory region {name}");
+        match &self.transport {
+            Transport::Http(http) => {
+                let response = http
+                    .post(format!(
+                        "{}/v2/systemsharedmemory/region/{name}/unregister",
+                        self.url
+                    ))
+                    .send()
+                    .await
+                    .map_err(|error| self.send_error(error))?;
+                self.succeeded(response, &what).await?;
+            }
+            Transport::Grpc(grpc) => {
+                grpc.clone()
+                    .system_shared_memory_unregister(pb::SystemSharedMemoryUnregisterRequest {
+                        name: name.to_string(),
+                    })
+                    .await
+                    .map_err(|status| self.status_error(status, &what))?;
+            }
+        }
         Ok(())
     }
 
@@ -342,6 +366,8 @@ impl KserveClient {
         Err(self.http_error(status, &body, what))
     }
 
+    /// Fails fast, with one clear error, when the server is down or the model is not
+    /// ready.
     pub async fn check_ready(&self, model: &str, version: Option<&str>) -> Result<(), Error> {
         let not_ready = |message: String| Error::NotReady {
             url: self.url.clone(),
@@ -441,7 +467,7 @@ impl KserveClient {
     }
 
     /// Runs one FP32 input through the model and returns the named FP32 output,
-    /// written into `output_region` when one is given (REST with binary data only).
+    /// written into `output_region` when one is given (REST with binary data, or gRPC).
     pub async fn infer(
         &self,
         model: &str,
@@ -459,8 +485,8 @@ impl KserveClient {
                 input.n_values()
             )));
         }
-        if output_region.is_some() && self.protocol != Protocol::HttpBinary {
-            return Err(shared_memory_needs_binary_http());
+        if output_region.is_some() && self.protocol == Protocol::HttpJson {
+            return Err(shared_memory_needs_binary());
         }
         match (&self.transport, self.protocol) {
             (Transport::Http(http), Protocol::HttpJson) => {
@@ -472,7 +498,7 @@ impl KserveClient {
                     .await
             }
             (Transport::Grpc(grpc), _) => {
-                self.infer_grpc(grpc, model, version, input, output_name)
+                self.infer_grpc(grpc, model, version, input, output_name, output_region)
                     .await
             }
         }
@@ -617,13 +643,11 @@ impl KserveClient {
                             output.name
                         ))
                     })?;
-                    let n_values: i64 = output.shape.iter().product();
-                    let n_bytes = usize::try_from(n_values)
-                        .unwrap_or(usize::MAX)
-                        .saturating_mul(4);
                     OutputTensor {
                         values: OutputValues::Region(
-                            region.floats(0..n_bytes).map_err(protocol_error)?,
+                            region
+                                .floats(0..shape_bytes(&output.shape))
+                                .map_err(protocol_error)?,
                         ),
                         name: output.name,
                         shape: output.shape,
@@ -704,7 +728,18 @@ impl KserveClient {
         version: Option<&str>,
         input: &InputTensor,
         output_name: &str,
+        output_region: Option<&SharedRegion>,
     ) -> Result<OutputTensor, Error> {
+        // A tensor in a region is named by Triton's parameters, its contents left out.
+        let (input_parameters, raw_input_contents) = match &input.data {
+            InputData::Bytes(bytes) => (HashMap::new(), vec![bytes.clone()]),
+            InputData::Region { region, byte_size } => {
+                (grpc_region_parameters(region, *byte_size), Vec::new())
+            }
+        };
+        let output_parameters = output_region
+            .map(|region| grpc_region_parameters(region.name(), region.byte_size()))
+            .unwrap_or_default();
         let request = pb::ModelInferRequest {
             model_name: model.to_string(),
             model_version: version.unwrap_or_default().to_string(),
@@ -712,13 +747,14 @@ impl KserveClient {
                 name: input.name.clone(),
                 datatype: "FP32".to_string(),
                 shape: input.shape.clone(),
+                parameters: input_parameters,
                 ..Default::default()
             }],
             outputs: vec![pb::model_infer_request::InferRequestedOutputTensor {
                 name: output_name.to_string(),
-                ..Default::default()
+                parameters: output_parameters,
             }],
-            raw_input_contents: vec![input.bytes()?.clone()],
+            raw_input_contents,
             ..Default::default()
         };
         let answer = grpc
@@ -743,7 +779,23 @@ impl KserveClient {
                 output.name, output.datatype
             )));
         }
-        let tensor = if answer.raw_output_contents.is_empty() {
+        let tensor = if output.parameters.contains_key("shared_memory_region") {
+            let region = output_region.ok_or_else(|| {
+                protocol_error(format!(
+                    "output {} is in a shared-memory region this client did not ask for",
+                    output.name
+                ))
+            })?;
+            OutputTensor {
+                values: OutputValues::Region(
+                    region
+                        .floats(0..shape_bytes(&output.shape))
+                        .map_err(protocol_error)?,
+                ),
+                name: output.name.clone(),
+                shape: output.shape.clone(),
+            }
+        } else if answer.raw_output_contents.is_empty() {
             OutputTensor {
                 name: output.name.clone(),
                 shape: output.shape.clone(),
@@ -812,6 +864,47 @@ impl KserveClient {
             message: status.message().to_string(),
             transient: matches!(status.code(), Code::Unavailable | Code::ResourceExhausted),
         }
+    }
+}
+
+/// The bytes of an FP32 tensor of `shape` (saturating: a shape too large for this
+/// machine fails the region's bounds check).
+fn shape_bytes(shape: &[i64]) -> usize {
+    let n_values: i64 = shape.iter().product();
+    usize::try_from(n_values)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(4)
+}
+
+/// Triton's parameters naming a tensor's place in a system shared-memory region, as
+/// gRPC carries them.
+fn grpc_region_parameters(region: &str, byte_size: usize) -> HashMap<String, pb::InferParameter> {
+    use pb::infer_parameter::ParameterChoice;
+    let parameter = |choice| pb::InferParameter {
+        parameter_choice: Some(choice),
+    };
+    HashMap::from([
+        (
+            "shared_memory_region".to_string(),
+            parameter(ParameterChoice::StringParam(region.to_string())),
+        ),
+        (
+            "shared_memory_byte_size".to_string(),
+            parameter(ParameterChoice::Int64Param(byte_size as i64)),
+        ),
+        (
+            "shared_memory_offset".to_string(),
+            parameter(ParameterChoice::Int64Param(0)),
+        ),
+    ])
+}
+
+/// Removes a shared-memory object's name when dropped.
+struct UnlinkOnDrop<'a>(&'a str);
+
+impl Drop for UnlinkOnDrop<'_> {
+    fn drop(&mut self) {
+        SharedRegion::unlink(self.0);
     }
 }
 

@@ -64,7 +64,7 @@ pub struct RunConfig {
     /// flight and sum up. The way to end a run that follows a topic.
     pub stop: Arc<AtomicBool>,
     /// Pass tensors through system shared-memory regions instead of the socket
-    /// (HTTP binary only; the server must share this host's `/dev/shm`).
+    /// (HTTP binary or gRPC; the server must share this host's `/dev/shm`).
     pub shared_memory: bool,
 }
 
@@ -172,9 +172,9 @@ pub async fn run(config: &RunConfig, lines: &mut (dyn Write + Send)) -> Result<S
             "--concurrency and --batch must be at least 1".to_string(),
         ));
     }
-    if config.shared_memory && config.protocol != Protocol::HttpBinary {
+    if config.shared_memory && config.protocol == Protocol::HttpJson {
         return Err(Error::InvalidArgument(
-            "--shared-memory needs --protocol http-binary".to_string(),
+            "--shared-memory needs binary tensors (HTTP without --json, or gRPC)".to_string(),
         ));
     }
     let input = config.input.clone();
