@@ -637,21 +637,7 @@ impl KserveClient {
                     if output.name != output_name {
                         continue;
                     }
-                    let region = output_region.ok_or_else(|| {
-                        protocol_error(format!(
-                            "output {} is in a shared-memory region this client did not ask for",
-                            output.name
-                        ))
-                    })?;
-                    OutputTensor {
-                        values: OutputValues::Region(
-                            region
-                                .floats(0..shape_bytes(&output.shape))
-                                .map_err(protocol_error)?,
-                        ),
-                        name: output.name,
-                        shape: output.shape,
-                    }
+                    region_output(output.name, output.shape, output_region, protocol_error)?
                 }
                 (Some(size), _) => {
                     if size > binary.len() {
@@ -780,21 +766,12 @@ impl KserveClient {
             )));
         }
         let tensor = if output.parameters.contains_key("shared_memory_region") {
-            let region = output_region.ok_or_else(|| {
-                protocol_error(format!(
-                    "output {} is in a shared-memory region this client did not ask for",
-                    output.name
-                ))
-            })?;
-            OutputTensor {
-                values: OutputValues::Region(
-                    region
-                        .floats(0..shape_bytes(&output.shape))
-                        .map_err(protocol_error)?,
-                ),
-                name: output.name.clone(),
-                shape: output.shape.clone(),
-            }
+            region_output(
+                output.name.clone(),
+                output.shape.clone(),
+                output_region,
+                protocol_error,
+            )?
         } else if answer.raw_output_contents.is_empty() {
             OutputTensor {
                 name: output.name.clone(),
@@ -865,6 +842,30 @@ impl KserveClient {
             transient: matches!(status.code(), Code::Unavailable | Code::ResourceExhausted),
         }
     }
+}
+
+/// An output the answer says is in this request's shared-memory output region (REST
+/// and gRPC alike): a view of that region, shaped as the answer says.
+fn region_output(
+    name: String,
+    shape: Vec<i64>,
+    output_region: Option<&SharedRegion>,
+    protocol_error: impl Fn(String) -> Error,
+) -> Result<OutputTensor, Error> {
+    let region = output_region.ok_or_else(|| {
+        protocol_error(format!(
+            "output {name} is in a shared-memory region this client did not ask for"
+        ))
+    })?;
+    Ok(OutputTensor {
+        values: OutputValues::Region(
+            region
+                .floats(0..shape_bytes(&shape))
+                .map_err(&protocol_error)?,
+        ),
+        name,
+        shape,
+    })
 }
 
 /// The bytes of an FP32 tensor of `shape` (saturating: a shape too large for this
