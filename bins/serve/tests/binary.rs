@@ -11,13 +11,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free port")
-}
-
 /// A running `serve` that is killed if the test fails before stopping it.
 struct Serve {
     child: Child,
@@ -26,7 +19,11 @@ struct Serve {
 
 impl Serve {
     fn start(args: &[&str], envs: &[(&str, String)]) -> Serve {
-        let (http, grpc, metrics) = (free_port(), free_port(), free_port());
+        let (http, grpc, metrics) = (
+            cardet_testkit::free_port(),
+            cardet_testkit::free_port(),
+            cardet_testkit::free_port(),
+        );
         let child = Command::new(env!("CARGO_BIN_EXE_serve"))
             .args(["--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1"])
             .args([

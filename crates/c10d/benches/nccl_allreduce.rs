@@ -34,7 +34,7 @@ fn main() -> anyhow::Result<()> {
 
     let group = ProcessGroup::connect(&DistConfig {
         master_addr: "127.0.0.1".to_owned(),
-        master_port: free_port()?,
+        master_port: cardet_testkit::free_port(),
         world_size: 1,
         rank: 0,
         local_rank: 0,
@@ -67,7 +67,7 @@ fn main() -> anyhow::Result<()> {
                 n_floats.to_string(),
                 WARMUP.to_string(),
                 iterations.to_string(),
-                free_port()?.to_string(),
+                cardet_testkit::free_port().to_string(),
             ])
             .output()
             .context("running the torch.distributed baseline")?;
@@ -108,12 +108,6 @@ fn main() -> anyhow::Result<()> {
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 fn parse_settings() -> anyhow::Result<(usize, usize, usize)> {

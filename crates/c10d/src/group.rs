@@ -351,12 +351,8 @@ mod tests {
     /// onto a one-GPU machine); over gloo its collectives keep the rank's values.
     #[test]
     fn connect_builds_a_real_group_of_one() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
         let config = DistConfig {
-            master_port: port,
+            master_port: cardet_testkit::free_port(),
             gloo_interface: Some("lo".to_owned()),
             ..DistConfig::single_process()
         }

@@ -20,13 +20,9 @@ fn nccl_group_of_one() -> ProcessGroup {
         tch::Cuda::is_available(), // c10d's NCCL build links libtorch_cuda itself
         "libtorch sees no CUDA device: run this only where one is present"
     );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port();
     let config = DistConfig {
         master_addr: "127.0.0.1".to_owned(),
-        master_port: port,
+        master_port: cardet_testkit::free_port(),
         world_size: 1,
         rank: 0,
         local_rank: 0,

@@ -324,7 +324,7 @@ fn stalled_peer_times_out_with_an_error() -> anyhow::Result<()> {
 /// come back as an error naming `all_reduce`, well before any hang detector.
 fn survivor_reports_error(scenario: &str) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let port = free_port()?;
+    let port = cardet_testkit::free_port();
     let mut children = Vec::new();
     for rank in 0..2 {
         let child = worker_command(scenario, dir.path())
@@ -761,12 +761,6 @@ fn rank_env(rank: usize, world_size: usize, port: u16) -> Vec<(String, String)> 
         ("RANK".to_owned(), rank.to_string()),
         ("LOCAL_RANK".to_owned(), rank.to_string()),
     ]
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?
-        .local_addr()?
-        .port())
 }
 
 /// Different values per rank, several shapes and two float dtypes.

@@ -299,16 +299,10 @@ impl KserveClient {
         let what = format!("registering shared-memory region {name}");
         match &self.transport {
             Transport::Http(http) => {
-                let response = http
-                    .post(format!(
-                        "{}/v2/systemsharedmemory/region/{name}/register",
-                        self.url
-                    ))
-                    .body(json!({ "key": key, "offset": 0, "byte_size": byte_size }).to_string())
-                    .send()
-                    .await
-                    .map_err(|error| self.send_error(error))?;
-                self.succeeded(response, &what).await?;
+                let request = http
+                    .post(self.region_url(name, "register"))
+                    .body(json!({ "key": key, "offset": 0, "byte_size": byte_size }).to_string());
+                self.send_region_request(request, &what).await?;
             }
             Transport::Grpc(grpc) => {
                 grpc.clone()
@@ -330,15 +324,8 @@ impl KserveClient {
         let what = format!("unregistering shared-memory region {name}");
         match &self.transport {
             Transport::Http(http) => {
-                let response = http
-                    .post(format!(
-                        "{}/v2/systemsharedmemory/region/{name}/unregister",
-                        self.url
-                    ))
-                    .send()
-                    .await
-                    .map_err(|error| self.send_error(error))?;
-                self.succeeded(response, &what).await?;
+                let request = http.post(self.region_url(name, "unregister"));
+                self.send_region_request(request, &what).await?;
             }
             Transport::Grpc(grpc) => {
                 grpc.clone()
@@ -349,6 +336,26 @@ impl KserveClient {
                     .map_err(|status| self.status_error(status, &what))?;
             }
         }
+        Ok(())
+    }
+
+    /// The REST route of an `action` (register, unregister) on region `name`.
+    fn region_url(&self, name: &str, action: &str) -> String {
+        format!("{}/v2/systemsharedmemory/region/{name}/{action}", self.url)
+    }
+
+    /// Sends a region request over REST; the server's `error` text about `what` if
+    /// it fails.
+    async fn send_region_request(
+        &self,
+        request: reqwest::RequestBuilder,
+        what: &str,
+    ) -> Result<(), Error> {
+        let response = request
+            .send()
+            .await
+            .map_err(|error| self.send_error(error))?;
+        self.succeeded(response, what).await?;
         Ok(())
     }
 

@@ -102,6 +102,15 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{}-{nanos:x}", std::process::id())
 }
 
+/// A TCP port on 127.0.0.1 that nothing listened on a moment ago (the OS's pick),
+/// for a server or a c10d store a test starts. Panics if none can be had.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port")
+}
+
 /// Ultralytics' YOLOv8n exported to ONNX (dynamic batch and size, random weights:
 /// nothing is downloaded), made once per machine under `$CARDET_HOME/fixtures` and
 /// reused, since the export takes about 20 s. Panics with Ultralytics' stderr when

@@ -3,7 +3,7 @@
 //! same port and store. The shared stack's MLflow is never touched.
 
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -18,7 +18,7 @@ use cardet_tracking::{
 fn killed_server_loses_no_metric_step_and_sync_sends_each_once() {
     let warnings = capture_warnings();
     let store = tempfile::tempdir().expect("temp dir");
-    let port = free_port();
+    let port = cardet_testkit::free_port();
     let uri = format!("http://127.0.0.1:{port}");
     let config = TrackingConfig::new(&uri);
     let client = MlflowClient::new(&config).expect("client");
@@ -230,13 +230,6 @@ impl Drop for MlflowServer {
         }
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("a free port")
 }
 
 fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {

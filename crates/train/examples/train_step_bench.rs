@@ -26,7 +26,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--ours") {
         let device = args.get(4).map_or("cpu", String::as_str);
-        return ours(&args[2], args[3].parse()?, parse_device(device)?);
+        return ours(
+            &args[2],
+            args[3].parse()?,
+            cardet_train::trainer::parse_device(device)?,
+        );
     }
     let flag = |name: &str| {
         args.iter()
@@ -35,7 +39,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .cloned()
     };
     let device_name = flag("--device").unwrap_or_else(|| "cpu".into());
-    let device = parse_device(&device_name)?;
+    let device = cardet_train::trainer::parse_device(&device_name)?;
     if let Some(side) = flag("--side") {
         let steps: usize = flag("--steps").map_or(Ok(10), |s| s.parse())?;
         return one_side(&side, steps, &device_name, device);
@@ -93,15 +97,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         median(&mine, "peak_rss_mib")
     );
     Ok(())
-}
-
-fn parse_device(name: &str) -> Result<Device, Box<dyn std::error::Error>> {
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" if cardet_model::libtorch::load_cuda_backend() => Ok(Device::Cuda(0)),
-        "cuda" => Err("--device cuda: libtorch sees no CUDA device".into()),
-        other => Err(format!("unknown device {other:?} (cpu or cuda)").into()),
-    }
 }
 
 /// Times one side once, for `cargo xtask bench`: the Python side (re)writes the

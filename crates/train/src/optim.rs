@@ -231,38 +231,15 @@ impl Optimizer {
         }
     }
 
-    /// `clip_grad_norm_`: scales all gradients so their joint L2 norm is at most
-    /// `max_norm`; returns the norm before clipping.
-    pub fn clip_grad_norm(&self, max_norm: f64) -> f64 {
-        tch::no_grad(|| {
-            let grads: Vec<Tensor> = self
-                .parameters()
-                .map(|(_, v)| v.grad())
-                .filter(Tensor::defined)
-                .collect();
-            if grads.is_empty() {
-                return 0.0;
-            }
-            let norms: Vec<Tensor> = grads.iter().map(|g| g.norm()).collect();
-            let total = Tensor::stack(&norms, 0).norm();
-            let coefficient = (max_norm / (&total + 1e-6)).clamp_max(1.0);
-            for grad in &grads {
-                let mut grad = grad.shallow_clone();
-                grad *= &coefficient;
-            }
-            total.double_value(&[])
-        })
-    }
-
     /// One update of every parameter that has a gradient.
     pub fn step(&mut self) {
         self.step_with_clip(None);
     }
 
-    /// [`Optimizer::clip_grad_norm`] then [`Optimizer::step`], in one pass over the
+    /// `torch.nn.utils.clip_grad_norm_` then [`Optimizer::step`], in one pass over the
     /// flat gradients: the update uses the clipped gradients, but the gradients
-    /// themselves are left as they were (the trainer zeroes them next). Unlike
-    /// `clip_grad_norm`, it never waits for the GPU to report the norm.
+    /// themselves are left as they were (the trainer zeroes them next), and the norm
+    /// stays on the device (no wait for the GPU).
     pub fn clip_and_step(&mut self, max_norm: f64) {
         self.step_with_clip(Some(max_norm));
     }
