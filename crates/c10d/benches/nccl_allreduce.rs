@@ -33,14 +33,10 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(&script, BASELINE)?;
 
     let group = ProcessGroup::connect(&DistConfig {
-        master_addr: "127.0.0.1".to_owned(),
         master_port: cardet_testkit::free_port(),
-        world_size: 1,
-        rank: 0,
-        local_rank: 0,
-        backend: Backend::Nccl,
-        timeout: Duration::from_secs(120),
-        gloo_interface: None,
+        ..DistConfig::single_process()
+            .with_backend(Backend::Nccl)
+            .with_timeout(Duration::from_secs(120))
     })?;
     let tensor = [Tensor::randn(
         [n_floats as i64],

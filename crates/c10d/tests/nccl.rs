@@ -21,14 +21,10 @@ fn nccl_group_of_one() -> ProcessGroup {
         "libtorch sees no CUDA device: run this only where one is present"
     );
     let config = DistConfig {
-        master_addr: "127.0.0.1".to_owned(),
         master_port: cardet_testkit::free_port(),
-        world_size: 1,
-        rank: 0,
-        local_rank: 0,
-        backend: Backend::Nccl,
-        timeout: Duration::from_secs(60),
-        gloo_interface: None,
+        ..DistConfig::single_process()
+            .with_backend(Backend::Nccl)
+            .with_timeout(Duration::from_secs(60))
     };
     ProcessGroup::connect(&config).expect("a ProcessGroupNCCL of one rank")
 }
