@@ -12,6 +12,7 @@ use crate::error::Error;
 use crate::geometry::{BoundingBox, Detection};
 use crate::letterbox::TransformInfo;
 use crate::nms::batched_nms;
+use crate::simd::{Isa, kernel};
 
 /// The YOLOv8 detection output, `[N, 4 + n_classes, n_anchors]`, channel-major:
 /// row `c` of image `n` holds channel `c` for every anchor.
@@ -155,18 +156,29 @@ fn candidates(
 ) -> Vec<Candidate> {
     let n_anchors = layout.n_anchors;
     let row = |channel: usize| &image_output[channel * n_anchors..(channel + 1) * n_anchors];
-    let best_score = best_class_scores(&image_output[4 * n_anchors..], layout);
     let (cx, cy, width, height) = (row(0), row(1), row(2), row(3));
-    let mut found: Vec<Candidate> = best_score
-        .iter()
-        .enumerate()
-        .filter(|&(_, &score)| score > config.confidence_threshold)
-        .map(|(anchor, &score)| Candidate {
-            bbox: BoundingBox::from_cxcywh(cx[anchor], cy[anchor], width[anchor], height[anchor]),
-            class_id: (0..layout.n_classes)
-                .find(|&class_id| image_output[(4 + class_id) * n_anchors + anchor] == score)
-                .unwrap_or(0),
-            score,
+    let mut over = Vec::new();
+    scan_class_scores(
+        Isa::detect(),
+        &image_output[4 * n_anchors..],
+        layout,
+        config.confidence_threshold,
+        &mut over,
+    );
+    let mut found: Vec<Candidate> = over
+        .into_iter()
+        .map(|best| {
+            let anchor = best.anchor as usize;
+            Candidate {
+                bbox: BoundingBox::from_cxcywh(
+                    cx[anchor],
+                    cy[anchor],
+                    width[anchor],
+                    height[anchor],
+                ),
+                class_id: best.class_id as usize,
+                score: best.score,
+            }
         })
         .collect();
     if found.len() > config.max_candidates {
@@ -176,44 +188,102 @@ fn candidates(
     found
 }
 
-/// Anchors scanned together by [`best_class_scores`].
+/// An anchor's best class and its score.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct BestClass {
+    anchor: u32,
+    class_id: u32,
+    score: f32,
+}
+
+/// Anchors scanned together by [`scan_class_scores`].
 const ANCHOR_BLOCK: usize = 32;
 
-/// The best class score of every anchor, from the class rows `[classes, anchors]`.
-///
-/// One output (80 classes x 8400 anchors, 2.7 MB) does not fit in L2. A block of
-/// anchors keeps its running maxima in registers while every class row goes by
-/// once, instead of a pass over all maxima per class row. The scan is bound by
-/// memory bandwidth (reading 2.7 MB takes about 0.07 ms on the development
-/// machine); blocks of 32 made the whole post-processing 7% faster, blocks of 64
-/// spill to the stack and were 20% slower.
-fn best_class_scores(class_rows: &[f32], layout: YoloV8Layout) -> Vec<f32> {
-    let n_anchors = layout.n_anchors;
-    let class_row = |class_id: usize| &class_rows[class_id * n_anchors..(class_id + 1) * n_anchors];
-    let mut best_score = vec![f32::NEG_INFINITY; n_anchors];
-    let mut blocks = best_score.chunks_exact_mut(ANCHOR_BLOCK);
-    for (block_idx, block_best) in (&mut blocks).enumerate() {
-        let start = block_idx * ANCHOR_BLOCK;
-        // A fixed-size array, so the compiler keeps it in vector registers.
+/// How many blocks ahead [`scan_class_scores`] asks for each row's next lines. The
+/// 80 rows of a block are 80 streams 33 KB apart, more than the hardware prefetcher
+/// follows; asking two blocks ahead made the 300-candidate case about 10% faster
+/// (one block ahead: the same; three: slower).
+const PREFETCH_AHEAD: usize = 2;
+
+/// Hints the CPU to load the block of `row` that starts at `index` into L1.
+#[inline(always)]
+fn prefetch(row: &[f32], index: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if index + ANCHOR_BLOCK <= row.len() {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let block = row[index..].as_ptr().cast::<i8>();
+        // SAFETY: a prefetch never faults, and both lines are inside `row`.
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(block);
+            _mm_prefetch::<_MM_HINT_T0>(block.add(64));
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (row, index);
+}
+
+kernel! {
+    /// Appends to `over` every anchor whose best class score is above `threshold`,
+    /// with the first class that has that score (numpy's `argmax`), in anchor order.
+    ///
+    /// One output (80 classes x 8400 anchors, 2.7 MB) does not fit in L2. A block of
+    /// anchors keeps its running maxima in registers while every class row goes by
+    /// once, instead of a pass over all maxima per class row. The rows of a block
+    /// (80 x 128 bytes) are still in L1 when the few anchors above the threshold look
+    /// for their class, so that lookup costs no cache misses. The scan is bound by
+    /// memory bandwidth (about 30 GB/s from L3 on the development machine); blocks of 32 made the whole post-processing 7% faster than
+    /// one pass per row, blocks of 64 spilled to the stack on SSE2 and were 20% slower.
+    fn scan_class_scores(
+        class_rows: &[f32],
+        layout: YoloV8Layout,
+        threshold: f32,
+        over: &mut Vec<BestClass>,
+    ) {
+        let n_anchors = layout.n_anchors;
+        let class_row =
+            |class_id: usize| &class_rows[class_id * n_anchors..(class_id + 1) * n_anchors];
+        let mut collect = |start: usize, maxima: &[f32]| {
+            for (lane, &score) in maxima.iter().enumerate() {
+                if score > threshold {
+                    let anchor = start + lane;
+                    let class_id = (0..layout.n_classes)
+                        .find(|&class_id| class_row(class_id)[anchor] == score)
+                        .unwrap_or(0);
+                    over.push(BestClass {
+                        anchor: anchor as u32,
+                        class_id: class_id as u32,
+                        score,
+                    });
+                }
+            }
+        };
+        let n_blocks = n_anchors / ANCHOR_BLOCK;
+        for block_idx in 0..n_blocks {
+            let start = block_idx * ANCHOR_BLOCK;
+            // A fixed-size array, so the compiler keeps it in vector registers.
+            let mut maxima = [f32::NEG_INFINITY; ANCHOR_BLOCK];
+            for class_id in 0..layout.n_classes {
+                prefetch(class_row(class_id), start + PREFETCH_AHEAD * ANCHOR_BLOCK);
+                let scores: &[f32; ANCHOR_BLOCK] = class_row(class_id)
+                    [start..start + ANCHOR_BLOCK]
+                    .try_into()
+                    .unwrap_or(&[f32::NEG_INFINITY; ANCHOR_BLOCK]);
+                for (best, &score) in maxima.iter_mut().zip(scores) {
+                    *best = if score > *best { score } else { *best };
+                }
+            }
+            collect(start, &maxima);
+        }
+        let tail_start = n_blocks * ANCHOR_BLOCK;
         let mut maxima = [f32::NEG_INFINITY; ANCHOR_BLOCK];
+        let tail = &mut maxima[..n_anchors - tail_start];
         for class_id in 0..layout.n_classes {
-            let scores = &class_row(class_id)[start..start + ANCHOR_BLOCK];
-            for (best, &score) in maxima.iter_mut().zip(scores) {
+            for (best, &score) in tail.iter_mut().zip(&class_row(class_id)[tail_start..]) {
                 *best = if score > *best { score } else { *best };
             }
         }
-        block_best.copy_from_slice(&maxima);
+        collect(tail_start, tail);
     }
-    let tail_start = n_anchors - blocks.into_remainder().len();
-    for (anchor, best) in best_score.iter_mut().enumerate().skip(tail_start) {
-        for class_id in 0..layout.n_classes {
-            let score = class_row(class_id)[anchor];
-            if score > *best {
-                *best = score;
-            }
-        }
-    }
-    best_score
 }
 
 #[cfg(test)]
@@ -301,23 +371,41 @@ mod tests {
     }
 
     #[test]
-    fn best_class_scores_match_a_plain_scan_in_blocks_and_the_tail() {
-        // Two full blocks and a tail of 5, scores that peak in every class.
+    fn the_class_scan_matches_a_plain_argmax_in_blocks_and_the_tail() {
+        // Two full blocks and a tail of 5, scores that peak in every class, with ties.
         let layout = YoloV8Layout {
             n_classes: 7,
             n_anchors: 2 * ANCHOR_BLOCK + 5,
         };
         let class_rows: Vec<f32> = (0..layout.n_classes * layout.n_anchors)
-            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0)
+            .map(|i| ((i * 7919) % 100) as f32 / 100.0)
             .collect();
-        let plain: Vec<f32> = (0..layout.n_anchors)
-            .map(|anchor| {
-                (0..layout.n_classes)
-                    .map(|class_id| class_rows[class_id * layout.n_anchors + anchor])
-                    .fold(f32::NEG_INFINITY, f32::max)
+        let threshold = 0.9;
+        let plain: Vec<BestClass> = (0..layout.n_anchors)
+            .filter_map(|anchor| {
+                let score_of = |class_id: usize| class_rows[class_id * layout.n_anchors + anchor];
+                let class_id = (0..layout.n_classes)
+                    .reduce(|best, class_id| {
+                        if score_of(class_id) > score_of(best) {
+                            class_id
+                        } else {
+                            best
+                        }
+                    })
+                    .unwrap_or(0);
+                (score_of(class_id) > threshold).then(|| BestClass {
+                    anchor: anchor as u32,
+                    class_id: class_id as u32,
+                    score: score_of(class_id),
+                })
             })
             .collect();
-        assert_eq!(best_class_scores(&class_rows, layout), plain);
+        assert!(plain.len() > 10, "the data must exercise the scan");
+        for isa in [Isa::Baseline, Isa::detect()] {
+            let mut over = Vec::new();
+            scan_class_scores(isa, &class_rows, layout, threshold, &mut over);
+            assert_eq!(over, plain, "{isa:?}");
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ use image::RgbImage;
 
 use crate::error::Error;
 use crate::geometry::BoundingBox;
+use crate::simd::{Isa, kernel};
 
 /// The grey Ultralytics pads with.
 pub const PAD_VALUE: u8 = 114;
@@ -226,54 +227,6 @@ fn letterbox_batch_into_with(
 #[inline(always)]
 fn unit_float(value: u8) -> f32 {
     f32::from(value) / 255.0
-}
-
-/// Which instructions the per-pixel loops are compiled for: the build's baseline
-/// (SSE2 on x86-64) or AVX2, chosen at run time. Both run the same Rust code, with
-/// integer arithmetic or correctly rounded division only, so they give the same bits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Isa {
-    Baseline,
-    /// Only constructed by [`Isa::detect`] on a CPU that has AVX2.
-    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-    Avx2,
-}
-
-impl Isa {
-    /// The widest the CPU runs (std caches the CPUID query, so this is cheap).
-    fn detect() -> Isa {
-        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            return Isa::Avx2;
-        }
-        Isa::Baseline
-    }
-}
-
-/// Defines `fn $name(isa: Isa, args…)` running `$body`, inlined into one copy for
-/// the baseline target and one compiled with AVX2, so that LLVM vectorises the
-/// same loop 8 lanes wide where the CPU allows.
-macro_rules! kernel {
-    ($(#[$attr:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
-        $(#[$attr])*
-        fn $name(isa: Isa, $($arg: $ty),*) {
-            #[inline(always)]
-            fn generic($($arg: $ty),*) $body
-
-            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-            #[target_feature(enable = "avx2")]
-            fn avx2($($arg: $ty),*) {
-                generic($($arg),*)
-            }
-
-            match isa {
-                Isa::Baseline => generic($($arg),*),
-                #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-                // SAFETY: `Isa::Avx2` exists only where `Isa::detect` found AVX2 on this CPU.
-                Isa::Avx2 => unsafe { avx2($($arg),*) },
-            }
-        }
-    };
 }
 
 kernel! {
