@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use cardet_detect::dataset::YoloLabel;
 use cardet_detect::eval::{EvalImage, EvalReport, GroundTruth, GroundTruthBox, PredictedBox};
+use cardet_detect::letterbox::{
+    PaddingWritten, TransformInfo, letterbox_batch_into, letterbox_batch_reusing,
+};
 use cardet_detect::{Detection, PostprocessConfig, YoloV8Layout};
 use image::RgbImage;
 use serde_json::json;
@@ -316,6 +319,9 @@ struct RegionSlot {
     /// Made after the slot's first answer, once the output's size is known; until
     /// then the output comes back in the body.
     output: Option<SharedRegion>,
+    /// The letterbox padding the input region already holds (only the client
+    /// writes it; the server reads it).
+    padding: PaddingWritten,
 }
 
 /// Region slots handed from request to request, made as concurrency needs them.
@@ -374,6 +380,7 @@ impl RegionSlots {
             index,
             input,
             output: None,
+            padding: PaddingWritten::default(),
         })
     }
 
@@ -442,20 +449,32 @@ enum InputBuffer {
 }
 
 impl InputBuffer {
-    fn floats(&mut self, n_values: usize) -> Result<&mut [f32], Error> {
+    /// Letterboxes `images` into the buffer, as a batch of `n_values` floats.
+    fn letterbox(
+        &mut self,
+        images: &[RgbImage],
+        image_size: (u32, u32),
+        n_values: usize,
+    ) -> Result<Vec<TransformInfo>, Error> {
         match self {
             InputBuffer::Recycled(buffer) => {
                 // Same-sized batches, the usual case, leave the length as it is: no fill.
                 buffer.resize(n_values, 0.0);
-                Ok(&mut buffer[..])
+                Ok(letterbox_batch_into(images, image_size, &mut buffer[..])?)
             }
             InputBuffer::Region(slot) => {
                 let name = slot.input.name().to_string();
-                slot.input.floats_mut().get_mut(..n_values).ok_or_else(|| {
+                let floats = slot.input.floats_mut().get_mut(..n_values).ok_or_else(|| {
                     Error::InvalidArgument(format!(
                         "a batch of {n_values} floats does not fit shared-memory region {name}"
                     ))
-                })
+                })?;
+                Ok(letterbox_batch_reusing(
+                    images,
+                    image_size,
+                    floats,
+                    &mut slot.padding,
+                )?)
             }
         }
     }
@@ -747,8 +766,7 @@ fn prepare(
     }
     let preprocess_started = Instant::now();
     let shape = cardet_detect::letterbox::batch_shape(decoded.len(), image_size);
-    let input = input_buffer.floats(shape.iter().product())?;
-    let infos = cardet_detect::letterbox::letterbox_batch_into(&decoded, image_size, input)?;
+    let infos = input_buffer.letterbox(&decoded, image_size, shape.iter().product())?;
     let preprocess_ms = preprocess_started.elapsed().as_secs_f64() * 1e3;
     let sizes = decoded.iter().map(RgbImage::dimensions).collect();
     if !keep_images {

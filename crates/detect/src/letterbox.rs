@@ -145,7 +145,67 @@ pub fn letterbox_batch_into(
     dst_size: (u32, u32),
     data: &mut [f32],
 ) -> Result<Vec<TransformInfo>, Error> {
-    letterbox_batch_into_with(Isa::detect(), images, dst_size, data)
+    let mut fresh = PaddingWritten::default();
+    letterbox_batch_into_with(Isa::detect(), images, dst_size, data, &mut fresh)
+}
+
+/// [`letterbox_batch_into`] into a buffer that only this function writes, which
+/// `written` follows from call to call: an image whose padding has the same layout
+/// as the last one written into its slot leaves that padding as it is. A 16:9 frame
+/// letterboxed to a square is a third padding, and the camera's next frame has the
+/// same size, so a client sending one stream skips a third of its writes.
+///
+/// Anything else that writes into `data`, or changes its length, must
+/// [`PaddingWritten::forget`] first.
+pub fn letterbox_batch_reusing(
+    images: &[RgbImage],
+    dst_size: (u32, u32),
+    data: &mut [f32],
+    written: &mut PaddingWritten,
+) -> Result<Vec<TransformInfo>, Error> {
+    letterbox_batch_into_with(Isa::detect(), images, dst_size, data, written)
+}
+
+/// Which padding layout each image slot of a reused batch buffer already holds.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PaddingWritten {
+    slots: Vec<Option<PaddingLayout>>,
+}
+
+impl PaddingWritten {
+    /// Nothing is known of the buffer any more.
+    pub fn forget(&mut self) {
+        self.slots.clear();
+    }
+
+    fn holds(&self, slot: usize, layout: PaddingLayout) -> bool {
+        self.slots.get(slot) == Some(&Some(layout))
+    }
+
+    fn record(&mut self, slot: usize, layout: Option<PaddingLayout>) {
+        if self.slots.len() <= slot {
+            self.slots.resize(slot + 1, None);
+        }
+        self.slots[slot] = layout;
+    }
+}
+
+/// What decides which elements of an image's planes are padding.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct PaddingLayout {
+    dst_size: (u32, u32),
+    resized_size: (u32, u32),
+    pad: (u32, u32),
+}
+
+impl From<&TransformInfo> for PaddingLayout {
+    fn from(info: &TransformInfo) -> PaddingLayout {
+        PaddingLayout {
+            dst_size: info.dst_size,
+            resized_size: info.resized_size,
+            pad: info.pad,
+        }
+    }
 }
 
 /// The 8-bit image converted to CHW floats in `0..=1`, `[3, height, width]`.
@@ -175,6 +235,7 @@ fn letterbox_batch_into_with(
     images: &[RgbImage],
     dst_size: (u32, u32),
     data: &mut [f32],
+    written: &mut PaddingWritten,
 ) -> Result<Vec<TransformInfo>, Error> {
     if images.is_empty() {
         return Err(Error::InvalidArgument("an empty batch".to_string()));
@@ -190,14 +251,32 @@ fn letterbox_batch_into_with(
     let plane = width * dst_size.1 as usize;
     let mut infos = Vec::with_capacity(images.len());
     let pad = unit_float(PAD_VALUE);
-    for (image, chw) in images.iter().zip(data.chunks_exact_mut(3 * plane)) {
-        let info = TransformInfo::new(image.dimensions(), dst_size)?;
+    for (slot, (image, chw)) in images
+        .iter()
+        .zip(data.chunks_exact_mut(3 * plane))
+        .enumerate()
+    {
+        let info = match TransformInfo::new(image.dimensions(), dst_size) {
+            Ok(info) => info,
+            Err(error) => {
+                written.forget();
+                return Err(error);
+            }
+        };
         let (red, rest) = chw.split_at_mut(plane);
         let (green, blue) = rest.split_at_mut(plane);
         let (pad_left, pad_top) = (info.pad.0 as usize, info.pad.1 as usize);
         let (resized_width, resized_height) =
             (info.resized_size.0 as usize, info.resized_size.1 as usize);
-        for channel in [&mut *red, &mut *green, &mut *blue] {
+        let layout = PaddingLayout::from(&info);
+        let padded = written.holds(slot, layout);
+        written.record(slot, Some(layout));
+        let channels = if padded {
+            Vec::new()
+        } else {
+            vec![&mut *red, &mut *green, &mut *blue]
+        };
+        for channel in channels {
             fill(isa, &mut channel[..pad_top * width], pad);
             fill(isa, &mut channel[(pad_top + resized_height) * width..], pad);
             for y in pad_top..pad_top + resized_height {
@@ -543,6 +622,38 @@ mod tests {
     }
 
     #[test]
+    fn padding_already_in_place_is_kept_and_a_new_layout_rewrites_it() {
+        let frame = |width, height, value| {
+            RgbImage::from_fn(width, height, |x, y| {
+                image::Rgb([value, (x * 7 + y) as u8, (x + y * 5) as u8])
+            })
+        };
+        // Two slots; slot 1 changes layout on the third call, then changes back.
+        let calls = [
+            [frame(16, 9, 10), frame(16, 9, 20)],
+            [frame(16, 9, 30), frame(32, 18, 40)],
+            [frame(16, 9, 50), frame(9, 16, 60)],
+            [frame(16, 9, 70), frame(16, 9, 80)],
+        ];
+        let mut reused = vec![f32::NAN; 2 * 3 * 12 * 12];
+        let mut written = PaddingWritten::default();
+        for (call, images) in calls.iter().enumerate() {
+            let fresh = letterbox_batch(images, (12, 12)).expect("letterboxes");
+            let infos = letterbox_batch_reusing(images, (12, 12), &mut reused, &mut written)
+                .expect("letterboxes");
+            assert_eq!(infos, fresh.infos);
+            assert_eq!(reused, fresh.data, "call {call}");
+        }
+        // Padding that something else overwrote comes back once forgotten.
+        reused.fill(0.5);
+        written.forget();
+        let fresh = letterbox_batch(&calls[3], (12, 12)).expect("letterboxes");
+        letterbox_batch_reusing(&calls[3], (12, 12), &mut reused, &mut written)
+            .expect("letterboxes");
+        assert_eq!(reused, fresh.data);
+    }
+
+    #[test]
     fn both_pass_orders_give_the_same_pixels() {
         let mut state = 0x2545_f491_u32;
         let mut noise = move || {
@@ -614,9 +725,22 @@ mod tests {
             let n_values: usize = batch_shape(images.len(), dst).iter().product();
             let mut baseline = vec![f32::NAN; n_values];
             let mut fast = vec![f32::NAN; n_values];
-            letterbox_batch_into_with(Isa::Baseline, &images, dst, &mut baseline)
-                .expect("letterboxes");
-            letterbox_batch_into_with(fastest, &images, dst, &mut fast).expect("letterboxes");
+            letterbox_batch_into_with(
+                Isa::Baseline,
+                &images,
+                dst,
+                &mut baseline,
+                &mut PaddingWritten::default(),
+            )
+            .expect("letterboxes");
+            letterbox_batch_into_with(
+                fastest,
+                &images,
+                dst,
+                &mut fast,
+                &mut PaddingWritten::default(),
+            )
+            .expect("letterboxes");
             let bits = |values: &[f32]| values.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
             assert!(bits(&baseline) == bits(&fast), "{src:?} -> {dst:?}");
 
