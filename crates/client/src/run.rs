@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 
 use cardet_detect::dataset::YoloLabel;
 use cardet_detect::eval::{EvalImage, EvalReport, GroundTruth, GroundTruthBox, PredictedBox};
-use cardet_detect::letterbox::{
-    PaddingWritten, TransformInfo, letterbox_batch_into, letterbox_batch_reusing,
-};
+use cardet_detect::letterbox::{PaddingWritten, TransformInfo, letterbox_batch_reusing};
 use cardet_detect::{Detection, PostprocessConfig, YoloV8Layout};
 use image::RgbImage;
 use serde_json::json;
@@ -305,7 +303,7 @@ struct Shared {
     model_io: ModelIo,
     names: Arc<Vec<String>>,
     /// Letterboxed batches, one per request in flight (and one being prepared).
-    input_buffers: Arc<Recycler<f32>>,
+    input_buffers: Arc<Recycler<f32, PaddingWritten>>,
     /// Decoded frames.
     image_buffers: Arc<Recycler<u8>>,
     /// With `--shared-memory`: the regions of the requests in flight.
@@ -444,7 +442,7 @@ impl RegionSlots {
 
 /// Where a batch is letterboxed into.
 enum InputBuffer {
-    Recycled(Recycled<f32>),
+    Recycled(Recycled<f32, PaddingWritten>),
     Region(RegionSlot),
 }
 
@@ -459,8 +457,18 @@ impl InputBuffer {
         match self {
             InputBuffer::Recycled(buffer) => {
                 // Same-sized batches, the usual case, leave the length as it is: no fill.
-                buffer.resize(n_values, 0.0);
-                Ok(letterbox_batch_into(images, image_size, &mut buffer[..])?)
+                if buffer.len() != n_values {
+                    buffer.resize(n_values, 0.0);
+                    buffer.memo.forget();
+                }
+                // A big-endian request body is byte-swapped in the buffer itself.
+                #[cfg(not(target_endian = "little"))]
+                buffer.memo.forget();
+                let mut padding = std::mem::take(&mut buffer.memo);
+                let infos =
+                    letterbox_batch_reusing(images, image_size, &mut buffer[..], &mut padding);
+                buffer.memo = padding;
+                Ok(infos?)
             }
             InputBuffer::Region(slot) => {
                 let name = slot.input.name().to_string();
