@@ -4,6 +4,8 @@
 //! serve_bench raw   --batch 1   [--secs 10] [--threads 2]   # one session in-process
 //! serve_bench raw   --best      ...                         # best of batch 1, 2, 4, 8
 //! serve_bench raw   ... [--arena-off] [--pattern-off]         # without ORT's CPU arena / memory patterns
+//! serve_bench raw   ... --sessions 2 --threads 1            # two sessions side by side
+//! serve_bench serve ... --instances 2 --threads 1           # two model instances
 //! serve_bench serve --clients 8 [--secs 10] [--threads 2] [--no-batching]
 //! serve_bench serve ... --shared-memory                      # tensors through /dev/shm regions
 //! serve_bench rss                                            # a bare session's resident memory
@@ -36,6 +38,10 @@ struct Args {
     pattern_off: bool,
     /// Clients pass the input and output through system shared-memory regions.
     shared_memory: bool,
+    /// Model instances in `serve` (`instance_group { count }`).
+    instances: usize,
+    /// Raw sessions run side by side.
+    sessions: usize,
 }
 
 fn parse_args() -> Args {
@@ -50,6 +56,8 @@ fn parse_args() -> Args {
         arena_off: false,
         pattern_off: false,
         shared_memory: false,
+        instances: 1,
+        sessions: 1,
     };
     let mut iter = std::env::args().skip(1);
     args.mode = iter.next().unwrap_or_default();
@@ -62,6 +70,8 @@ fn parse_args() -> Args {
             "--secs" => args.secs = value(),
             "--threads" => args.threads = value() as usize,
             "--no-batching" => args.batching = false,
+            "--instances" => args.instances = value() as usize,
+            "--sessions" => args.sessions = value() as usize,
             "--arena-off" => args.arena_off = true,
             "--pattern-off" => args.pattern_off = true,
             "--shared-memory" => args.shared_memory = true,
@@ -90,21 +100,27 @@ fn report(images_per_second: f64) {
 
 fn raw(args: &Args) -> f64 {
     let runtime = cardet_onnx::load().expect("onnxruntime");
-    let mut builder = Session::builder(&runtime.environment)
-        .expect("builder")
-        .with_intra_threads(args.threads)
-        .expect("threads")
-        .with_inter_threads(1)
-        .expect("threads");
-    if args.pattern_off {
-        builder = builder.with_memory_pattern(false).expect("memory pattern");
-    }
-    if args.arena_off {
-        builder = builder
-            .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(false).build()])
-            .expect("cpu ep");
-    }
-    let mut session = builder.commit_from_file(model()).expect("session");
+    let new_session = || {
+        let mut builder = Session::builder(&runtime.environment)
+            .expect("builder")
+            .with_intra_threads(args.threads)
+            .expect("threads")
+            .with_inter_threads(1)
+            .expect("threads");
+        if args.pattern_off {
+            builder = builder.with_memory_pattern(false).expect("memory pattern");
+        }
+        if args.arena_off {
+            builder = builder
+                .with_execution_providers([ort::ep::CPU::default()
+                    .with_arena_allocator(false)
+                    .build()])
+                .expect("cpu ep");
+        }
+        builder.commit_from_file(model()).expect("session")
+    };
+    // `--sessions N`: N sessions run side by side, as N instances of `serve` do.
+    let mut sessions: Vec<Session> = (0..args.sessions.max(1)).map(|_| new_session()).collect();
     let batches: Vec<usize> = if args.best {
         vec![1, 2, 4, 8]
     } else {
@@ -112,18 +128,35 @@ fn raw(args: &Args) -> f64 {
     };
     let mut best: f64 = 0.0;
     for batch in batches {
-        let input = Tensor::from_array(([batch, 3, 640, 640], image(batch))).expect("tensor");
-        // Warm up: the first runs allocate and tune.
-        for _ in 0..2 {
-            session.run(ort::inputs!["images" => &input]).expect("run");
-        }
-        let started = Instant::now();
-        let mut images = 0;
-        while started.elapsed() < Duration::from_secs(args.secs) {
-            session.run(ort::inputs!["images" => &input]).expect("run");
-            images += batch;
-        }
-        let rate = images as f64 / started.elapsed().as_secs_f64();
+        let warmed = std::sync::Barrier::new(sessions.len());
+        let rate: f64 = std::thread::scope(|scope| {
+            let workers: Vec<_> = sessions
+                .iter_mut()
+                .map(|session| {
+                    let warmed = &warmed;
+                    scope.spawn(move || {
+                        let input = Tensor::from_array(([batch, 3, 640, 640], image(batch)))
+                            .expect("tensor");
+                        // Warm up: the first runs allocate and tune.
+                        for _ in 0..2 {
+                            session.run(ort::inputs!["images" => &input]).expect("run");
+                        }
+                        warmed.wait();
+                        let started = Instant::now();
+                        let mut images = 0;
+                        while started.elapsed() < Duration::from_secs(args.secs) {
+                            session.run(ort::inputs!["images" => &input]).expect("run");
+                            images += batch;
+                        }
+                        images as f64 / started.elapsed().as_secs_f64()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|worker| worker.join().expect("worker"))
+                .sum()
+        });
         eprintln!("raw batch {batch}: {rate:.2} images/s");
         best = best.max(rate);
     }
@@ -165,7 +198,9 @@ async fn start_server(args: &Args, repository: &std::path::Path) -> cardet_serve
         repository.join("yolov8n/config.pbtxt"),
         format!(
             "max_batch_size: 8\ninput [{{ name: \"images\" data_type: TYPE_FP32 dims: [3, 640, 640] }}]\n\
-             output [{{ name: \"output0\" data_type: TYPE_FP32 dims: [-1, -1] }}]\n{batching}\n"
+             output [{{ name: \"output0\" data_type: TYPE_FP32 dims: [-1, -1] }}]\n{batching}\n\
+             instance_group [{{ count: {} kind: KIND_CPU }}]\n",
+            args.instances
         ),
     )
     .expect("config");
