@@ -83,6 +83,13 @@ pub struct Recycled<T: Send + 'static, M: Default + Send + 'static = ()> {
     home: Arc<Recycler<T, M>>,
 }
 
+impl<T: Send + 'static, M: Default + Send + 'static> Recycled<T, M> {
+    /// The buffer and its memo, both writable at once.
+    pub fn with_memo(&mut self) -> (&mut Vec<T>, &mut M) {
+        (&mut self.buffer, &mut self.memo)
+    }
+}
+
 impl<T: Send + 'static, M: Default + Send + 'static> Deref for Recycled<T, M> {
     type Target = Vec<T>;
 

@@ -464,11 +464,10 @@ impl InputBuffer {
                 // A big-endian request body is byte-swapped in the buffer itself.
                 #[cfg(not(target_endian = "little"))]
                 buffer.memo.forget();
-                let mut padding = std::mem::take(&mut buffer.memo);
-                let infos =
-                    letterbox_batch_reusing(images, image_size, &mut buffer[..], &mut padding);
-                buffer.memo = padding;
-                Ok(infos?)
+                let (values, padding) = buffer.with_memo();
+                Ok(letterbox_batch_reusing(
+                    images, image_size, values, padding,
+                )?)
             }
             InputBuffer::Region(slot) => {
                 let name = slot.input.name().to_string();

@@ -157,28 +157,23 @@ fn candidates(
     let n_anchors = layout.n_anchors;
     let row = |channel: usize| &image_output[channel * n_anchors..(channel + 1) * n_anchors];
     let (cx, cy, width, height) = (row(0), row(1), row(2), row(3));
-    let mut over = Vec::new();
-    scan_class_scores(
+    let over = scan_class_scores(
         Isa::detect(),
         &image_output[4 * n_anchors..],
         layout,
         config.confidence_threshold,
-        &mut over,
     );
     let mut found: Vec<Candidate> = over
         .into_iter()
-        .map(|best| {
-            let anchor = best.anchor as usize;
-            Candidate {
-                bbox: BoundingBox::from_cxcywh(
-                    cx[anchor],
-                    cy[anchor],
-                    width[anchor],
-                    height[anchor],
-                ),
-                class_id: best.class_id as usize,
-                score: best.score,
-            }
+        .map(|best| Candidate {
+            bbox: BoundingBox::from_cxcywh(
+                cx[best.anchor],
+                cy[best.anchor],
+                width[best.anchor],
+                height[best.anchor],
+            ),
+            class_id: best.class_id,
+            score: best.score,
         })
         .collect();
     if found.len() > config.max_candidates {
@@ -191,8 +186,8 @@ fn candidates(
 /// An anchor's best class and its score.
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct BestClass {
-    anchor: u32,
-    class_id: u32,
+    anchor: usize,
+    class_id: usize,
     score: f32,
 }
 
@@ -223,22 +218,23 @@ fn prefetch(row: &[f32], index: usize) {
 }
 
 kernel! {
-    /// Appends to `over` every anchor whose best class score is above `threshold`,
-    /// with the first class that has that score (numpy's `argmax`), in anchor order.
+    /// Every anchor whose best class score is above `threshold`, with the first
+    /// class that has that score (numpy's `argmax`), in anchor order.
     ///
     /// One output (80 classes x 8400 anchors, 2.7 MB) does not fit in L2. A block of
     /// anchors keeps its running maxima in registers while every class row goes by
     /// once, instead of a pass over all maxima per class row. The rows of a block
     /// (80 x 128 bytes) are still in L1 when the few anchors above the threshold look
     /// for their class, so that lookup costs no cache misses. The scan is bound by
-    /// memory bandwidth (about 30 GB/s from L3 on the development machine); blocks of 32 made the whole post-processing 7% faster than
-    /// one pass per row, blocks of 64 spilled to the stack on SSE2 and were 20% slower.
+    /// memory bandwidth (about 30 GB/s from L3 on the development machine). Blocks
+    /// of 32 made the whole post-processing 7% faster than one pass per row; blocks
+    /// of 64 spilled to the stack on SSE2 (20% slower) and were 10% slower with AVX2.
     fn scan_class_scores(
         class_rows: &[f32],
         layout: YoloV8Layout,
         threshold: f32,
-        over: &mut Vec<BestClass>,
-    ) {
+    ) -> Vec<BestClass> {
+        let mut over = Vec::new();
         let n_anchors = layout.n_anchors;
         let class_row =
             |class_id: usize| &class_rows[class_id * n_anchors..(class_id + 1) * n_anchors];
@@ -250,8 +246,8 @@ kernel! {
                         .find(|&class_id| class_row(class_id)[anchor] == score)
                         .unwrap_or(0);
                     over.push(BestClass {
-                        anchor: anchor as u32,
-                        class_id: class_id as u32,
+                        anchor,
+                        class_id,
                         score,
                     });
                 }
@@ -283,6 +279,7 @@ kernel! {
             }
         }
         collect(tail_start, tail);
+        over
     }
 }
 
@@ -394,16 +391,15 @@ mod tests {
                     })
                     .unwrap_or(0);
                 (score_of(class_id) > threshold).then(|| BestClass {
-                    anchor: anchor as u32,
-                    class_id: class_id as u32,
+                    anchor,
+                    class_id,
                     score: score_of(class_id),
                 })
             })
             .collect();
         assert!(plain.len() > 10, "the data must exercise the scan");
         for isa in [Isa::Baseline, Isa::detect()] {
-            let mut over = Vec::new();
-            scan_class_scores(isa, &class_rows, layout, threshold, &mut over);
+            let over = scan_class_scores(isa, &class_rows, layout, threshold);
             assert_eq!(over, plain, "{isa:?}");
         }
     }

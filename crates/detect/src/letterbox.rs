@@ -152,8 +152,8 @@ pub fn letterbox_batch_into(
 /// [`letterbox_batch_into`] into a buffer that only this function writes, which
 /// `written` follows from call to call: an image whose padding has the same layout
 /// as the last one written into its slot leaves that padding as it is. A 16:9 frame
-/// letterboxed to a square is a third padding, and the camera's next frame has the
-/// same size, so a client sending one stream skips a third of its writes.
+/// letterboxed to a square is 44% padding, and the camera's next frame has the same
+/// size, so a client sending one stream skips that share of its writes.
 ///
 /// Anything else that writes into `data`, or changes its length, must
 /// [`PaddingWritten::forget`] first.
@@ -182,11 +182,11 @@ impl PaddingWritten {
         self.slots.get(slot) == Some(&Some(layout))
     }
 
-    fn record(&mut self, slot: usize, layout: Option<PaddingLayout>) {
+    fn record(&mut self, slot: usize, layout: PaddingLayout) {
         if self.slots.len() <= slot {
             self.slots.resize(slot + 1, None);
         }
-        self.slots[slot] = layout;
+        self.slots[slot] = Some(layout);
     }
 }
 
@@ -270,19 +270,16 @@ fn letterbox_batch_into_with(
             (info.resized_size.0 as usize, info.resized_size.1 as usize);
         let layout = PaddingLayout::from(&info);
         let padded = written.holds(slot, layout);
-        written.record(slot, Some(layout));
-        let channels = if padded {
-            Vec::new()
-        } else {
-            vec![&mut *red, &mut *green, &mut *blue]
-        };
-        for channel in channels {
-            fill(isa, &mut channel[..pad_top * width], pad);
-            fill(isa, &mut channel[(pad_top + resized_height) * width..], pad);
-            for y in pad_top..pad_top + resized_height {
-                let row = &mut channel[y * width..(y + 1) * width];
-                fill(isa, &mut row[..pad_left], pad);
-                fill(isa, &mut row[pad_left + resized_width..], pad);
+        written.record(slot, layout);
+        if !padded {
+            for channel in [&mut *red, &mut *green, &mut *blue] {
+                fill(isa, &mut channel[..pad_top * width], pad);
+                fill(isa, &mut channel[(pad_top + resized_height) * width..], pad);
+                for y in pad_top..pad_top + resized_height {
+                    let row = &mut channel[y * width..(y + 1) * width];
+                    fill(isa, &mut row[..pad_left], pad);
+                    fill(isa, &mut row[pad_left + resized_width..], pad);
+                }
             }
         }
         resize_rows(isa, image, info.resized_size, |y, row| {
