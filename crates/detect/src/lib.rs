@@ -39,6 +39,7 @@ pub mod geometry;
 pub mod image_io;
 pub mod letterbox;
 pub mod nms;
+mod score_bits;
 mod simd;
 pub mod synth;
 mod yaml;

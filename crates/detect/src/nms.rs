@@ -7,6 +7,7 @@
 //! is what Ultralytics' coordinate offset of `7680 * class` achieves.
 
 use crate::geometry::BoundingBox;
+use crate::score_bits::ascending_bits;
 use crate::simd::{Isa, kernel};
 
 /// Indices of the kept boxes, by decreasing score (like `torchvision.ops.nms`).
@@ -60,17 +61,7 @@ fn by_decreasing_score(scores: &[f32]) -> Vec<usize> {
     let mut keys: Vec<u64> = scores
         .iter()
         .enumerate()
-        .map(|(idx, score)| {
-            let bits = score.to_bits();
-            // total_cmp's order as unsigned integers: negative scores reversed below
-            // the positive ones.
-            let ascending = if bits >> 31 == 1 {
-                !bits
-            } else {
-                bits | 1 << 31
-            };
-            (u64::from(!ascending) << 32) | idx as u64
-        })
+        .map(|(idx, score)| (u64::from(!ascending_bits(*score)) << 32) | idx as u64)
         .collect();
     keys.sort_unstable();
     keys.into_iter()
