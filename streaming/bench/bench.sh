@@ -2,8 +2,9 @@
 # The streaming benchmark's commands, each printing the harness's JSON line last.
 #   produce-ours / produce-python: 2,000 640x480 JPEGs (JSON envelope) into a new
 #     topic on the stack's broker; MB/s of message values delivered.
-#   sink-ours / sink-row-insert: rows/s from one prefilled topic (5,000 64x48
-#     JPEGs) into a new schema; ours batches, the baseline INSERTs row by row.
+#   sink-ours / sink-row-insert [json|binary]: rows/s from one prefilled topic
+#     (5,000 64x48 JPEGs, in the JSON envelope or the binary one) into a new
+#     schema; ours batches, the baseline INSERTs row by row.
 # Run through `cargo xtask bench streaming` with `cargo xtask stack up kafka postgres` done.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -40,15 +41,16 @@ topic_exists() { # topic
 sys.exit(0 if sys.argv[2] in AdminClient({"bootstrap.servers": sys.argv[1]}).list_topics(timeout=10).topics else 1)' "$BOOTSTRAP" "$1"
 }
 
-# One topic holding the sink benchmark's records, filled once (again after a
-# `cargo xtask stack reset kafka`).
-sink_topic() {
-  local file="$WORK/sink-topic"
+# One topic per record format holding the sink benchmark's records, filled once
+# (again after a `cargo xtask stack reset kafka`).
+sink_topic() { # json|binary
+  local format="$1" file="$WORK/sink-topic"
+  if [ "$format" != json ]; then file="$WORK/sink-topic-$format"; fi
   if [ ! -f "$file" ] || ! topic_exists "$(cat "$file")"; then
     local data topic
     data=$(dataset small 5000 64 48)
     topic=$(new_topic sink)
-    "$PRODUCE" --bootstrap-servers "$BOOTSTRAP" stream "$data" --topic "$topic" --quiet >&2
+    "$PRODUCE" --bootstrap-servers "$BOOTSTRAP" stream "$data" --topic "$topic" --format "$format" --quiet >&2
     echo "$topic" > "$file"
   fi
   cat "$file"
@@ -75,7 +77,7 @@ case "${1:-}" in
     "$PYTHON" streaming/bench/produce_baseline.py "$BOOTSTRAP" "$topic" "$data"
     ;;
   sink-ours)
-    topic=$(sink_topic)
+    topic=$(sink_topic "${2:-json}")
     name="bench_sink_$(date +%s%N)"
     out=$("$SINK" run --bootstrap-servers "$BOOTSTRAP" --database-url "$DATABASE_URL" --topic "$topic" \
       --group "$name" --schema "$name" --until-idle 3 --json)
@@ -83,14 +85,14 @@ case "${1:-}" in
     echo "$out" | value_of records_per_s rows/s
     ;;
   sink-row-insert)
-    topic=$(sink_topic)
+    topic=$(sink_topic "${2:-json}")
     name="bench_row_$(date +%s%N)"
     out=$("$TARGET/release/examples/insert_per_row" "$BOOTSTRAP" "$DATABASE_URL" "$topic" "$name")
     drop_schema "$name"
     echo "$out"
     ;;
   *)
-    echo "usage: $0 produce-ours|produce-python|sink-ours|sink-row-insert" >&2
+    echo "usage: $0 produce-ours|produce-python|sink-ours [json|binary]|sink-row-insert [json|binary]" >&2
     exit 2
     ;;
 esac

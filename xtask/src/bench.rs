@@ -107,7 +107,7 @@ const TRAIN: Area = Area {
 /// the stack's broker and database (`streaming/bench/bench.sh`).
 const STREAMING: Area = Area {
     name: "streaming",
-    about: "`produce` MB/s against a Python confluent-kafka producer (same librdkafka, idempotent, acks=all, the same 2,000 640x480 JPEGs as the same JSON records) and `sink` rows/s against one autocommitted INSERT per row from the same topic (5,000 64x48 JPEGs). Needs `cargo xtask stack up kafka postgres`.",
+    about: "`produce` MB/s against a Python confluent-kafka producer (same librdkafka, idempotent, acks=all, the same 2,000 640x480 JPEGs as the same JSON records) and `sink` rows/s against one autocommitted INSERT per row from the same topic (5,000 64x48 JPEGs, as JSON records and, in a second case, as `produce --format binary` records). Needs `cargo xtask stack up kafka postgres`.",
     cases: &[
         Case {
             name: "produce MB/s",
@@ -122,6 +122,14 @@ const STREAMING: Area = Area {
             ours: &["bash", "streaming/bench/bench.sh", "sink-ours"],
             baseline_name: "one INSERT per row",
             baseline: &["bash", "streaming/bench/bench.sh", "sink-row-insert"],
+            gpu: false,
+            concurrent: false,
+        },
+        Case {
+            name: "sink rows/s, binary records (`produce --format binary`)",
+            ours: &["bash", "streaming/bench/bench.sh", "sink-ours", "binary"],
+            baseline_name: "one INSERT per row",
+            baseline: &["bash", "streaming/bench/bench.sh", "sink-row-insert", "binary"],
             gpu: false,
             concurrent: false,
         },
