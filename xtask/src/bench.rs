@@ -129,7 +129,12 @@ const STREAMING: Area = Area {
             name: "sink rows/s, binary records (`produce --format binary`)",
             ours: &["bash", "streaming/bench/bench.sh", "sink-ours", "binary"],
             baseline_name: "one INSERT per row",
-            baseline: &["bash", "streaming/bench/bench.sh", "sink-row-insert", "binary"],
+            baseline: &[
+                "bash",
+                "streaming/bench/bench.sh",
+                "sink-row-insert",
+                "binary",
+            ],
             gpu: false,
             concurrent: false,
         },
