@@ -256,6 +256,7 @@ impl BestScores {
     /// `class_id`) that are over `threshold`. Rare, so kept out of the scan's loop.
     #[inline(never)]
     fn record(&mut self, start: usize, chunk: &[f32], class_id: usize, threshold: f32) {
+        debug_assert!(chunk.len() <= 64, "one bit per score in a u64");
         let mut over = 0_u64;
         for (lane, &score) in chunk.iter().enumerate() {
             over |= u64::from(score > threshold) << lane;
