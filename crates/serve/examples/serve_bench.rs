@@ -6,7 +6,7 @@
 //! serve_bench raw   ... [--arena-off] [--pattern-off]         # without ORT's CPU arena / memory patterns
 //! serve_bench raw   ... --sessions 2 --threads 1            # two sessions side by side
 //! serve_bench serve ... --instances 2 --threads 1           # two model instances
-//! serve_bench serve --clients 8 [--secs 10] [--threads 2] [--no-batching]
+//! serve_bench serve --clients 8 [--secs 10] [--threads 2] [--no-batching] [--max-batch 8]
 //! serve_bench serve ... --shared-memory                      # tensors through /dev/shm regions
 //! serve_bench rss                                            # a bare session's resident memory
 //! ```
@@ -42,6 +42,8 @@ struct Args {
     instances: usize,
     /// Raw sessions run side by side.
     sessions: usize,
+    /// `max_batch_size` in the model's `config.pbtxt`.
+    max_batch: usize,
 }
 
 fn parse_args() -> Args {
@@ -58,6 +60,7 @@ fn parse_args() -> Args {
         shared_memory: false,
         instances: 1,
         sessions: 1,
+        max_batch: 8,
     };
     let mut iter = std::env::args().skip(1);
     args.mode = iter.next().unwrap_or_default();
@@ -72,6 +75,7 @@ fn parse_args() -> Args {
             "--no-batching" => args.batching = false,
             "--instances" => args.instances = value() as usize,
             "--sessions" => args.sessions = value() as usize,
+            "--max-batch" => args.max_batch = value() as usize,
             "--arena-off" => args.arena_off = true,
             "--pattern-off" => args.pattern_off = true,
             "--shared-memory" => args.shared_memory = true,
@@ -197,10 +201,10 @@ async fn start_server(args: &Args, repository: &std::path::Path) -> cardet_serve
     std::fs::write(
         repository.join("yolov8n/config.pbtxt"),
         format!(
-            "max_batch_size: 8\ninput [{{ name: \"images\" data_type: TYPE_FP32 dims: [3, 640, 640] }}]\n\
+            "max_batch_size: {}\ninput [{{ name: \"images\" data_type: TYPE_FP32 dims: [3, 640, 640] }}]\n\
              output [{{ name: \"output0\" data_type: TYPE_FP32 dims: [-1, -1] }}]\n{batching}\n\
              instance_group [{{ count: {} kind: KIND_CPU }}]\n",
-            args.instances
+            args.max_batch, args.instances
         ),
     )
     .expect("config");

@@ -19,7 +19,10 @@
 //! `serve_bench` on 2 idle cores: a raw session at batch 1 ran 23.5 images/s with
 //! both, about 23.4 with either one off and 21.2 with both off; `serve` went from
 //! 19.7 to 21.1 images/s (one client) when patterns came back on. Spinning
-//! intra-op threads stay on as well: turning them off cost `serve` 7%.
+//! intra-op threads stay on within a run (turning them off cost `serve` 7%), but
+//! stop between runs (`session.force_spinning_stop`): with them spinning, the
+//! answer of a batch-1 request waited 3.3-4.1 ms for a core to be sent on; with
+//! them stopped, 0.05 ms (`serve_bench serve --clients 1`, 2-core AMD EPYC).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -56,6 +59,13 @@ impl OnnxBackend {
         let mut builder = Session::builder(&runtime.environment)
             .map_err(|e| e.to_string())?
             .with_execution_providers([ep::CPU::default().with_arena_allocator(false).build()])
+            .map_err(|e| e.to_string())?;
+        // Spinning stops the moment a run returns (it restarts with the next run):
+        // otherwise the pool's spinning thread holds a core just when the async
+        // side needs one to send the answer, which cost a scheduler slice (about
+        // 4 ms) per request on 2 cores.
+        builder = builder
+            .with_config_entry("session.force_spinning_stop", "1")
             .map_err(|e| e.to_string())?;
         if threads.intra_op > 0 {
             builder = builder

@@ -539,14 +539,15 @@ async fn infer(
         .map(|o| o.data.len())
         .sum::<usize>()
         > BLOCKING_THRESHOLD;
-    let (body, header_length) = if json_heavy {
+    let encoded = if json_heavy {
         tokio::task::spawn_blocking(move || encode_infer_response(&response, &parsed))
             .await
             .map_err(|error| ApiError::backend(error.to_string()))?
     } else {
         encode_infer_response(&response, &parsed)
     };
-    let mut answer = Response::new(Body::from(body));
+    let header_length = encoded.header_length;
+    let mut answer = Response::new(Body::new(PartsBody::new(encoded.parts)));
     match header_length {
         Some(length) => {
             answer.headers_mut().insert(
@@ -565,6 +566,49 @@ async fn infer(
         }
     }
     Ok(answer)
+}
+
+/// A body sent as the buffers it already is, with its exact length announced (so
+/// the answer carries `Content-Length`, not chunked encoding). hyper writes the
+/// frames with vectored writes, so an output goes from ONNX Runtime's buffer to the
+/// socket without being gathered into one body first.
+struct PartsBody {
+    parts: std::collections::VecDeque<Bytes>,
+    remaining: u64,
+}
+
+impl PartsBody {
+    fn new(parts: Vec<Bytes>) -> PartsBody {
+        let remaining = parts.iter().map(|part| part.len() as u64).sum();
+        PartsBody {
+            parts: parts.into_iter().filter(|part| !part.is_empty()).collect(),
+            remaining,
+        }
+    }
+}
+
+impl http_body::Body for PartsBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let part = self.parts.pop_front();
+        if let Some(part) = &part {
+            self.remaining -= part.len() as u64;
+        }
+        std::task::Poll::Ready(part.map(|part| Ok(http_body::Frame::data(part))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.remaining)
+    }
 }
 
 async fn repository_index(
@@ -641,4 +685,33 @@ async fn repository_unload(
     check_control_body(&headers, body).await?;
     state.infer.repository_unload(&model)?;
     Ok(StatusCode::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body::Body as _;
+
+    #[test]
+    fn a_parts_body_announces_its_length_and_yields_its_parts_in_order() {
+        let parts = vec![
+            Bytes::from_static(b"{\"a\":1}"),
+            Bytes::new(),
+            Bytes::from(vec![7u8; 1000]),
+        ];
+        let mut body = std::pin::pin!(PartsBody::new(parts));
+        assert_eq!(body.size_hint().exact(), Some(1007));
+        let waker = std::task::Waker::noop();
+        let mut context = std::task::Context::from_waker(waker);
+        let mut received = Vec::new();
+        while let std::task::Poll::Ready(Some(frame)) = body.as_mut().poll_frame(&mut context) {
+            let data = frame.expect("infallible").into_data().expect("data frame");
+            assert!(!data.is_empty(), "empty parts are not sent as frames");
+            received.extend_from_slice(&data);
+        }
+        assert!(body.is_end_stream());
+        assert_eq!(body.size_hint().exact(), Some(0));
+        assert_eq!(&received[..7], b"{\"a\":1}");
+        assert_eq!(received.len(), 1007);
+    }
 }

@@ -477,12 +477,37 @@ enum JsonData {
     Bool(Vec<bool>),
 }
 
-/// The response body, and the JSON header's length when binary data follows it.
-pub fn encode_infer_response(
-    response: &InferResponse,
-    request: &ParsedRequest,
-) -> (Vec<u8>, Option<usize>) {
-    let mut binary_parts: Vec<&Bytes> = Vec::new();
+/// An encoded response body: the JSON header, then each binary output as the very
+/// buffer the backend wrote it to (shared, not copied: YOLOv8n's output is 2.7 MB,
+/// and the socket write reads it from there).
+#[derive(Debug)]
+pub struct EncodedResponse {
+    /// The JSON header first, then the binary outputs in order.
+    pub parts: Vec<Bytes>,
+    /// The JSON header's length when binary data follows it.
+    pub header_length: Option<usize>,
+}
+
+impl EncodedResponse {
+    /// The whole body's length in bytes.
+    pub fn len(&self) -> usize {
+        self.parts.iter().map(Bytes::len).sum()
+    }
+
+    /// Whether the body is empty (never, as the JSON header is always there).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The body as one contiguous buffer (a copy), for tests and small answers.
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.parts.concat()
+    }
+}
+
+/// Encodes a response as JSON, binary outputs after the header where asked for.
+pub fn encode_infer_response(response: &InferResponse, request: &ParsedRequest) -> EncodedResponse {
+    let mut binary_parts: Vec<Bytes> = Vec::new();
     let outputs = response
         .outputs
         .iter()
@@ -502,7 +527,7 @@ pub fn encode_infer_response(
             }
             let binary = request.binary(&output.name);
             if binary {
-                binary_parts.push(&output.data);
+                binary_parts.push(output.data.clone());
             }
             OutputJson {
                 name: &output.name,
@@ -521,16 +546,15 @@ pub fn encode_infer_response(
         id: request.id.as_deref(),
         outputs,
     };
-    let mut body = serde_json::to_vec(&json).unwrap_or_else(|_| b"{}".to_vec());
-    if binary_parts.is_empty() {
-        return (body, None);
+    let header = Bytes::from(serde_json::to_vec(&json).unwrap_or_else(|_| b"{}".to_vec()));
+    let header_length = (!binary_parts.is_empty()).then_some(header.len());
+    let mut parts = Vec::with_capacity(1 + binary_parts.len());
+    parts.push(header);
+    parts.extend(binary_parts);
+    EncodedResponse {
+        parts,
+        header_length,
     }
-    let header_length = body.len();
-    body.reserve(binary_parts.iter().map(|part| part.len()).sum());
-    for part in binary_parts {
-        body.extend_from_slice(part);
-    }
-    (body, Some(header_length))
 }
 
 fn json_data(tensor: &Tensor) -> JsonData {
@@ -687,8 +711,14 @@ mod tests {
             shared_memory_inputs: Vec::new(),
             shared_memory_outputs: Vec::new(),
         };
-        let (body, header_length) = encode_infer_response(&response, &request);
-        let header_length = header_length.expect("binary");
+        let encoded = encode_infer_response(&response, &request);
+        assert_eq!(
+            encoded.parts.len(),
+            2,
+            "the header, then the one binary output"
+        );
+        let header_length = encoded.header_length.expect("binary");
+        let body = encoded.to_vec();
         let json: Value = serde_json::from_slice(&body[..header_length]).expect("json");
         assert_eq!(json["outputs"][0]["parameters"]["binary_data_size"], 8);
         assert_eq!(json["outputs"][1]["data"], serde_json::json!([3.0]));
@@ -713,8 +743,9 @@ mod tests {
             version: "1".into(),
             outputs: vec![Tensor::from_f32("y", vec![1], &[3.0])],
         };
-        let (body, header_length) = encode_infer_response(&response, &parsed);
-        assert_eq!(header_length, None, "no binary data follows");
+        let encoded = encode_infer_response(&response, &parsed);
+        assert_eq!(encoded.header_length, None, "no binary data follows");
+        let body = encoded.to_vec();
         let json: Value = serde_json::from_slice(&body).expect("json");
         assert_eq!(
             json["outputs"][0]["parameters"]["shared_memory_region"],
