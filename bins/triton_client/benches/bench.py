@@ -7,6 +7,11 @@ decodes + NMS and draws every image (the "no drawing" rows skip the drawing). Th
 "shared memory" rows pass the tensors through /dev/shm regions (Triton's system
 shared-memory extension) instead of the socket.
 
+A second `serve` runs beside the first, configured for throughput (two model
+instances of one ONNX Runtime thread each): our client with 4 requests in flight,
+and the original client, run against it too. The original can have only one
+request in flight, so each client's best serve is compared in the last line.
+
 usage: bench.py --serve PATH --client PATH --onnx MODEL.onnx [--images 40] [--rounds 3]
 """
 import argparse
@@ -60,6 +65,32 @@ def timed(command):
     return wall, cpu
 
 
+def write_config(model, instances):
+    with open(os.path.join(model, "config.pbtxt"), "w") as f:
+        f.write('name: "yolov8n"\nbackend: "onnxruntime"\nmax_batch_size: 8\n'
+                'input [ { name: "images" data_type: TYPE_FP32 dims: [ 3, 640, 640 ] } ]\n'
+                'output [ { name: "output0" data_type: TYPE_FP32 dims: [ -1, -1 ] } ]\n'
+                f'instance_group [ {{ count: {instances} kind: KIND_CPU }} ]\n')
+
+
+def start_serve(binary, repository, extra):
+    """Starts `serve` on free ports and waits until the model is ready."""
+    http_port, grpc_port = free_port(), free_port()
+    process = subprocess.Popen([binary, "--model-repository", repository,
+                                "--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1",
+                                "--http-port", str(http_port), "--grpc-port", str(grpc_port),
+                                "--allow-metrics", "false", "--allow-shared-memory", *extra],
+                               stderr=subprocess.DEVNULL)
+    for _ in range(600):
+        try:
+            if urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/models/yolov8n/ready").status == 200:
+                return process, http_port
+        except Exception:
+            time.sleep(0.1)
+    process.terminate()
+    sys.exit(f"serve ({repository}) did not become ready")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--serve", required=True)
@@ -73,28 +104,19 @@ def main():
     model = os.path.join(work, "repo", "yolov8n")
     os.makedirs(os.path.join(model, "1"))
     os.link(args.onnx, os.path.join(model, "1", "model.onnx")) if os.stat(args.onnx).st_dev == os.stat(work).st_dev else subprocess.run(["cp", args.onnx, os.path.join(model, "1", "model.onnx")], check=True)
-    with open(os.path.join(model, "config.pbtxt"), "w") as f:
-        f.write('name: "yolov8n"\nbackend: "onnxruntime"\nmax_batch_size: 8\n'
-                'input [ { name: "images" data_type: TYPE_FP32 dims: [ 3, 640, 640 ] } ]\n'
-                'output [ { name: "output0" data_type: TYPE_FP32 dims: [ -1, -1 ] } ]\n'
-                'instance_group [ { count: 1 kind: KIND_CPU } ]\n')
+    write_config(model, instances=1)
+    throughput_model = os.path.join(work, "repo-throughput", "yolov8n")
+    os.makedirs(os.path.join(throughput_model, "1"))
+    subprocess.run(["cp", args.onnx, os.path.join(throughput_model, "1", "model.onnx")], check=True)
+    write_config(throughput_model, instances=2)
     images_dir = os.path.join(work, "images")
     os.makedirs(images_dir)
     paths = make_images(images_dir, args.images)
-    http_port, grpc_port = free_port(), free_port()
-    serve = subprocess.Popen([args.serve, "--model-repository", os.path.join(work, "repo"),
-                              "--http-address", "127.0.0.1", "--grpc-address", "127.0.0.1",
-                              "--http-port", str(http_port), "--grpc-port", str(grpc_port),
-                              "--allow-metrics", "false", "--allow-shared-memory"], stderr=subprocess.DEVNULL)
+    serve, http_port = start_serve(args.serve, os.path.join(work, "repo"), [])
+    throughput_serve, throughput_port = start_serve(args.serve, os.path.join(work, "repo-throughput"),
+                                                    ["--intra-op-threads", "1"])
     url = f"http://127.0.0.1:{http_port}"
-    for _ in range(600):
-        try:
-            if urllib.request.urlopen(f"{url}/v2/models/yolov8n/ready").status == 200:
-                break
-        except Exception:
-            time.sleep(0.1)
-    else:
-        sys.exit("serve did not become ready")
+    throughput_url = f"http://127.0.0.1:{throughput_port}"
     out = os.path.join(work, "out")
     os.makedirs(out)
     python = sys.executable
@@ -113,10 +135,16 @@ def main():
         "tritonclient (binary) + Python pre/post": [python, os.path.join(HERE, "tritonclient_client.py"),
                                                     f"127.0.0.1:{http_port}", "yolov8n", out, *paths],
         "original client (JSON list, numpy)": [python, os.path.join(HERE, "original_client.py"), url, "yolov8n", out, *paths],
+        "ours (HTTP binary, concurrency 4), serve 2 instances x 1 thread": [
+            args.client, "--url", throughput_url, "--model", "yolov8n", "--concurrency", "4",
+            "--no-progress", "--out", out, "--jsonl", os.devnull, *paths],
+        "original client, serve 2 instances x 1 thread": [
+            python, os.path.join(HERE, "original_client.py"), throughput_url, "yolov8n", out, *paths],
     }
     try:
         # Warm-up: the first requests pay for ONNX Runtime's allocations.
         timed(clients["ours (HTTP binary, concurrency 1)"])
+        timed(clients["ours (HTTP binary, concurrency 4), serve 2 instances x 1 thread"])
         walls = {name: [] for name in clients}
         cpus = {name: [] for name in clients}
         for _ in range(args.rounds):
@@ -132,12 +160,19 @@ def main():
         print("|---|---:|---:|")
         for name, rate in rates.items():
             print(f"| {name} | {rate:.2f} | {ours / rate:.2f}x |")
+        original = "original client (JSON list, numpy)"
+        best_ours = max(rates["ours (HTTP binary, concurrency 1)"], rates["ours (HTTP binary, concurrency 4)"],
+                        rates["ours (HTTP binary, concurrency 4), serve 2 instances x 1 thread"])
+        best_original = max(rates[original], rates["original client, serve 2 instances x 1 thread"])
+        print(f"\neach client on its best serve (drawing, HTTP binary): ours {best_ours:.2f} images/s, "
+              f"original {best_original:.2f} images/s: {best_ours / best_original:.2f}x")
         print("\nclient CPU time per image (user+sys of the client process, start-up included; serve not counted):")
         for name, values in cpus.items():
             print(f"- {name}: {statistics.median(values) / args.images * 1e3:.2f} ms")
     finally:
-        serve.terminate()
-        serve.wait()
+        for process in (serve, throughput_serve):
+            process.terminate()
+            process.wait()
 
 
 if __name__ == "__main__":
