@@ -509,58 +509,24 @@ async fn copy_new_images(
     rows: &ImageRows<'_>,
     topic: &str,
 ) -> Result<bool, Error> {
-    use tokio_postgres::binary_copy::BinaryCopyInWriter;
-    use tokio_postgres::types::{ToSql, Type};
+    use futures_util::SinkExt;
 
     let savepoint = transaction
         .savepoint("copy_new_images")
         .await
         .context("starting the image copy")?;
+    let stream = bytes::Bytes::from(binary_copy_stream(rows, topic));
     let copy = async {
         let sink = savepoint
-            .copy_in(&format!(
+            .copy_in::<_, bytes::Bytes>(&format!(
                 r#"COPY {schema}.images (image_id, image, labels, label_text, split, source_path,
                        width, height, topic, partition, "offset", n_deliveries)
                    FROM STDIN (FORMAT binary)"#
             ))
             .await?;
-        let writer = BinaryCopyInWriter::new(
-            sink,
-            &[
-                Type::BYTEA,
-                Type::BYTEA,
-                Type::JSONB,
-                Type::TEXT,
-                Type::TEXT,
-                Type::TEXT,
-                Type::INT4,
-                Type::INT4,
-                Type::TEXT,
-                Type::INT4,
-                Type::INT8,
-                Type::INT4,
-            ],
-        );
-        let mut writer = std::pin::pin!(writer);
-        for row in 0..rows.ids.len() {
-            let labels = rows.labels_json[row].as_deref().map(JsonbText);
-            let values: [&(dyn ToSql + Sync); 12] = [
-                &rows.ids[row],
-                &rows.images[row],
-                &labels,
-                &rows.label_texts[row],
-                &rows.splits[row],
-                &rows.paths[row],
-                &rows.widths[row],
-                &rows.heights[row],
-                &topic,
-                &rows.partitions[row],
-                &rows.offsets[row],
-                &rows.n_deliveries[row],
-            ];
-            writer.as_mut().write(&values).await?;
-        }
-        writer.finish().await
+        let mut sink = std::pin::pin!(sink);
+        sink.send(stream).await?;
+        sink.as_mut().finish().await
     };
     match copy.await {
         Ok(_) => {
@@ -578,28 +544,56 @@ async fn copy_new_images(
     }
 }
 
-/// JSON text sent as a `jsonb` value (its binary form is a version byte, then the
-/// text), so the COPY needs no `serde_json::Value` per row.
-#[derive(Debug)]
-struct JsonbText<'a>(&'a str);
-
-impl tokio_postgres::types::ToSql for JsonbText<'_> {
-    fn to_sql(
-        &self,
-        _: &tokio_postgres::types::Type,
-        out: &mut tokio_postgres::types::private::BytesMut,
-    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        const JSONB_VERSION: u8 = 1;
-        out.extend_from_slice(&[JSONB_VERSION]);
-        out.extend_from_slice(self.0.as_bytes());
-        Ok(tokio_postgres::types::IsNull::No)
+/// The rows as PostgreSQL's binary `COPY` stream, in the column order of
+/// [`copy_new_images`]'s statement: a signature, then per row the field count and
+/// each field as a length (-1 for NULL) and its bytes, then -1.
+///
+/// Built in one buffer and sent as one message on purpose: tokio-postgres's
+/// `BinaryCopyInWriter` hands the connection task a message every 4 kB and waits
+/// for it to be taken, which for 2-4 kB images is a hop between threads per row.
+/// A Kafka record cannot carry a field over `i32::MAX` bytes, so lengths fit.
+fn binary_copy_stream(rows: &ImageRows<'_>, topic: &str) -> Vec<u8> {
+    const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
+    const FIELDS: i16 = 12;
+    const JSONB_VERSION: u8 = 1;
+    fn field(out: &mut Vec<u8>, parts: &[&[u8]]) {
+        let length: usize = parts.iter().map(|part| part.len()).sum();
+        out.extend_from_slice(&i32::try_from(length).unwrap_or(i32::MAX).to_be_bytes());
+        for part in parts {
+            out.extend_from_slice(part);
+        }
     }
-
-    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
-        *ty == tokio_postgres::types::Type::JSONB
+    fn optional(out: &mut Vec<u8>, value: Option<&[u8]>) {
+        match value {
+            Some(value) => field(out, &[value]),
+            None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+        }
     }
-
-    tokio_postgres::types::to_sql_checked!();
+    let n_bytes: usize = rows.images.iter().map(|image| image.len() + 256).sum();
+    let mut out = Vec::with_capacity(SIGNATURE.len() + 10 + n_bytes);
+    out.extend_from_slice(SIGNATURE);
+    out.extend_from_slice(&0i32.to_be_bytes()); // flags
+    out.extend_from_slice(&0i32.to_be_bytes()); // header extension length
+    for row in 0..rows.ids.len() {
+        out.extend_from_slice(&FIELDS.to_be_bytes());
+        field(&mut out, &[rows.ids[row]]);
+        field(&mut out, &[rows.images[row]]);
+        match &rows.labels_json[row] {
+            Some(json) => field(&mut out, &[&[JSONB_VERSION], json.as_bytes()]),
+            None => optional(&mut out, None),
+        }
+        optional(&mut out, rows.label_texts[row].map(str::as_bytes));
+        optional(&mut out, rows.splits[row].map(str::as_bytes));
+        field(&mut out, &[rows.paths[row].as_bytes()]);
+        field(&mut out, &[&rows.widths[row].to_be_bytes()]);
+        field(&mut out, &[&rows.heights[row].to_be_bytes()]);
+        field(&mut out, &[topic.as_bytes()]);
+        field(&mut out, &[&rows.partitions[row].to_be_bytes()]);
+        field(&mut out, &[&rows.offsets[row].to_be_bytes()]);
+        field(&mut out, &[&rows.n_deliveries[row].to_be_bytes()]);
+    }
+    out.extend_from_slice(&(-1i16).to_be_bytes());
+    out
 }
 
 /// The boxes as the `labels` column's JSON, `[{"class","cx","cy","w","h"}, ...]`,
