@@ -17,6 +17,32 @@ fn record(seed: u8, labels: &str) -> Record {
     .expect("record")
 }
 
+/// Records of the images `seeds`, each with one box of class `class`.
+fn labelled(seeds: &[u8], class: u32) -> Vec<Record> {
+    seeds
+        .iter()
+        .map(|&seed| record(seed, &format!("{class} 0.5 0.5 0.1 0.2\n")))
+        .collect()
+}
+
+/// Writes `records` at offsets from `first_offset` of partition 0.
+async fn write(
+    store: &mut Store,
+    first_offset: i64,
+    records: Vec<Record>,
+) -> cardet_store::BatchOutcome {
+    store
+        .write_batch("g", &batch(first_offset, records))
+        .await
+        .expect("writes the batch")
+}
+
+/// `(images, deliveries)` in the store.
+async fn counts(store: &Store) -> (i64, i64) {
+    let counts = store.counts().await.expect("counts");
+    (counts.n_images, counts.n_deliveries)
+}
+
 fn batch(first_offset: i64, records: Vec<Record>) -> Batch {
     Batch {
         topic: "copy-then-upsert".into(),
@@ -73,32 +99,17 @@ fn new_images_are_copied_and_repeats_are_upserted() {
         };
 
         // All new: one COPY.
-        let first: Vec<Record> = (0..4)
-            .map(|seed| record(seed, "0 0.5 0.5 0.1 0.2\n"))
-            .collect();
-        let outcome = store
-            .write_batch("g", &batch(0, first))
-            .await
-            .expect("first batch");
+        let outcome = write(&mut store, 0, labelled(&[0, 1, 2, 3], 0)).await;
         assert_eq!(outcome.n_records, 4);
-        let counts = store.counts().await.expect("counts");
-        assert_eq!((counts.n_images, counts.n_deliveries), (4, 4));
+        assert_eq!(counts(&store).await, (4, 4));
         let (_, _, seq_before, class) = row_of(1).await;
         assert_eq!(class, "0", "labels are stored as jsonb boxes");
 
         // Image 1 again with other labels, and a new image 4: the COPY meets image 1,
         // is undone, and the upsert writes both.
-        let second = vec![
-            record(1, "2 0.5 0.5 0.1 0.2\n"),
-            record(4, "0 0.5 0.5 0.1 0.2\n"),
-        ];
-        let outcome = store
-            .write_batch("g", &batch(4, second))
-            .await
-            .expect("second batch");
-        assert_eq!(outcome.n_records, 2);
-        let counts = store.counts().await.expect("counts");
-        assert_eq!((counts.n_images, counts.n_deliveries), (5, 6));
+        let second = [labelled(&[1], 2), labelled(&[4], 0)].concat();
+        assert_eq!(write(&mut store, 4, second).await.n_records, 2);
+        assert_eq!(counts(&store).await, (5, 6));
         let (label_text, n_deliveries, seq_after, class) = row_of(1).await;
         assert_eq!(label_text, "2 0.5 0.5 0.1 0.2\n");
         assert_eq!(n_deliveries, 2);
@@ -109,36 +120,20 @@ fn new_images_are_copied_and_repeats_are_upserted() {
         );
 
         // The next batches go through the upsert for a while; new rows land the same.
-        let third = vec![
-            record(5, "1 0.5 0.5 0.1 0.2\n"),
-            record(6, "1 0.5 0.5 0.1 0.2\n"),
-        ];
-        store
-            .write_batch("g", &batch(6, third))
-            .await
-            .expect("third batch");
-        let counts = store.counts().await.expect("counts");
-        assert_eq!((counts.n_images, counts.n_deliveries), (7, 8));
+        write(&mut store, 6, labelled(&[5, 6], 1)).await;
+        assert_eq!(counts(&store).await, (7, 8));
         assert_eq!(row_of(6).await.1, 1);
 
         // A batch written again (a crash before the offsets were committed to Kafka)
         // has no effect: its offsets are below the stored ones.
-        let again = vec![
-            record(5, "1 0.5 0.5 0.1 0.2\n"),
-            record(6, "1 0.5 0.5 0.1 0.2\n"),
-        ];
-        let outcome = store
-            .write_batch("g", &batch(6, again))
-            .await
-            .expect("replayed batch");
+        let outcome = write(&mut store, 6, labelled(&[5, 6], 1)).await;
         assert_eq!(outcome.n_already_stored, 2);
         let offsets = store
             .stored_offsets("g", "copy-then-upsert", &[0])
             .await
             .expect("offsets");
         assert_eq!(offsets.get(&0), Some(&8));
-        let counts = store.counts().await.expect("counts");
-        assert_eq!((counts.n_images, counts.n_deliveries), (7, 8));
+        assert_eq!(counts(&store).await, (7, 8));
 
         sql.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
             .await
