@@ -283,19 +283,19 @@ impl Store {
         }
 
         let rows = ImageRows::from_messages(&fresh);
-        let copied = if rows.ids.is_empty() {
-            true
+        let needs_upsert = if rows.ids.is_empty() {
+            false
         } else if self.upserts_before_copy > 0 {
             self.upserts_before_copy -= 1;
-            false
+            true
         } else {
             let copied = copy_new_images(&mut transaction, &schema, &rows, &batch.topic).await?;
             if !copied {
                 self.upserts_before_copy = UPSERTS_AFTER_A_CONFLICT;
             }
-            copied
+            !copied
         };
-        if !copied {
+        if needs_upsert {
             transaction
                 .execute(
                     &format!(
@@ -580,7 +580,7 @@ fn binary_copy_stream(rows: &ImageRows<'_>, topic: &str) -> Vec<u8> {
         field(&mut out, &[rows.images[row]]);
         match &rows.labels_json[row] {
             Some(json) => field(&mut out, &[&[JSONB_VERSION], json.as_bytes()]),
-            None => optional(&mut out, None),
+            None => out.extend_from_slice(&(-1i32).to_be_bytes()),
         }
         optional(&mut out, rows.label_texts[row].map(str::as_bytes));
         optional(&mut out, rows.splits[row].map(str::as_bytes));

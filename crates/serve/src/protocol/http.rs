@@ -569,9 +569,9 @@ async fn infer(
 }
 
 /// A body sent as the buffers it already is, with its exact length announced (so
-/// the answer carries `Content-Length`, not chunked encoding). hyper writes the
-/// frames with vectored writes, so an output goes from ONNX Runtime's buffer to the
-/// socket without being gathered into one body first.
+/// the answer carries `Content-Length`, not chunked encoding). hyper takes each
+/// frame as it is, so an output goes from ONNX Runtime's buffer to the socket
+/// without first being gathered into one body (a 2.7 MB copy for YOLOv8n).
 struct PartsBody {
     parts: std::collections::VecDeque<Bytes>,
     remaining: u64,
