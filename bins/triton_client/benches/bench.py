@@ -65,6 +65,18 @@ def timed(command):
     return wall, cpu
 
 
+def place_model(onnx, model, work, instances):
+    """Puts the ONNX file into version 1 of `model` (a hard link where it can) and
+    writes its config.pbtxt."""
+    os.makedirs(os.path.join(model, "1"), exist_ok=True)
+    target = os.path.join(model, "1", "model.onnx")
+    if os.stat(onnx).st_dev == os.stat(work).st_dev:
+        os.link(onnx, target)
+    else:
+        subprocess.run(["cp", onnx, target], check=True)
+    write_config(model, instances)
+
+
 def write_config(model, instances):
     with open(os.path.join(model, "config.pbtxt"), "w") as f:
         f.write('name: "yolov8n"\nbackend: "onnxruntime"\nmax_batch_size: 8\n'
@@ -102,13 +114,9 @@ def main():
 
     work = tempfile.mkdtemp(prefix="client-bench-")
     model = os.path.join(work, "repo", "yolov8n")
-    os.makedirs(os.path.join(model, "1"))
-    os.link(args.onnx, os.path.join(model, "1", "model.onnx")) if os.stat(args.onnx).st_dev == os.stat(work).st_dev else subprocess.run(["cp", args.onnx, os.path.join(model, "1", "model.onnx")], check=True)
-    write_config(model, instances=1)
+    place_model(args.onnx, model, work, instances=1)
     throughput_model = os.path.join(work, "repo-throughput", "yolov8n")
-    os.makedirs(os.path.join(throughput_model, "1"))
-    subprocess.run(["cp", args.onnx, os.path.join(throughput_model, "1", "model.onnx")], check=True)
-    write_config(throughput_model, instances=2)
+    place_model(args.onnx, throughput_model, work, instances=2)
     images_dir = os.path.join(work, "images")
     os.makedirs(images_dir)
     paths = make_images(images_dir, args.images)

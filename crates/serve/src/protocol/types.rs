@@ -488,18 +488,9 @@ pub struct EncodedResponse {
     pub header_length: Option<usize>,
 }
 
+#[cfg(test)]
 impl EncodedResponse {
-    /// The whole body's length in bytes.
-    pub fn len(&self) -> usize {
-        self.parts.iter().map(Bytes::len).sum()
-    }
-
-    /// Whether the body is empty (never, as the JSON header is always there).
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The body as one contiguous buffer (a copy), for tests and small answers.
+    /// The body as one contiguous buffer (a copy).
     pub fn to_vec(&self) -> Vec<u8> {
         self.parts.concat()
     }
