@@ -110,9 +110,16 @@ struct Flags {
     /// One NMS across classes instead of one per class.
     #[arg(long)]
     agnostic: bool,
-    /// Input side when the model's metadata leaves it variable.
+    /// Input side when the model's metadata leaves it variable (the largest side
+    /// sent, unless --no-rect).
     #[arg(long, default_value_t = 640)]
     imgsz: u32,
+    /// A model that takes any input size (dims -1 in its config) gets each image
+    /// at the smallest multiple of 32 that holds it scaled to --imgsz, as
+    /// Ultralytics predicts (a 1280x720 frame runs at 640x384); this flag sends the
+    /// full --imgsz square instead.
+    #[arg(long)]
+    no_rect: bool,
     /// Class names from a data.yaml (default: the dataset's, else COCO's 80).
     #[arg(long)]
     names: Option<PathBuf>,
@@ -194,6 +201,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         ..cardet_detect::PostprocessConfig::default()
     };
     config.default_image_size = (flags.imgsz, flags.imgsz);
+    config.rect = !flags.no_rect;
     config.names = names;
     config.retries = flags.retries;
     config.shared_memory = flags.shared_memory;

@@ -50,8 +50,13 @@ pub struct RunConfig {
     /// Where annotated images go; `None` draws nothing.
     pub out: Option<PathBuf>,
     pub postprocess: PostprocessConfig,
-    /// The network input size when the model's metadata leaves it variable.
+    /// The network input size when the model's metadata leaves it variable: the
+    /// largest it gets, with [`RunConfig::rect`].
     pub default_image_size: (u32, u32),
+    /// A model that takes any input size gets each batch at the smallest multiple
+    /// of 32 that holds its images scaled to `default_image_size` (Ultralytics'
+    /// rectangular letterbox); `false` always sends `default_image_size`.
+    pub rect: bool,
     /// Class names; `None`: the dataset's, else COCO's.
     pub names: Option<Vec<String>>,
     /// Retries of a request that failed for a transient reason (server down or
@@ -82,6 +87,7 @@ impl RunConfig {
             out: None,
             postprocess: PostprocessConfig::default(),
             default_image_size: (640, 640),
+            rect: true,
             names: None,
             retries: 0,
             timeout: Duration::from_secs(120),
@@ -136,8 +142,44 @@ impl Summary {
 struct ModelIo {
     input_name: String,
     output_name: String,
-    /// `(width, height)`.
-    image_size: (u32, u32),
+    input_size: InputSize,
+}
+
+/// The network input size of a batch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct InputSize {
+    /// `(width, height)`: the model's fixed sides, and the largest a variable one gets.
+    max: (u32, u32),
+    /// Which of `(width, height)` the model leaves variable and the client shrinks
+    /// to the batch's images.
+    shrink: (bool, bool),
+}
+
+impl InputSize {
+    /// YOLOv8's largest stride: a variable side must be a multiple of it.
+    const STRIDE: u32 = 32;
+
+    /// The input for a batch of images of `sizes`: on each variable side, the most
+    /// any of them needs.
+    fn for_images(
+        &self,
+        sizes: impl Iterator<Item = (u32, u32)>,
+    ) -> Result<(u32, u32), cardet_detect::Error> {
+        if self.shrink == (false, false) {
+            return Ok(self.max);
+        }
+        let (mut width, mut height) = (0, 0);
+        for size in sizes {
+            let (rect_width, rect_height) =
+                cardet_detect::letterbox::rect_size(size, self.max, Self::STRIDE)?;
+            width = width.max(rect_width);
+            height = height.max(rect_height);
+        }
+        Ok((
+            if self.shrink.0 { width } else { self.max.0 },
+            if self.shrink.1 { height } else { self.max.1 },
+        ))
+    }
 }
 
 /// One image's result.
@@ -145,6 +187,8 @@ struct ImageResult {
     name: String,
     position: Option<RecordPosition>,
     size: (u32, u32),
+    /// The network input it was letterboxed to, `(width, height)`.
+    input_size: (u32, u32),
     detections: Vec<Detection>,
     labels: Option<Vec<YoloLabel>>,
     timings: Timings,
@@ -208,7 +252,7 @@ pub async fn run(config: &RunConfig, lines: &mut (dyn Write + Send)) -> Result<S
     let reader = source.spawn_reader(sender, config.stop.clone());
 
     let started = Instant::now();
-    let (width, height) = model_io.image_size;
+    let (width, height) = model_io.input_size.max;
     let shared = Arc::new(Shared {
         client,
         config: config.clone(),
@@ -541,10 +585,13 @@ async fn read_model_io(client: &KserveClient, config: &RunConfig) -> Result<Mode
     Ok(ModelIo {
         input_name: input.name.clone(),
         output_name: output.name.clone(),
-        image_size: (
-            side(chw[2], config.default_image_size.0),
-            side(chw[1], config.default_image_size.1),
-        ),
+        input_size: InputSize {
+            max: (
+                side(chw[2], config.default_image_size.0),
+                side(chw[1], config.default_image_size.1),
+            ),
+            shrink: (config.rect && chw[2] <= 0, config.rect && chw[1] <= 0),
+        },
     })
 }
 
@@ -575,7 +622,7 @@ struct BatchOutcome {
 
 async fn process_batch(shared: &Shared, images: Vec<InputImage>) -> Result<BatchOutcome, Error> {
     let started = Instant::now();
-    let image_size = shared.model_io.image_size;
+    let input_size = shared.model_io.input_size;
     let keep_images = shared.config.out.is_some();
     let image_buffers = shared.image_buffers.clone();
     let input_buffer = match &shared.region_slots {
@@ -586,7 +633,7 @@ async fn process_batch(shared: &Shared, images: Vec<InputImage>) -> Result<Batch
         let mut input_buffer = input_buffer;
         let (prepared, n_skipped) = prepare(
             images,
-            image_size,
+            input_size,
             keep_images,
             &mut input_buffer,
             &image_buffers,
@@ -685,6 +732,7 @@ async fn process_batch(shared: &Shared, images: Vec<InputImage>) -> Result<Batch
                 name: meta.name,
                 position: meta.position,
                 size: sizes[image_idx],
+                input_size: infos[image_idx].dst_size,
                 detections,
                 labels: meta.labels,
                 timings: Timings {
@@ -735,7 +783,7 @@ struct Prepared {
 /// counted; `None` when no image of the batch decoded.
 fn prepare(
     images: Vec<InputImage>,
-    image_size: (u32, u32),
+    input_size: InputSize,
     keep_images: bool,
     input_buffer: &mut InputBuffer,
     image_buffers: &Recycler<u8>,
@@ -772,6 +820,7 @@ fn prepare(
         return Ok((None, n_skipped));
     }
     let preprocess_started = Instant::now();
+    let image_size = input_size.for_images(decoded.iter().map(RgbImage::dimensions))?;
     let shape = cardet_detect::letterbox::batch_shape(decoded.len(), image_size);
     let infos = input_buffer.letterbox(&decoded, image_size, shape.iter().product())?;
     let preprocess_ms = preprocess_started.elapsed().as_secs_f64() * 1e3;
@@ -829,6 +878,7 @@ impl Collected {
                 "image": result.name,
                 "width": result.size.0,
                 "height": result.size.1,
+                "input_size": [result.input_size.0, result.input_size.1],
                 "detections": cardet_detect::geometry::detections_to_json(&result.detections, names),
                 "batch_size": result.batch_size,
                 "timings_ms": {
@@ -1016,5 +1066,38 @@ mod tests {
         check(&[7.0], 0.99, 7.0);
         check(&[], 0.5, 0.0);
         check(&[1.0, 2.0, 3.0], 0.5, 2.0);
+    }
+
+    #[test]
+    fn variable_sides_shrink_to_the_batch() {
+        let any_size = InputSize {
+            max: (640, 640),
+            shrink: (true, true),
+        };
+        let frames = [(1280, 720), (1920, 1080)];
+        assert_eq!(
+            any_size.for_images(frames.into_iter()).ok(),
+            Some((640, 384))
+        );
+        // A portrait image in the batch widens it to hold both.
+        let mixed = [(1280, 720), (720, 1280)];
+        assert_eq!(
+            any_size.for_images(mixed.into_iter()).ok(),
+            Some((640, 640))
+        );
+        let fixed = InputSize {
+            shrink: (false, false),
+            ..any_size
+        };
+        assert_eq!(fixed.for_images(frames.into_iter()).ok(), Some((640, 640)));
+        let only_height = InputSize {
+            max: (640, 480),
+            shrink: (false, true),
+        };
+        // 1280x720 into at most 640x480: 640x360, padded to 384 high.
+        assert_eq!(
+            only_height.for_images(frames.into_iter()).ok(),
+            Some((640, 384))
+        );
     }
 }

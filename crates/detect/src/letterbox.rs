@@ -119,6 +119,30 @@ pub fn letterbox(
     Ok((padded, info))
 }
 
+/// The network input a model that takes any size gets for an image of `src_size`,
+/// as Ultralytics' `LetterBox(auto=True)` chooses it: the image scaled to fit
+/// `max_size`, each side then padded only up to the next multiple of `stride` (the
+/// model's largest stride, 32 for YOLOv8). A 1280x720 frame with `max_size` 640x640
+/// runs at 640x384: 40% fewer pixels through the network than the square, and the
+/// same scale.
+pub fn rect_size(
+    src_size: (u32, u32),
+    max_size: (u32, u32),
+    stride: u32,
+) -> Result<(u32, u32), Error> {
+    if stride == 0 {
+        return Err(Error::InvalidArgument("a stride of 0".to_string()));
+    }
+    let (resized_width, resized_height) = TransformInfo::new(src_size, max_size)?.resized_size;
+    // Ultralytics pads by the remainder of the full padding, which is the next
+    // multiple of the stride whenever `max_size` is one.
+    let side = |resized: u32, max: u32| resized + (max - resized) % stride;
+    Ok((
+        side(resized_width, max_size.0),
+        side(resized_height, max_size.1),
+    ))
+}
+
 /// Letterboxes every image to `dst_size` into one CHW float buffer.
 pub fn letterbox_batch(images: &[RgbImage], dst_size: (u32, u32)) -> Result<Batch, Error> {
     let shape = batch_shape(images.len(), dst_size);
@@ -565,6 +589,25 @@ mod tests {
         check((999, 101), (640, 640), (640, 65, 0, 287));
         check((1, 1000), (640, 640), (1, 640, 319, 0));
         assert!(TransformInfo::new((0, 5), (640, 640)).is_err());
+    }
+
+    #[test]
+    fn rect_sizes_match_ultralytics_auto_letterbox() {
+        // What ultralytics.data.augment.LetterBox((640, 640), auto=True, stride=32)
+        // gives these images, (width, height).
+        let max = (640, 640);
+        for (src, expected) in [
+            ((1280, 720), (640, 384)),
+            ((1920, 1080), (640, 384)),
+            ((640, 480), (640, 480)),
+            ((333, 517), (416, 640)),
+            ((999, 101), (640, 96)),
+            ((1, 1000), (32, 640)),
+        ] {
+            assert_eq!(rect_size(src, max, 32).ok(), Some(expected), "{src:?}");
+        }
+        assert!(rect_size((1280, 720), max, 0).is_err());
+        assert!(rect_size((0, 720), max, 32).is_err());
     }
 
     #[test]
