@@ -12,7 +12,7 @@ use cardet_onnx_export::triton::InstanceKind;
 /// The flags of `mwt export`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  mwt export --weights yolov8n.safetensors                      # model_repo/yolov8n/1/model.onnx\n  mwt export --weights best.safetensors --name yolov8n_car --imgsz 640 --max-batch-size 8\n  mwt export --weights w.safetensors --scale s --names car,truck --height 384 --width 640"
+    after_help = "Examples:\n  mwt export --weights yolov8n.safetensors                      # model_repo/yolov8n/1/model.onnx\n  mwt export --weights best.safetensors --name yolov8n_car --imgsz 640 --max-batch-size 8\n  mwt export --weights w.safetensors --scale s --names car,truck --height 384 --width 640\n  mwt export --weights best.safetensors --dynamic-size           # any input size: rect letterbox in clients"
 )]
 pub struct ExportFlags {
     /// Weights: a safetensors state dict with Ultralytics keys (from `cargo xtask
@@ -32,6 +32,11 @@ pub struct ExportFlags {
     height: Option<i64>,
     #[arg(long)]
     width: Option<i64>,
+    /// Leave height and width variable (any multiple of 32; config.pbtxt dims
+    /// [3, -1, -1]), as Ultralytics' dynamic=True: clients then letterbox a 720p
+    /// frame to 640x384 instead of the 640x640 square, 40% less work for the model.
+    #[arg(long)]
+    dynamic_size: bool,
     /// The model repository's root.
     #[arg(long, default_value = "model_repo")]
     repo: PathBuf,
@@ -81,6 +86,7 @@ pub fn run(flags: &ExportFlags) -> anyhow::Result<()> {
     let options = ExportOptions {
         height: flags.height.unwrap_or(flags.imgsz),
         width: flags.width.unwrap_or(flags.imgsz),
+        dynamic_size: flags.dynamic_size,
     };
     let model = cardet_model::export_onnx(&detector.net, &detector.names, &options)?;
     let name = flags

@@ -304,6 +304,7 @@ impl MlflowObserver {
         let options = ExportOptions {
             height: self.imgsz,
             width: self.imgsz,
+            dynamic_size: false,
         };
         let model = cardet_model::export_onnx(&detector.net, &detector.names, &options)?;
         // The Triton entry takes the registered name, so a folder fetched from the

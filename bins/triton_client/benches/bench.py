@@ -7,6 +7,12 @@ decodes + NMS and draws every image (the "no drawing" rows skip the drawing). Th
 "shared memory" rows pass the tensors through /dev/shm regions (Triton's system
 shared-memory extension) instead of the socket.
 
+The model takes any input size (dims -1, as Ultralytics exports it with
+dynamic=True), so our client and the tritonclient one letterbox each 1280x720 frame
+to 640x384, as Ultralytics predicts; the original resizes to 640x640 as it always
+did, and one row of ours does the same square (--no-rect) to show what the
+rectangle is worth.
+
 A second `serve` runs beside the first, configured for throughput (two model
 instances of one ONNX Runtime thread each): our client with 4 requests in flight,
 and the original client, run against it too. The original can have only one
@@ -80,7 +86,7 @@ def place_model(onnx, model, work, instances):
 def write_config(model, instances):
     with open(os.path.join(model, "config.pbtxt"), "w") as f:
         f.write('name: "yolov8n"\nbackend: "onnxruntime"\nmax_batch_size: 8\n'
-                'input [ { name: "images" data_type: TYPE_FP32 dims: [ 3, 640, 640 ] } ]\n'
+                'input [ { name: "images" data_type: TYPE_FP32 dims: [ 3, -1, -1 ] } ]\n'
                 'output [ { name: "output0" data_type: TYPE_FP32 dims: [ -1, -1 ] } ]\n'
                 f'instance_group [ {{ count: {instances} kind: KIND_CPU }} ]\n')
 
@@ -131,6 +137,9 @@ def main():
     clients = {
         "ours (HTTP binary, concurrency 1)": [args.client, "--url", url, "--model", "yolov8n", "--concurrency", "1",
                                               "--no-progress", "--out", out, "--jsonl", os.devnull, *paths],
+        "ours, square 640x640 (--no-rect, concurrency 1)": [
+            args.client, "--url", url, "--model", "yolov8n", "--concurrency", "1", "--no-rect",
+            "--no-progress", "--out", out, "--jsonl", os.devnull, *paths],
         "ours (HTTP binary, concurrency 4)": [args.client, "--url", url, "--model", "yolov8n", "--concurrency", "4",
                                               "--no-progress", "--out", out, "--jsonl", os.devnull, *paths],
         "ours, no drawing (concurrency 1)": [args.client, "--url", url, "--model", "yolov8n", "--concurrency", "1",
@@ -140,7 +149,7 @@ def main():
         "ours, shared memory, no drawing (concurrency 1)": [args.client, "--url", url, "--model", "yolov8n",
                                                             "--concurrency", "1", "--shared-memory", "--no-progress",
                                                             "--jsonl", os.devnull, *paths],
-        "tritonclient (binary) + Python pre/post": [python, os.path.join(HERE, "tritonclient_client.py"),
+        "tritonclient (binary) + Python pre/post": [python, os.path.join(HERE, "tritonclient_client.py"), "--rect",
                                                     f"127.0.0.1:{http_port}", "yolov8n", out, *paths],
         "original client (JSON list, numpy)": [python, os.path.join(HERE, "original_client.py"), url, "yolov8n", out, *paths],
         "ours (HTTP binary, concurrency 4), serve 2 instances x 1 thread": [
@@ -163,7 +172,8 @@ def main():
         rates = {name: args.images / statistics.median(values) for name, values in walls.items()}
         ours = rates["ours (HTTP binary, concurrency 1)"]
         print(f"{args.images} images 1280x720 JPEG, {args.rounds} interleaved rounds, median wall time; "
-              f"model yolov8n 640 (random weights), serve on the same machine\n")
+              f"model yolov8n (random weights) at 640 (ours and tritonclient: 640x384, see above), "
+              f"serve on the same machine\n")
         print("| client | images/s | ours (concurrency 1) is |")
         print("|---|---:|---:|")
         for name, rate in rates.items():

@@ -1,9 +1,11 @@
 """The fair Python baseline: the official tritonclient over HTTP with binary
 tensors, Ultralytics-style letterbox, numpy decoding and per-class NMS (cv2),
 boxes drawn and each image written, one request at a time like our client with
---concurrency 1.
+--concurrency 1. With --rect, each image is letterboxed to the smallest multiple
+of 32 that holds it (Ultralytics' auto letterbox, what our client sends a model
+that takes any size); without it, to the 640x640 square.
 
-usage: tritonclient_client.py HOST:PORT MODEL OUT_DIR IMAGE...
+usage: tritonclient_client.py [--rect] HOST:PORT MODEL OUT_DIR IMAGE...
 """
 import os
 import sys
@@ -13,11 +15,13 @@ import numpy as np
 import tritonclient.http as httpclient
 
 
-def letterbox(image, size=640):
+def letterbox(image, rect, size=640, stride=32):
     h, w = image.shape[:2]
     scale = min(size / h, size / w)
     new_w, new_h = round(w * scale), round(h * scale)
     pad_x, pad_y = (size - new_w) / 2, (size - new_h) / 2
+    if rect:
+        pad_x, pad_y = ((size - new_w) % stride) / 2, ((size - new_h) % stride) / 2
     resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     top, bottom = round(pad_y - 0.1), round(pad_y + 0.1)
     left, right = round(pad_x - 0.1), round(pad_x + 0.1)
@@ -26,11 +30,15 @@ def letterbox(image, size=640):
 
 
 def main():
-    url, model, out_dir, paths = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+    args = sys.argv[1:]
+    rect = args[:1] == ["--rect"]
+    if rect:
+        args = args[1:]
+    url, model, out_dir, paths = args[0], args[1], args[2], args[3:]
     client = httpclient.InferenceServerClient(url=url)
     for path in paths:
         image = cv2.imread(path)
-        padded, scale, (pad_x, pad_y) = letterbox(image)
+        padded, scale, (pad_x, pad_y) = letterbox(image, rect)
         tensor = cv2.cvtColor(padded, cv2.COLOR_BGR2RGB).transpose(2, 0, 1)[np.newaxis].astype(np.float32) / 255.0
         infer_input = httpclient.InferInput("images", list(tensor.shape), "FP32")
         infer_input.set_data_from_numpy(tensor, binary_data=True)

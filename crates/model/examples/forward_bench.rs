@@ -51,6 +51,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 &ExportOptions {
                     height: size,
                     width: size,
+                    dynamic_size: false,
                 },
             )?;
             let bytes = cardet_onnx_export::encode(&model);

@@ -1,9 +1,11 @@
 //! ONNX export: the inference graph of [`YoloV8`] with every BatchNorm folded into its
 //! convolution, laid out as Ultralytics exports it.
 //!
-//! Input `images` `[batch, 3, H, W]` (dynamic batch, fixed H and W), output `output0`
+//! Input `images` `[batch, 3, H, W]` (dynamic batch; H and W fixed, or any multiple
+//! of 32 with [`ExportOptions::dynamic_size`]), output `output0`
 //! `[batch, 4 + classes, anchors]`: boxes cx, cy, w, h in input pixels, then sigmoid
-//! class scores. Anchors and strides are constants for the fixed input size. Class
+//! class scores. Anchors and strides are constants for a fixed input size, and
+//! computed in the graph from the feature maps' shapes for a dynamic one. Class
 //! names go in the metadata key `names` as Ultralytics writes them (a Python dict repr).
 
 use std::path::{Path, PathBuf};
@@ -25,8 +27,13 @@ pub const OPSET: i64 = 17;
 /// Where and how to export.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ExportOptions {
+    /// The input size; with `dynamic_size`, the nominal one (metadata `imgsz`).
     pub height: i64,
     pub width: i64,
+    /// Height and width left variable (any multiple of 32), as Ultralytics'
+    /// `dynamic=True` exports them: a client can then send a 720p frame at 640x384
+    /// instead of the 640x640 square (rectangular letterbox).
+    pub dynamic_size: bool,
 }
 
 impl Default for ExportOptions {
@@ -34,6 +41,7 @@ impl Default for ExportOptions {
         ExportOptions {
             height: 640,
             width: 640,
+            dynamic_size: false,
         }
     }
 }
@@ -60,25 +68,28 @@ pub fn export_onnx(
     let mut emitter = Emitter {
         graph: GraphBuilder::new(),
     };
-    let num_anchors = anchor_count(height, width);
     let no = 4 + net.config.num_classes;
-    emitter.graph.input_f32(
-        "images",
-        &[
-            Dim::symbolic("batch"),
-            Dim::fixed(3),
+    let fixed_size = (!options.dynamic_size).then_some((height, width));
+    let (height_dim, width_dim, anchors_dim) = match fixed_size {
+        Some(_) => (
             Dim::fixed(height),
             Dim::fixed(width),
-        ],
+            Dim::fixed(anchor_count(height, width)),
+        ),
+        None => (
+            Dim::symbolic("height"),
+            Dim::symbolic("width"),
+            Dim::symbolic("anchors"),
+        ),
+    };
+    emitter.graph.input_f32(
+        "images",
+        &[Dim::symbolic("batch"), Dim::fixed(3), height_dim, width_dim],
     );
-    tch::no_grad(|| emitter.net(net, "images", height, width))?;
+    tch::no_grad(|| emitter.net(net, "images", fixed_size))?;
     emitter.graph.output_f32(
         "output0",
-        &[
-            Dim::symbolic("batch"),
-            Dim::fixed(no),
-            Dim::fixed(num_anchors),
-        ],
+        &[Dim::symbolic("batch"), Dim::fixed(no), anchors_dim],
     );
     let scale = net.config.scale;
     let info = ModelInfo {
@@ -336,7 +347,13 @@ struct Emitter {
 }
 
 impl Emitter {
-    fn net(&mut self, net: &YoloV8, images: &str, height: i64, width: i64) -> Result<(), Error> {
+    /// The whole network; `fixed_size` is `(height, width)`, `None` for any size.
+    fn net(
+        &mut self,
+        net: &YoloV8,
+        images: &str,
+        fixed_size: Option<(i64, i64)>,
+    ) -> Result<(), Error> {
         let x0 = self.conv(&net.b0, "model.0", images)?;
         let x1 = self.conv(&net.b1, "model.1", &x0)?;
         let x2 = self.c2f(&net.b2, "model.2", &x1)?;
@@ -359,7 +376,7 @@ impl Emitter {
         let x19 = self.conv(&net.h19, "model.19", &x18)?;
         let x20 = self.concat("/model.20/Concat", &[&x19, &x9], 1);
         let x21 = self.c2f(&net.h21, "model.21", &x20)?;
-        self.detect(&net.detect, "model.22", [&x15, &x18, &x21], height, width)
+        self.detect(&net.detect, "model.22", [&x15, &x18, &x21], fixed_size)
     }
 
     fn conv(&mut self, conv: &Conv, prefix: &str, input: &str) -> Result<String, Error> {
@@ -521,8 +538,7 @@ impl Emitter {
         head: &Detect,
         prefix: &str,
         features: [&str; 3],
-        height: i64,
-        width: i64,
+        fixed_size: Option<(i64, i64)>,
     ) -> Result<(), Error> {
         let path = prefix.replace('.', "/");
         let no = 4 * REG_MAX + head.num_classes;
@@ -556,7 +572,8 @@ impl Emitter {
             2,
             vec![attr_int("axis", 1)],
         );
-        let num_anchors = anchor_count(height, width);
+        // -1: the anchors of whatever size the graph is run at.
+        let num_anchors = fixed_size.map_or(-1, |(height, width)| anchor_count(height, width));
         // DFL: softmax over the bins, then their expectation as a 1x1 convolution.
         let dfl_shape = self.graph.initializer_i64(
             &format!("{prefix}.dfl.shape"),
@@ -601,27 +618,10 @@ impl Emitter {
             &[&distances, &box_shape],
             vec![],
         );
-        // dist2bbox with the anchor grid and strides of this input size as constants.
-        let grid: Vec<Tensor> = STRIDES
-            .iter()
-            .map(|stride| {
-                Tensor::zeros(
-                    [1, 1, height / stride, width / stride],
-                    tch::kind::FLOAT_CPU,
-                )
-            })
-            .collect();
-        let (anchors, strides) = make_anchors(&grid, &STRIDES, 0.5);
-        let anchors = self.graph.initializer_f32(
-            &format!("{prefix}.anchors"),
-            &[1, 2, num_anchors],
-            &values(&anchors.transpose(0, 1))?,
-        );
-        let strides = self.graph.initializer_f32(
-            &format!("{prefix}.strides"),
-            &[1, num_anchors],
-            &values(&strides.transpose(0, 1))?,
-        );
+        let (anchors, strides) = match fixed_size {
+            Some((height, width)) => self.constant_anchors(prefix, height, width)?,
+            None => self.anchors_of(prefix, features),
+        };
         let half = self
             .graph
             .initializer_i64(&format!("{prefix}.half"), &[2], &[2, 2]);
@@ -673,6 +673,156 @@ impl Emitter {
         Ok(())
     }
 }
+
+impl Emitter {
+    /// dist2bbox's anchor points `[1, 2, anchors]` and strides `[1, anchors]` for a
+    /// fixed input size, as constants.
+    fn constant_anchors(
+        &mut self,
+        prefix: &str,
+        height: i64,
+        width: i64,
+    ) -> Result<(String, String), Error> {
+        let grid: Vec<Tensor> = STRIDES
+            .iter()
+            .map(|stride| {
+                Tensor::zeros(
+                    [1, 1, height / stride, width / stride],
+                    tch::kind::FLOAT_CPU,
+                )
+            })
+            .collect();
+        let (anchors, strides) = make_anchors(&grid, &STRIDES, 0.5);
+        let num_anchors = anchor_count(height, width);
+        let anchors = self.graph.initializer_f32(
+            &format!("{prefix}.anchors"),
+            &[1, 2, num_anchors],
+            &values(&anchors.transpose(0, 1))?,
+        );
+        let strides = self.graph.initializer_f32(
+            &format!("{prefix}.strides"),
+            &[1, num_anchors],
+            &values(&strides.transpose(0, 1))?,
+        );
+        Ok((anchors, strides))
+    }
+
+    /// The same two tensors computed in the graph from the shapes of the three
+    /// feature maps, for an input of any size: on each level, the cell centres
+    /// `(x + 0.5, y + 0.5)` in row-major order and the level's stride, as
+    /// `make_anchors` lays them out.
+    fn anchors_of(&mut self, prefix: &str, features: [&str; 3]) -> (String, String) {
+        let path = format!("/{}/anchors", prefix.replace('.', "/"));
+        let half = self
+            .graph
+            .initializer_f32(&format!("{prefix}.anchor_offset"), &[], &[0.5]);
+        let one = self
+            .graph
+            .initializer_f32(&format!("{prefix}.anchor_step"), &[], &[1.0]);
+        let first = self
+            .graph
+            .initializer_i64(&format!("{prefix}.index0"), &[], &[0]);
+        let second = self
+            .graph
+            .initializer_i64(&format!("{prefix}.index1"), &[], &[1]);
+        let axis0 = self
+            .graph
+            .initializer_i64(&format!("{prefix}.axis0"), &[1], &[0]);
+        let axis1 = self
+            .graph
+            .initializer_i64(&format!("{prefix}.axis1"), &[1], &[1]);
+        let flat = self
+            .graph
+            .initializer_i64(&format!("{prefix}.flat"), &[1], &[-1]);
+        let mut points = Vec::new();
+        let mut strides = Vec::new();
+        for (level, (feature, stride)) in features.iter().zip(STRIDES).enumerate() {
+            let name = |op: &str| format!("{path}/level{level}/{op}");
+            // [h, w] of this level's feature map.
+            let grid_shape = self.graph.node(
+                "Shape",
+                &name("Shape"),
+                &[feature],
+                vec![attr_int("start", 2), attr_int("end", 4)],
+            );
+            let grid_size = self.graph.node(
+                "Cast",
+                &name("Cast"),
+                &[&grid_shape],
+                vec![attr_int("to", DATA_TYPE_FLOAT)],
+            );
+            let mut centres = Vec::new();
+            for (axis, (index, unsqueeze_at)) in [(&second, &axis0), (&first, &axis1)]
+                .into_iter()
+                .enumerate()
+            {
+                let name = |op: &str| format!("{path}/level{level}/{op}_{}", ["x", "y"][axis]);
+                let cells =
+                    self.graph
+                        .node("Gather", &name("Gather"), &[&grid_size, index], vec![]);
+                // 0.5, 1.5, ... cells - 0.5
+                let line = self
+                    .graph
+                    .node("Range", &name("Range"), &[&half, &cells, &one], vec![]);
+                let line = self.graph.node(
+                    "Unsqueeze",
+                    &name("Unsqueeze"),
+                    &[&line, unsqueeze_at],
+                    vec![],
+                );
+                let plane =
+                    self.graph
+                        .node("Expand", &name("Expand"), &[&line, &grid_shape], vec![]);
+                let centre = self
+                    .graph
+                    .node("Reshape", &name("Reshape"), &[&plane, &flat], vec![]);
+                centres.push(self.graph.node(
+                    "Unsqueeze",
+                    &name("Unsqueeze_1"),
+                    &[&centre, &axis0],
+                    vec![],
+                ));
+            }
+            let level_points = self.concat(&name("Concat"), &[&centres[0], &centres[1]], 0);
+            let n_cells = self.graph.node(
+                "Shape",
+                &name("Shape_1"),
+                &[&centres[0]],
+                vec![attr_int("start", 1)],
+            );
+            let stride = self.graph.initializer_f32(
+                &format!("{prefix}.stride{level}"),
+                &[1],
+                &[stride as f32],
+            );
+            strides.push(
+                self.graph
+                    .node("Expand", &name("Expand"), &[&stride, &n_cells], vec![]),
+            );
+            points.push(level_points);
+        }
+        let points: Vec<&str> = points.iter().map(String::as_str).collect();
+        let points = self.concat(&format!("{path}/Concat"), &points, 1);
+        let anchors = self.graph.node(
+            "Unsqueeze",
+            &format!("{path}/Unsqueeze"),
+            &[&points, &axis0],
+            vec![],
+        );
+        let strides: Vec<&str> = strides.iter().map(String::as_str).collect();
+        let strides = self.concat(&format!("{path}/Concat_1"), &strides, 0);
+        let strides = self.graph.node(
+            "Unsqueeze",
+            &format!("{path}/Unsqueeze_1"),
+            &[&strides, &axis0],
+            vec![],
+        );
+        (anchors, strides)
+    }
+}
+
+/// ONNX's `TensorProto.DataType.FLOAT`, for `Cast`.
+const DATA_TYPE_FLOAT: i64 = 1;
 
 /// A tensor's values, float32, in row-major order.
 fn values(tensor: &Tensor) -> Result<Vec<f32>, Error> {

@@ -10,6 +10,9 @@ use cardet_model::{Detector, Error, Scale};
 use cardet_onnx_export::triton::InstanceKind;
 use tch::{Device, Tensor};
 
+mod common;
+use common::run_onnx;
+
 const FIXTURE: &str = include_str!("ultralytics_fixture.py");
 const IMPORT_WEIGHTS: &str = include_str!("../python/import_weights.py");
 const TOLERANCE: f64 = 1e-4;
@@ -72,7 +75,11 @@ fn onnx_export_matches_ultralytics_export_at_batch_1_and_4() {
     let model = cardet_model::export_onnx(
         &detector.net,
         &detector.names,
-        &ExportOptions { height, width },
+        &ExportOptions {
+            height,
+            width,
+            dynamic_size: false,
+        },
     )
     .expect("exports");
     let repo = dir.path().join("model_repo");
@@ -164,26 +171,6 @@ fn onnx_export_matches_ultralytics_export_at_batch_1_and_4() {
         diff <= 1e-5 * largest.max(1.0),
         "ort vs tch: {diff} (values up to {largest})"
     );
-}
-
-fn run_onnx(path: &Path, images: &Tensor) -> Tensor {
-    let runtime = cardet_onnx::load().expect("loads onnxruntime");
-    let mut session = cardet_onnx::ort::session::Session::builder(&runtime.environment)
-        .expect("session builder")
-        .commit_from_file(path)
-        .expect("loads our onnx");
-    let shape: Vec<usize> = images.size().iter().map(|d| *d as usize).collect();
-    let data = Vec::<f32>::try_from(&images.flatten(0, -1)).expect("f32 data");
-    let input = ndarray::Array::from_shape_vec(shape, data).expect("array");
-    let input = cardet_onnx::ort::value::Tensor::from_array(input).expect("ort tensor");
-    let outputs = session
-        .run(cardet_onnx::ort::inputs!["images" => input])
-        .expect("runs");
-    let (shape, values) = outputs["output0"]
-        .try_extract_tensor::<f32>()
-        .expect("f32 output");
-    let dims: Vec<i64> = shape.iter().copied().collect();
-    Tensor::from_slice(values).view(dims.as_slice())
 }
 
 #[test]
