@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+mod common;
+
 /// Model `name` in `root`: Ultralytics' YOLOv8n (random weights) with `dims`.
 fn place_model(root: &Path, name: &str, dims: &str) {
     let folder = root.join(name);
@@ -82,24 +84,8 @@ fn a_model_of_any_size_gets_each_batch_at_its_rect_size() {
     }
 
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let onnx = Arc::new(cardet_onnx::load().expect("onnxruntime"));
-    let config = cardet_serve::Config {
-        model_repository: repo.display().to_string(),
-        http_address: "127.0.0.1".into(),
-        http_port: 0,
-        grpc_address: "127.0.0.1".into(),
-        grpc_port: 0,
-        metrics_port: None,
-        load_models: vec!["*".into()],
-        threads: cardet_serve::Threads {
-            intra_op: 1,
-            inter_op: 1,
-        },
-        ..cardet_serve::Config::default()
-    };
-    let server = runtime
-        .block_on(cardet_serve::start(onnx, config))
-        .expect("serve starts");
+    let onnx = cardet_onnx::load().expect("onnxruntime");
+    let server = common::serve_local(&runtime, &Arc::new(onnx), &repo, false);
     let http = format!("http://{}", server.http);
 
     let size = |width: u32, height: u32| serde_json::json!([width, height]);

@@ -9,6 +9,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
 /// A `car` model at 160x160 that takes one image per request.
 fn repository(root: &Path) {
     let onnx = cardet_testkit::cardet_home().join("fixtures/serve/yolov8n-dynamic.onnx");
@@ -27,33 +29,6 @@ fn repository(root: &Path) {
     )
     .expect("config");
     std::fs::copy(onnx, folder.join("1/model.onnx")).expect("model");
-}
-
-/// `serve` on `repo` at free local ports, with or without `--allow-shared-memory`.
-fn serve(
-    runtime: &tokio::runtime::Runtime,
-    onnx: &Arc<cardet_onnx::Runtime>,
-    repo: &Path,
-    allow_shared_memory: bool,
-) -> cardet_serve::Server {
-    let config = cardet_serve::Config {
-        model_repository: repo.display().to_string(),
-        http_address: "127.0.0.1".into(),
-        http_port: 0,
-        grpc_address: "127.0.0.1".into(),
-        grpc_port: 0,
-        metrics_port: None,
-        load_models: vec!["*".into()],
-        threads: cardet_serve::Threads {
-            intra_op: 1,
-            inter_op: 1,
-        },
-        allow_shared_memory,
-        ..cardet_serve::Config::default()
-    };
-    runtime
-        .block_on(cardet_serve::start(onnx.clone(), config))
-        .expect("serve starts")
 }
 
 fn client(args: &[&str], image: &Path) -> (bool, String) {
@@ -82,7 +57,7 @@ fn server_errors_reach_the_user_with_the_servers_message() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     // One ONNX Runtime environment per process, for both servers.
     let onnx = Arc::new(cardet_onnx::load().expect("onnxruntime"));
-    let server = serve(&runtime, &onnx, &work.path().join("repo"), false);
+    let server = common::serve_local(&runtime, &onnx, &work.path().join("repo"), false);
     let http = format!("http://{}", server.http);
     let grpc = format!("http://{}", server.grpc);
 
@@ -193,7 +168,7 @@ fn server_errors_reach_the_user_with_the_servers_message() {
     // A shared-memory run that fails midway (a request of two images to a model that
     // takes one, beside one of a single image) leaves none of its regions registered.
     // Over either protocol: regions are registered over the one the client speaks.
-    let shm_server = serve(&runtime, &onnx, &work.path().join("repo"), true);
+    let shm_server = common::serve_local(&runtime, &onnx, &work.path().join("repo"), true);
     let shm_http = format!("http://{}", shm_server.http);
     let shm_grpc = format!("http://{}", shm_server.grpc);
     let three = work.path().join("three");

@@ -51,6 +51,33 @@ pub fn synthetic_dataset(root: &Path) -> PathBuf {
     .expect("synthetic dataset")
 }
 
+/// `serve` on `repo` at free local ports, with or without `--allow-shared-memory`.
+pub fn serve_local(
+    runtime: &tokio::runtime::Runtime,
+    onnx: &Arc<cardet_onnx::Runtime>,
+    repo: &Path,
+    allow_shared_memory: bool,
+) -> cardet_serve::Server {
+    let config = cardet_serve::Config {
+        model_repository: repo.display().to_string(),
+        http_address: "127.0.0.1".into(),
+        http_port: 0,
+        grpc_address: "127.0.0.1".into(),
+        grpc_port: 0,
+        metrics_port: None,
+        load_models: vec!["*".into()],
+        threads: cardet_serve::Threads {
+            intra_op: 1,
+            inter_op: 1,
+        },
+        allow_shared_memory,
+        ..cardet_serve::Config::default()
+    };
+    runtime
+        .block_on(cardet_serve::start(onnx.clone(), config))
+        .expect("serve starts")
+}
+
 /// `serve` running the model folder it fetched from the stack's S3 server.
 pub struct ServedFromS3 {
     /// Dropped first (fields drop in order), which tells its tasks to stop.
