@@ -3,6 +3,8 @@
 //! `forward_bench tch --batch B [--size S] [--iters N]`: our tch network, eval mode, no grad.
 //! `forward_bench onnx --batch B [--size S] [--iters N]`: our ONNX export in ONNX Runtime
 //! (2 intra-op threads, graph optimisations at their default, all).
+//! `--height H` runs at H x S instead of S x S; `--dynamic 1` exports with the size
+//! left variable (`mwt export --dynamic-size`) instead of fixed at the run's size.
 //!
 //! The last stdout line is `{"value": ms per batch, "unit": "ms/batch", "higher_is_better": false}`,
 //! the median over the iterations after two warm-up passes. The baselines are
@@ -26,10 +28,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         flag("--size", 640)?,
         flag("--iters", 10)?,
     );
+    let (height, dynamic_size) = (flag("--height", size)?, flag("--dynamic", 0)? != 0);
     let names: Vec<String> = (0..80).map(|i| i.to_string()).collect();
     tch::manual_seed(0);
     let detector = Detector::new(Scale::N, names, Device::Cpu);
-    let images = Tensor::rand([batch, 3, size, size], tch::kind::FLOAT_CPU);
+    let images = Tensor::rand([batch, 3, height, size], tch::kind::FLOAT_CPU);
     let mut timings = Vec::new();
     match args.first().map(String::as_str) {
         Some("tch") => {
@@ -49,9 +52,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 &detector.net,
                 &detector.names,
                 &ExportOptions {
-                    height: size,
+                    height,
                     width: size,
-                    dynamic_size: false,
+                    dynamic_size,
                 },
             )?;
             let bytes = cardet_onnx_export::encode(&model);
@@ -73,7 +76,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
             }
         }
-        _ => return Err("usage: forward_bench tch|onnx --batch B [--size S] [--iters N]".into()),
+        _ => return Err("usage: forward_bench tch|onnx --batch B [--size S] [--height H] [--dynamic 0|1] [--iters N]".into()),
     }
     timings.sort_by(f64::total_cmp);
     let median = timings[timings.len() / 2];
