@@ -9,7 +9,14 @@
 //! serve_bench serve --clients 8 [--secs 10] [--threads 2] [--no-batching] [--max-batch 8]
 //! serve_bench serve ... --shared-memory                      # tensors through /dev/shm regions
 //! serve_bench rss                                            # a bare session's resident memory
+//! serve_bench pair  --clients 8 --best [--slices 6] [--secs 2] [serve flags]
+//! serve_bench pair  ... --instances 2 --threads 1 --raw-threads 2  # serve's instances against one 2-thread session
 //! ```
+//! `pair` runs both sides in one process, alternating in short slices (raw first in
+//! even slices, `serve` first in odd ones), so that both see the same moments of a
+//! machine whose speed drifts by ±20% from minute to minute. Each side's rate is its
+//! images over its own time summed over the slices; a `serve` slice ends when its
+//! last request in flight has been answered, so its drain counts against it.
 //! Both sides run the same YOLOv8n export (random weights, 640x640, made by Ultralytics
 //! in the venv and cached) with the same ONNX Runtime threads. `serve` is started
 //! in-process on a free port and driven over REST with binary tensor data, one
@@ -44,6 +51,10 @@ struct Args {
     sessions: usize,
     /// `max_batch_size` in the model's `config.pbtxt`.
     max_batch: usize,
+    /// `pair`: how many times each side runs.
+    slices: usize,
+    /// `pair`: the raw side's intra-op threads, when not `--threads` (`serve`'s).
+    raw_threads: Option<usize>,
 }
 
 fn parse_args() -> Args {
@@ -61,6 +72,8 @@ fn parse_args() -> Args {
         instances: 1,
         sessions: 1,
         max_batch: 8,
+        slices: 6,
+        raw_threads: None,
     };
     let mut iter = std::env::args().skip(1);
     args.mode = iter.next().unwrap_or_default();
@@ -76,6 +89,8 @@ fn parse_args() -> Args {
             "--instances" => args.instances = value() as usize,
             "--sessions" => args.sessions = value() as usize,
             "--max-batch" => args.max_batch = value() as usize,
+            "--slices" => args.slices = value() as usize,
+            "--raw-threads" => args.raw_threads = Some(value() as usize),
             "--arena-off" => args.arena_off = true,
             "--pattern-off" => args.pattern_off = true,
             "--shared-memory" => args.shared_memory = true,
@@ -104,10 +119,32 @@ fn report(images_per_second: f64) {
 
 fn raw(args: &Args) -> f64 {
     let runtime = cardet_onnx::load().expect("onnxruntime");
+    let mut sessions = raw_sessions(args, &runtime);
+    let mut best: f64 = 0.0;
+    for batch in raw_batches(args) {
+        let (images, elapsed) = run_raw(&mut sessions, batch, Duration::from_secs(args.secs), true);
+        let rate = images as f64 / elapsed.as_secs_f64();
+        eprintln!("raw batch {batch}: {rate:.2} images/s");
+        best = best.max(rate);
+    }
+    best
+}
+
+/// `--best`: 1, 2, 4 and 8; else `--batch`.
+fn raw_batches(args: &Args) -> Vec<usize> {
+    if args.best {
+        vec![1, 2, 4, 8]
+    } else {
+        vec![args.batch]
+    }
+}
+
+/// `--sessions` raw sessions with `--threads` intra-op threads each.
+fn raw_sessions(args: &Args, runtime: &cardet_onnx::Runtime) -> Vec<Session> {
     let new_session = || {
         let mut builder = Session::builder(&runtime.environment)
             .expect("builder")
-            .with_intra_threads(args.threads)
+            .with_intra_threads(args.raw_threads.unwrap_or(args.threads))
             .expect("threads")
             .with_inter_threads(1)
             .expect("threads");
@@ -124,47 +161,50 @@ fn raw(args: &Args) -> f64 {
         builder.commit_from_file(model()).expect("session")
     };
     // `--sessions N`: N sessions run side by side, as N instances of `serve` do.
-    let mut sessions: Vec<Session> = (0..args.sessions.max(1)).map(|_| new_session()).collect();
-    let batches: Vec<usize> = if args.best {
-        vec![1, 2, 4, 8]
-    } else {
-        vec![args.batch]
-    };
-    let mut best: f64 = 0.0;
-    for batch in batches {
-        let warmed = std::sync::Barrier::new(sessions.len());
-        let rate: f64 = std::thread::scope(|scope| {
-            let workers: Vec<_> = sessions
-                .iter_mut()
-                .map(|session| {
-                    let warmed = &warmed;
-                    scope.spawn(move || {
-                        let input = Tensor::from_array(([batch, 3, 640, 640], image(batch)))
-                            .expect("tensor");
-                        // Warm up: the first runs allocate and tune.
-                        for _ in 0..2 {
-                            session.run(ort::inputs!["images" => &input]).expect("run");
-                        }
-                        warmed.wait();
-                        let started = Instant::now();
-                        let mut images = 0;
-                        while started.elapsed() < Duration::from_secs(args.secs) {
-                            session.run(ort::inputs!["images" => &input]).expect("run");
-                            images += batch;
-                        }
-                        images as f64 / started.elapsed().as_secs_f64()
-                    })
+    (0..args.sessions.max(1)).map(|_| new_session()).collect()
+}
+
+/// Runs every session on batches of `batch` for `duration` (after two warm-up runs
+/// each with `warm_up`): the images done and the time taken.
+fn run_raw(
+    sessions: &mut [Session],
+    batch: usize,
+    duration: Duration,
+    warm_up: bool,
+) -> (usize, Duration) {
+    let warmed = std::sync::Barrier::new(sessions.len() + 1);
+    let started = std::thread::scope(|scope| {
+        let workers: Vec<_> = sessions
+            .iter_mut()
+            .map(|session| {
+                let warmed = &warmed;
+                scope.spawn(move || {
+                    let input =
+                        Tensor::from_array(([batch, 3, 640, 640], image(batch))).expect("tensor");
+                    // Warm up: the first runs allocate and tune.
+                    for _ in 0..if warm_up { 2 } else { 0 } {
+                        session.run(ort::inputs!["images" => &input]).expect("run");
+                    }
+                    warmed.wait();
+                    let started = Instant::now();
+                    let mut images = 0;
+                    while started.elapsed() < duration {
+                        session.run(ort::inputs!["images" => &input]).expect("run");
+                        images += batch;
+                    }
+                    images
                 })
-                .collect();
-            workers
-                .into_iter()
-                .map(|worker| worker.join().expect("worker"))
-                .sum()
-        });
-        eprintln!("raw batch {batch}: {rate:.2} images/s");
-        best = best.max(rate);
-    }
-    best
+            })
+            .collect();
+        warmed.wait();
+        let started = Instant::now();
+        let images: usize = workers
+            .into_iter()
+            .map(|worker| worker.join().expect("worker"))
+            .sum();
+        (images, started.elapsed())
+    });
+    started
 }
 
 fn serve(args: &Args) -> f64 {
@@ -180,7 +220,8 @@ fn serve(args: &Args) -> f64 {
         .build()
         .expect("tokio");
     let repository = tempfile::tempdir().expect("tempdir");
-    let server = server_runtime.block_on(start_server(args, repository.path()));
+    let onnx = Arc::new(cardet_onnx::load().expect("onnxruntime"));
+    let server = server_runtime.block_on(start_server(args, repository.path(), onnx));
     let url = format!("http://{}/v2/models/yolov8n/infer", server.http);
     let rate = client_runtime.block_on(drive(args, url));
     server_runtime
@@ -189,7 +230,11 @@ fn serve(args: &Args) -> f64 {
     rate
 }
 
-async fn start_server(args: &Args, repository: &std::path::Path) -> cardet_serve::Server {
+async fn start_server(
+    args: &Args,
+    repository: &std::path::Path,
+    runtime: Arc<cardet_onnx::Runtime>,
+) -> cardet_serve::Server {
     let folder = repository.join("yolov8n/1");
     std::fs::create_dir_all(&folder).expect("folder");
     std::fs::copy(model(), folder.join("model.onnx")).expect("model");
@@ -208,7 +253,6 @@ async fn start_server(args: &Args, repository: &std::path::Path) -> cardet_serve
         ),
     )
     .expect("config");
-    let runtime = Arc::new(cardet_onnx::load().expect("onnxruntime"));
     let config = cardet_serve::Config {
         model_repository: repository.display().to_string(),
         http_address: "127.0.0.1".into(),
@@ -292,36 +336,44 @@ async fn shared_memory_request(client: &reqwest::Client, url: &str, index: usize
     }
 }
 
-async fn drive(args: &Args, url: String) -> f64 {
-    let client = reqwest::Client::new();
+/// One request per client (`--clients`), each sent twice to warm up its connection
+/// and the model.
+async fn warmed_requests(args: &Args, client: &reqwest::Client, url: &str) -> Vec<Request> {
     let mut requests = Vec::new();
     for index in 0..args.clients.max(1) {
         requests.push(if args.shared_memory {
-            shared_memory_request(&client, &url, index).await
+            shared_memory_request(client, url, index).await
         } else {
             binary_request()
         });
     }
-    let send = move |client: reqwest::Client, request: Request, url: String| async move {
-        let mut builder = client.post(&url).body(request.body);
-        if let Some(length) = request.header_length {
-            builder = builder.header("Inference-Header-Content-Length", length);
-        }
-        let response = builder.send().await.expect("request");
-        let status = response.status();
-        let body = response.bytes().await.expect("body");
-        assert!(
-            status.is_success(),
-            "{status}: {}",
-            String::from_utf8_lossy(&body)
-        );
-    };
-    // Warm up every client's connection and the model.
     for request in &requests {
         for _ in 0..2 {
-            send(client.clone(), request.clone(), url.clone()).await;
+            send(client.clone(), request.clone(), url.to_string()).await;
         }
     }
+    requests
+}
+
+/// Sends `request` and reads the whole answer, which must be a success.
+async fn send(client: reqwest::Client, request: Request, url: String) {
+    let mut builder = client.post(&url).body(request.body);
+    if let Some(length) = request.header_length {
+        builder = builder.header("Inference-Header-Content-Length", length);
+    }
+    let response = builder.send().await.expect("request");
+    let status = response.status();
+    let body = response.bytes().await.expect("body");
+    assert!(
+        status.is_success(),
+        "{status}: {}",
+        String::from_utf8_lossy(&body)
+    );
+}
+
+async fn drive(args: &Args, url: String) -> f64 {
+    let client = reqwest::Client::new();
+    let requests = warmed_requests(args, &client, &url).await;
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.secs);
@@ -352,6 +404,133 @@ async fn drive(args: &Args, url: String) -> f64 {
     );
     print_time_split(&client, &url, requests, elapsed).await;
     rate
+}
+
+/// `pair`: raw sessions and `serve` in one process, alternating slice by slice.
+fn pair(args: &Args) -> f64 {
+    let onnx = Arc::new(cardet_onnx::load().expect("onnxruntime"));
+    let mut sessions = raw_sessions(args, &onnx);
+    let batches = raw_batches(args);
+    for &batch in &batches {
+        run_raw(&mut sessions, batch, Duration::ZERO, true);
+    }
+    let server_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(
+            std::thread::available_parallelism().map_or(1, |cores| (cores.get() / 2).max(1)),
+        )
+        .enable_all()
+        .build()
+        .expect("tokio");
+    let client_runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    let repository = tempfile::tempdir().expect("tempdir");
+    let server = server_runtime.block_on(start_server(args, repository.path(), onnx.clone()));
+    let url = format!("http://{}/v2/models/yolov8n/infer", server.http);
+    let clients = client_runtime.block_on(GatedClients::start(args, &url));
+    let slice = Duration::from_secs(args.secs);
+    let mut raw_done = vec![(0, Duration::ZERO); batches.len()];
+    let mut serve_done = (0, Duration::ZERO);
+    let rate = |(images, elapsed): (usize, Duration)| images as f64 / elapsed.as_secs_f64();
+    // Each slice's serve rate against its best raw rate, the two minutes apart at most.
+    let mut slice_ratios = Vec::new();
+    for index in 0..args.slices.max(1) {
+        let (mut slice_best, mut slice_serve) = (0.0_f64, 0.0);
+        for side in if index % 2 == 0 { [0, 1] } else { [1, 0] } {
+            if side == 0 {
+                for (&batch, done) in batches.iter().zip(&mut raw_done) {
+                    let (images, elapsed) = run_raw(&mut sessions, batch, slice, false);
+                    *done = (done.0 + images, done.1 + elapsed);
+                    slice_best = slice_best.max(rate((images, elapsed)));
+                }
+            } else {
+                let (images, elapsed) = client_runtime.block_on(clients.slice(slice));
+                serve_done = (serve_done.0 + images, serve_done.1 + elapsed);
+                slice_serve = rate((images, elapsed));
+            }
+        }
+        slice_ratios.push(slice_serve / slice_best);
+    }
+    drop(clients);
+    slice_ratios.sort_by(f64::total_cmp);
+    eprintln!(
+        "per slice, serve against that slice's best raw batch: {}; median {:.3}x",
+        slice_ratios
+            .iter()
+            .map(|ratio| format!("{ratio:.3}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        slice_ratios[slice_ratios.len() / 2]
+    );
+    let mut best: f64 = 0.0;
+    for (batch, done) in batches.iter().zip(&raw_done) {
+        eprintln!("raw batch {batch}: {:.2} images/s", rate(*done));
+        best = best.max(rate(*done));
+    }
+    let serve_rate = rate(serve_done);
+    eprintln!(
+        "serve, {} clients: {serve_rate:.2} images/s; {:.3}x the best raw batch, over {} alternated slices",
+        args.clients,
+        serve_rate / best,
+        args.slices
+    );
+    server_runtime
+        .block_on(server.shutdown())
+        .expect("shutdown");
+    serve_rate / best
+}
+
+/// `--clients` clients that send only while a slice is on.
+struct GatedClients {
+    on: tokio::sync::watch::Sender<bool>,
+    done: Arc<AtomicU64>,
+    in_flight: Arc<AtomicU64>,
+}
+
+impl GatedClients {
+    async fn start(args: &Args, url: &str) -> GatedClients {
+        let client = reqwest::Client::new();
+        let requests = warmed_requests(args, &client, url).await;
+        let (on, _) = tokio::sync::watch::channel(false);
+        let done = Arc::new(AtomicU64::new(0));
+        let in_flight = Arc::new(AtomicU64::new(0));
+        for request in requests {
+            let (client, url) = (client.clone(), url.to_string());
+            let (done, in_flight, mut on) = (done.clone(), in_flight.clone(), on.subscribe());
+            tokio::spawn(async move {
+                // Ends when the sender is dropped. No await between the check and the
+                // count: on this one-threaded runtime, a slice that has ended sees
+                // every request it let start.
+                while on.wait_for(|on| *on).await.is_ok() {
+                    in_flight.fetch_add(1, Ordering::SeqCst);
+                    send(client.clone(), request.clone(), url.clone()).await;
+                    done.fetch_add(1, Ordering::SeqCst);
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
+                }
+            });
+        }
+        GatedClients {
+            on,
+            done,
+            in_flight,
+        }
+    }
+
+    /// Lets the clients send for `duration`, then waits for their last answers:
+    /// the requests answered and the time from the start to the last answer.
+    async fn slice(&self, duration: Duration) -> (usize, Duration) {
+        let before = self.done.load(Ordering::SeqCst);
+        let started = Instant::now();
+        self.on.send_replace(true);
+        tokio::time::sleep(duration).await;
+        self.on.send_replace(false);
+        while self.in_flight.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let answered = self.done.load(Ordering::SeqCst) - before;
+        (answered as usize, started.elapsed())
+    }
 }
 
 /// Where a request's time went, from the server's own statistics (the two warm-up
@@ -416,11 +595,15 @@ fn main() {
     match args.mode.as_str() {
         "raw" => report(raw(&args)),
         "serve" => report(serve(&args)),
+        "pair" => {
+            let ratio = pair(&args);
+            println!("{{\"value\": {ratio:.4}, \"unit\": \"x\", \"higher_is_better\": true}}");
+        }
         "rss" => {
             rss();
         }
         other => {
-            eprintln!("unknown mode {other:?}: raw, serve or rss");
+            eprintln!("unknown mode {other:?}: raw, serve, pair or rss");
             std::process::exit(2);
         }
     }
