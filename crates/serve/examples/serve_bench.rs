@@ -173,7 +173,7 @@ fn run_raw(
     warm_up: bool,
 ) -> (usize, Duration) {
     let warmed = std::sync::Barrier::new(sessions.len() + 1);
-    let started = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         let workers: Vec<_> = sessions
             .iter_mut()
             .map(|session| {
@@ -203,8 +203,7 @@ fn run_raw(
             .map(|worker| worker.join().expect("worker"))
             .sum();
         (images, started.elapsed())
-    });
-    started
+    })
 }
 
 fn serve(args: &Args) -> f64 {
