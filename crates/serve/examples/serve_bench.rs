@@ -206,7 +206,9 @@ fn run_raw(
     })
 }
 
-fn serve(args: &Args) -> f64 {
+/// `serve`'s async runtime (half the cores, as `serve` sizes it) and the clients'
+/// one-threaded one.
+fn runtimes() -> (tokio::runtime::Runtime, tokio::runtime::Runtime) {
     let async_threads =
         std::thread::available_parallelism().map_or(1, |cores| (cores.get() / 2).max(1));
     let server_runtime = tokio::runtime::Builder::new_multi_thread()
@@ -218,6 +220,11 @@ fn serve(args: &Args) -> f64 {
         .enable_all()
         .build()
         .expect("tokio");
+    (server_runtime, client_runtime)
+}
+
+fn serve(args: &Args) -> f64 {
+    let (server_runtime, client_runtime) = runtimes();
     let repository = tempfile::tempdir().expect("tempdir");
     let onnx = Arc::new(cardet_onnx::load().expect("onnxruntime"));
     let server = server_runtime.block_on(start_server(args, repository.path(), onnx));
@@ -413,17 +420,7 @@ fn pair(args: &Args) -> f64 {
     for &batch in &batches {
         run_raw(&mut sessions, batch, Duration::ZERO, true);
     }
-    let server_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(
-            std::thread::available_parallelism().map_or(1, |cores| (cores.get() / 2).max(1)),
-        )
-        .enable_all()
-        .build()
-        .expect("tokio");
-    let client_runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio");
+    let (server_runtime, client_runtime) = runtimes();
     let repository = tempfile::tempdir().expect("tempdir");
     let server = server_runtime.block_on(start_server(args, repository.path(), onnx.clone()));
     let url = format!("http://{}/v2/models/yolov8n/infer", server.http);
