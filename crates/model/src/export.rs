@@ -672,9 +672,7 @@ impl Emitter {
         );
         Ok(())
     }
-}
 
-impl Emitter {
     /// dist2bbox's anchor points `[1, 2, anchors]` and strides `[1, anchors]` for a
     /// fixed input size, as constants.
     fn constant_anchors(
@@ -749,7 +747,7 @@ impl Emitter {
                 "Cast",
                 &name("Cast"),
                 &[&grid_shape],
-                vec![attr_int("to", DATA_TYPE_FLOAT)],
+                vec![attr_int("to", proto::tensor_proto::DataType::Float as i64)],
             );
             let mut centres = Vec::new();
             for (axis, (index, unsqueeze_at)) in [(&second, &axis0), (&first, &axis1)]
@@ -820,9 +818,6 @@ impl Emitter {
         (anchors, strides)
     }
 }
-
-/// ONNX's `TensorProto.DataType.FLOAT`, for `Cast`.
-const DATA_TYPE_FLOAT: i64 = 1;
 
 /// A tensor's values, float32, in row-major order.
 fn values(tensor: &Tensor) -> Result<Vec<f32>, Error> {
