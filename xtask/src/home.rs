@@ -9,15 +9,40 @@ pub struct CargoTool {
     pub version: &'static str,
     pub features: &'static str,
     pub binary: &'static str,
+    /// Built from its crates.io source with a dependency patched, instead of a plain
+    /// `cargo install` from the registry.
+    pub patch: Option<SourcePatch>,
+}
+
+/// A fix of ours to one dependency of a [`CargoTool`], applied to the published
+/// sources (both `.crate` files come from crates.io, checked against their SHA-256).
+pub struct SourcePatch {
+    /// SHA-256 of the tool's own `.crate` file.
+    pub tool_sha256: &'static str,
+    pub dependency: &'static str,
+    pub dependency_version: &'static str,
+    pub dependency_sha256: &'static str,
+    /// A unified diff against the dependency's root folder.
+    pub diff: &'static str,
 }
 
 /// The Kafka-compatible broker. Without the libsql feature it has no durable storage
-/// engine (see DESIGN.md).
+/// engine (see DESIGN.md). Patched: its SQLite engine prepared every query anew, and
+/// SQLite's parser and planner took half of the broker's CPU when serving fetches;
+/// the patch keeps prepared statements per connection
+/// (`xtask/patches/tansu-storage-0.6.0-statement-cache.patch`).
 pub const TANSU: CargoTool = CargoTool {
     krate: "tansu",
     version: "0.6.0",
     features: "libsql",
     binary: "tansu",
+    patch: Some(SourcePatch {
+        tool_sha256: "4fdd85473ec265140488cf8d55e82b844f5c051c8916fabdd4a71156ac053f6d",
+        dependency: "tansu-storage",
+        dependency_version: "0.6.0",
+        dependency_sha256: "720d2ed8e6010c70f7f06e5af5a7274ebbf6e42fdcd9e46de542b10dc4d2f35d",
+        diff: include_str!("../patches/tansu-storage-0.6.0-statement-cache.patch"),
+    }),
 };
 
 /// The S3-compatible server; it verifies SigV4 signatures against the keys it is given.
@@ -26,6 +51,7 @@ pub const S3S_FS: CargoTool = CargoTool {
     version: "0.14.1",
     features: "binary",
     binary: "s3s-fs",
+    patch: None,
 };
 
 pub const CARGO_TOOLS: [&CargoTool; 2] = [&TANSU, &S3S_FS];
@@ -40,7 +66,7 @@ pub struct AptPackage {
 }
 
 /// Debian packages the build, the stack and the tests need.
-pub const APT_PACKAGES: [AptPackage; 6] = [
+pub const APT_PACKAGES: [AptPackage; 7] = [
     AptPackage {
         package: "postgresql-15",
         why: "the stack's PostgreSQL server",
@@ -60,6 +86,11 @@ pub const APT_PACKAGES: [AptPackage; 6] = [
         package: "protobuf-compiler",
         why: "protoc for the KServe v2 and ONNX protobufs",
         unless_on_path: None,
+    },
+    AptPackage {
+        package: "curl",
+        why: "downloads the crates.io sources of the patched broker",
+        unless_on_path: Some("curl"),
     },
     AptPackage {
         package: "chromium",

@@ -13,6 +13,7 @@ mod flags;
 mod home;
 mod image;
 mod import_weights;
+mod patched_source;
 mod pipeline;
 mod pipeline_report;
 mod serve_checks;

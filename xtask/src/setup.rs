@@ -13,6 +13,7 @@ use xshell::{Shell, cmd};
 
 use crate::flags;
 use crate::home::{APT_PACKAGES, AptPackage, CARGO_TOOLS, CardetHome, CargoTool};
+use crate::patched_source;
 
 impl flags::Setup {
     pub fn run(&self, sh: &Shell) -> anyhow::Result<()> {
@@ -232,9 +233,17 @@ fn cargo_tool_installed(home: &CardetHome, tool: &CargoTool) -> bool {
         return false;
     };
     let key_prefix = format!("{} {} ", tool.krate, tool.version);
+    // A patched tool's key names its source folder, which names the patch.
+    let source = tool
+        .patch
+        .as_ref()
+        .map(|patch| patched_source::dir_name(tool, patch));
     let installed = json["installs"].as_object().is_some_and(|installs| {
         installs.iter().any(|(key, info)| {
             key.starts_with(&key_prefix)
+                && source
+                    .as_ref()
+                    .is_none_or(|source| key.contains(source.as_str()))
                 && info["features"]
                     .as_array()
                     .is_some_and(|features| features.iter().any(|feature| feature == tool.features))
@@ -256,6 +265,14 @@ fn ensure_cargo_tool(sh: &Shell, home: &CardetHome, tool: &CargoTool) -> anyhow:
     // A target dir in the cache makes a re-run after an interruption incremental.
     let target = home.root.join("cargo-target");
     let (krate, version, features) = (tool.krate, tool.version, tool.features);
+    if let Some(patch) = &tool.patch {
+        let package = patched_source::prepare(sh, home, tool, patch)?;
+        // `--force`: it replaces an unpatched build of the same version.
+        cmd!(sh, "cargo install --locked --force --root {root} --target-dir {target} --features {features} --path {package}")
+            .run()
+            .with_context(|| format!("cargo install {krate} from {}", package.display()))?;
+        return Ok(());
+    }
     cmd!(sh, "cargo install --locked --root {root} --target-dir {target} --version {version} --features {features} {krate}")
         .run()
         .with_context(|| format!("cargo install {krate}"))?;
