@@ -149,7 +149,13 @@ fn inspect(sh: &Shell, home: &CardetHome) -> Vec<Part> {
             version: version.map(|v| v.split_whitespace().last().unwrap_or_default().to_string()),
             location: Some(binary.clone()),
             state: if binary.exists() {
-                Ok("present".into())
+                Ok(match &tool.patch {
+                    Some(patch) => format!(
+                        "present, patched ({})",
+                        crate::patched_source::dir_name(tool, patch)
+                    ),
+                    None => "present".into(),
+                })
             } else {
                 Err("run `cargo xtask setup`".into())
             },
