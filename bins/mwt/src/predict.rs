@@ -6,13 +6,14 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use cardet_detect::letterbox::InputSize;
 use cardet_detect::{PostprocessConfig, YoloV8Layout, draw, image_io, letterbox, postprocess};
 use cardet_model::{Detector, Scale};
 
 /// The flags of `mwt predict`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  mwt predict --model yolov8n.safetensors --source street.jpg\n  mwt predict --model model_repo/yolov8n_car/1/model.onnx --source data/images/val --out runs/predict\n  mwt predict --model best.safetensors --source imgs/ --device cuda --conf 0.4 --json"
+    after_help = "Examples:\n  mwt predict --model yolov8n.safetensors --source street.jpg\n  mwt predict --model model_repo/yolov8n_car/1/model.onnx --source data/images/val --out runs/predict\n  mwt predict --model best.safetensors --source imgs/ --device cuda --conf 0.4 --json\n  mwt predict --model model_repo/cars/1/model.onnx --source frames/   # a --dynamic-size export: 1280x720 runs at 640x384"
 )]
 pub struct PredictFlags {
     /// A safetensors checkpoint (run with tch) or an `.onnx` model (run with ONNX Runtime).
@@ -24,9 +25,15 @@ pub struct PredictFlags {
     /// Where annotated images and `predictions.json` go.
     #[arg(long, default_value = "runs/predict")]
     out: PathBuf,
-    /// Network input size for checkpoints (ONNX models with a fixed input use theirs).
+    /// Network input size for checkpoints, and the most an ONNX model's variable
+    /// side gets (a fixed side keeps the model's own).
     #[arg(long, default_value_t = 640)]
     imgsz: u32,
+    /// Letterbox to the `--imgsz` square even when the ONNX model takes any size
+    /// (by default each batch gets the smallest multiple of 32 that holds its images,
+    /// as Ultralytics' predict does).
+    #[arg(long)]
+    no_rect: bool,
     /// Confidence threshold.
     #[arg(long, default_value_t = 0.25)]
     conf: f32,
@@ -73,8 +80,10 @@ pub fn run(flags: &PredictFlags) -> anyhow::Result<()> {
             .iter()
             .map(|path| image_io::load_rgb(path))
             .collect::<Result<Vec<_>, _>>()?;
-        let (width, height) = backend.input_size();
-        let batch = letterbox::letterbox_batch(&decoded, (width, height))?;
+        let size = backend
+            .input_size()
+            .for_images(decoded.iter().map(|image| image.dimensions()))?;
+        let batch = letterbox::letterbox_batch(&decoded, size)?;
         let (output, shape) = backend.run(&batch.data, batch.shape)?;
         let (_, layout) = YoloV8Layout::from_shape(&shape)?;
         let detections = postprocess(&output, layout, &batch.infos, &config)?;
@@ -93,6 +102,7 @@ pub fn run(flags: &PredictFlags) -> anyhow::Result<()> {
             };
             results.push(serde_json::json!({
                 "image": path.display().to_string(),
+                "input_size": [size.0, size.1],
                 "annotated": annotated,
                 "detections": cardet_detect::geometry::detections_to_json(&found, &names),
             }));
@@ -128,12 +138,12 @@ enum Backend {
     Torch {
         detector: Box<Detector>,
         device: tch::Device,
-        size: (u32, u32),
+        size: InputSize,
     },
     Onnx {
         session: Box<cardet_onnx::ort::session::Session>,
         names: Vec<String>,
-        size: (u32, u32),
+        size: InputSize,
         provider: String,
     },
 }
@@ -171,7 +181,10 @@ impl Backend {
         Ok(Backend::Torch {
             detector: Box::new(detector),
             device,
-            size: (flags.imgsz, flags.imgsz),
+            size: InputSize {
+                max: (flags.imgsz, flags.imgsz),
+                shrink: (false, false),
+            },
         })
     }
 
@@ -190,7 +203,7 @@ impl Backend {
                 .and_then(cardet_model::export::parse_python_names)
                 .context("the ONNX metadata has no `names`: pass --names")?,
         };
-        let size = onnx_input_size(&model).unwrap_or((flags.imgsz, flags.imgsz));
+        let size = onnx_input_size(&model, flags.imgsz, !flags.no_rect)?;
         let runtime = cardet_onnx::load()?;
         let session = cardet_onnx::ort::session::Session::builder(&runtime.environment)?
             .commit_from_memory(&bytes)?;
@@ -209,8 +222,8 @@ impl Backend {
         }
     }
 
-    /// (width, height) of the network input.
-    fn input_size(&self) -> (u32, u32) {
+    /// The network input: fixed, or shrinking to each batch.
+    fn input_size(&self) -> InputSize {
         match self {
             Backend::Torch { size, .. } | Backend::Onnx { size, .. } => *size,
         }
@@ -251,19 +264,37 @@ impl Backend {
     }
 }
 
-/// (width, height) when the ONNX input `images` has fixed spatial dims.
-fn onnx_input_size(model: &cardet_onnx_export::proto::ModelProto) -> Option<(u32, u32)> {
+/// The ONNX input `images`' spatial sides: a fixed one as the model says, a variable
+/// one (a symbol or -1) at most `imgsz`, shrunk to each batch when `rect`.
+fn onnx_input_size(
+    model: &cardet_onnx_export::proto::ModelProto,
+    imgsz: u32,
+    rect: bool,
+) -> anyhow::Result<InputSize> {
     use cardet_onnx_export::proto::{tensor_shape_proto::dimension::Value, type_proto};
-    let input = model.graph.as_ref()?.input.first()?;
-    let Some(type_proto::Value::TensorType(tensor)) = input.r#type.as_ref()?.value.as_ref() else {
-        return None;
-    };
-    let dims = &tensor.shape.as_ref()?.dim;
+    let dims = model
+        .graph
+        .as_ref()
+        .and_then(|graph| graph.input.first())
+        .and_then(|input| input.r#type.as_ref()?.value.as_ref())
+        .and_then(|value| match value {
+            type_proto::Value::TensorType(tensor) => tensor.shape.as_ref(),
+            _ => None,
+        })
+        .map(|shape| shape.dim.as_slice())
+        .unwrap_or_default();
     let fixed = |index: usize| match dims.get(index)?.value {
         Some(Value::DimValue(value)) if value > 0 => u32::try_from(value).ok(),
         _ => None,
     };
-    Some((fixed(3)?, fixed(2)?))
+    let (width, height) = (fixed(3), fixed(2));
+    if (width.is_none() || height.is_none()) && !imgsz.is_multiple_of(InputSize::STRIDE) {
+        bail!("--imgsz {imgsz} is not a multiple of 32 (the model takes any size)");
+    }
+    Ok(InputSize {
+        max: (width.unwrap_or(imgsz), height.unwrap_or(imgsz)),
+        shrink: (rect && width.is_none(), rect && height.is_none()),
+    })
 }
 
 fn collect_images(sources: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {

@@ -101,6 +101,86 @@ fn export_writes_a_repository_and_predict_agrees_between_tch_and_onnx() {
 }
 
 #[test]
+fn predict_letterboxes_to_a_rectangle_for_a_model_of_any_size() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let weights = dir.path().join("cars.safetensors");
+    tch::manual_seed(2);
+    Detector::new(Scale::N, vec!["car".into()], tch::Device::Cpu)
+        .save(&weights)
+        .expect("saves weights");
+    let repo = dir.path().join("model_repo");
+    mwt(&[
+        "export",
+        "--weights",
+        path_str(&weights),
+        "--repo",
+        path_str(&repo),
+        "--name",
+        "cars",
+        "--dynamic-size",
+    ]);
+    let images = dir.path().join("images");
+    std::fs::create_dir_all(&images).expect("images dir");
+    // Landscape frames, and one portrait that needs the whole square.
+    for (index, size) in [(160, 120), (200, 120), (120, 160)].into_iter().enumerate() {
+        let scene = cardet_detect::synth::render_scene(4, index as u64, size);
+        cardet_detect::image_io::save(&scene.image, &images.join(format!("scene{index}.png")))
+            .expect("writes a scene");
+    }
+    let input_sizes = |extra: &[&str]| -> Vec<serde_json::Value> {
+        let out = dir.path().join(format!("out{}", extra.len()));
+        let onnx = repo.join("cars/1/model.onnx");
+        let mut args = vec![
+            "predict",
+            "--model",
+            path_str(&onnx),
+            "--source",
+            path_str(&images),
+            "--out",
+            path_str(&out),
+            "--imgsz",
+            "128",
+            "--conf",
+            "0.0",
+            "--no-draw",
+        ];
+        args.extend_from_slice(extra);
+        mwt(&args);
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("predictions.json")).expect("json"))
+                .expect("predictions.json parses");
+        let images = report["images"].as_array().cloned().unwrap_or_default();
+        for image in &images {
+            // Boxes come back in the source image's pixels, whatever the input was.
+            let top = &image["detections"][0]["box"];
+            let limit = |i: usize| top[i].as_f64().unwrap_or(f64::NAN);
+            assert!(
+                limit(0) >= 0.0 && limit(2) <= 200.0 && limit(3) <= 160.0,
+                "{image}"
+            );
+        }
+        images
+            .iter()
+            .map(|image| image["input_size"].clone())
+            .collect()
+    };
+    // 160x120 scales to 128x96; 200x120 to 128x77, padded to 96.
+    assert_eq!(
+        input_sizes(&[]),
+        [[128, 96], [128, 96], [96, 128]].map(|size| serde_json::json!(size))
+    );
+    // One batch holds all three: the square that fits both orientations.
+    assert_eq!(
+        input_sizes(&["--batch", "3"]),
+        [[128, 128]; 3].map(|size| serde_json::json!(size))
+    );
+    assert_eq!(
+        input_sizes(&["--no-rect"]),
+        [[128, 128]; 3].map(|size| serde_json::json!(size))
+    );
+}
+
+#[test]
 fn export_of_mismatched_weights_names_the_tensor() {
     let dir = tempfile::tempdir().expect("temp dir");
     let weights = dir.path().join("w.safetensors");

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use cardet_detect::dataset::YoloLabel;
 use cardet_detect::eval::{EvalImage, EvalReport, GroundTruth, GroundTruthBox, PredictedBox};
-use cardet_detect::letterbox::{PaddingWritten, TransformInfo, letterbox_batch_reusing};
+use cardet_detect::letterbox::{InputSize, PaddingWritten, TransformInfo, letterbox_batch_reusing};
 use cardet_detect::{Detection, PostprocessConfig, YoloV8Layout};
 use image::RgbImage;
 use serde_json::json;
@@ -143,43 +143,6 @@ struct ModelIo {
     input_name: String,
     output_name: String,
     input_size: InputSize,
-}
-
-/// The network input size of a batch.
-#[derive(Clone, Copy, Debug, PartialEq)]
-struct InputSize {
-    /// `(width, height)`: the model's fixed sides, and the largest a variable one gets.
-    max: (u32, u32),
-    /// Which of `(width, height)` the model leaves variable and the client shrinks
-    /// to the batch's images.
-    shrink: (bool, bool),
-}
-
-impl InputSize {
-    /// YOLOv8's largest stride: a variable side must be a multiple of it.
-    const STRIDE: u32 = 32;
-
-    /// The input for a batch of images of `sizes`: on each variable side, the most
-    /// any of them needs.
-    fn for_images(
-        &self,
-        sizes: impl Iterator<Item = (u32, u32)>,
-    ) -> Result<(u32, u32), cardet_detect::Error> {
-        if self.shrink == (false, false) {
-            return Ok(self.max);
-        }
-        let (mut width, mut height) = (0, 0);
-        for size in sizes {
-            let (rect_width, rect_height) =
-                cardet_detect::letterbox::rect_size(size, self.max, Self::STRIDE)?;
-            width = width.max(rect_width);
-            height = height.max(rect_height);
-        }
-        Ok((
-            if self.shrink.0 { width } else { self.max.0 },
-            if self.shrink.1 { height } else { self.max.1 },
-        ))
-    }
 }
 
 /// One image's result.
@@ -1066,38 +1029,5 @@ mod tests {
         check(&[7.0], 0.99, 7.0);
         check(&[], 0.5, 0.0);
         check(&[1.0, 2.0, 3.0], 0.5, 2.0);
-    }
-
-    #[test]
-    fn variable_sides_shrink_to_the_batch() {
-        let any_size = InputSize {
-            max: (640, 640),
-            shrink: (true, true),
-        };
-        let frames = [(1280, 720), (1920, 1080)];
-        assert_eq!(
-            any_size.for_images(frames.into_iter()).ok(),
-            Some((640, 384))
-        );
-        // A portrait image in the batch widens it to hold both.
-        let mixed = [(1280, 720), (720, 1280)];
-        assert_eq!(
-            any_size.for_images(mixed.into_iter()).ok(),
-            Some((640, 640))
-        );
-        let fixed = InputSize {
-            shrink: (false, false),
-            ..any_size
-        };
-        assert_eq!(fixed.for_images(frames.into_iter()).ok(), Some((640, 640)));
-        let only_height = InputSize {
-            max: (640, 480),
-            shrink: (false, true),
-        };
-        // 1280x720 into at most 640x480: 640x360, padded to 384 high.
-        assert_eq!(
-            only_height.for_images(frames.into_iter()).ok(),
-            Some((640, 384))
-        );
     }
 }

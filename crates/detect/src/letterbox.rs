@@ -143,6 +143,40 @@ pub fn rect_size(
     ))
 }
 
+/// The network input size of a batch, for a model whose sides may be variable: a
+/// variable side shrinks to what the batch's images need ([`rect_size`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct InputSize {
+    /// `(width, height)`: the model's fixed sides, and the largest a variable one gets.
+    pub max: (u32, u32),
+    /// Which of `(width, height)` the model leaves variable and the client shrinks
+    /// to the batch's images.
+    pub shrink: (bool, bool),
+}
+
+impl InputSize {
+    /// YOLOv8's largest stride: a variable side must be a multiple of it.
+    pub const STRIDE: u32 = 32;
+
+    /// The input for a batch of images of `sizes`: on each variable side, the most
+    /// any of them needs.
+    pub fn for_images(&self, sizes: impl Iterator<Item = (u32, u32)>) -> Result<(u32, u32), Error> {
+        if self.shrink == (false, false) {
+            return Ok(self.max);
+        }
+        let (mut width, mut height) = (0, 0);
+        for size in sizes {
+            let (rect_width, rect_height) = rect_size(size, self.max, Self::STRIDE)?;
+            width = width.max(rect_width);
+            height = height.max(rect_height);
+        }
+        Ok((
+            if self.shrink.0 { width } else { self.max.0 },
+            if self.shrink.1 { height } else { self.max.1 },
+        ))
+    }
+}
+
 /// Letterboxes every image to `dst_size` into one CHW float buffer.
 pub fn letterbox_batch(images: &[RgbImage], dst_size: (u32, u32)) -> Result<Batch, Error> {
     let shape = batch_shape(images.len(), dst_size);
@@ -808,5 +842,38 @@ mod tests {
                 assert_eq!(blue[index], f32::from(value / 3) / 255.0);
             }
         }
+    }
+
+    #[test]
+    fn variable_sides_shrink_to_the_batch() {
+        let any_size = InputSize {
+            max: (640, 640),
+            shrink: (true, true),
+        };
+        let frames = [(1280, 720), (1920, 1080)];
+        assert_eq!(
+            any_size.for_images(frames.into_iter()).ok(),
+            Some((640, 384))
+        );
+        // A portrait image in the batch widens it to hold both.
+        let mixed = [(1280, 720), (720, 1280)];
+        assert_eq!(
+            any_size.for_images(mixed.into_iter()).ok(),
+            Some((640, 640))
+        );
+        let fixed = InputSize {
+            shrink: (false, false),
+            ..any_size
+        };
+        assert_eq!(fixed.for_images(frames.into_iter()).ok(), Some((640, 640)));
+        let only_height = InputSize {
+            max: (640, 480),
+            shrink: (false, true),
+        };
+        // 1280x720 into at most 640x480: 640x360, padded to 384 high.
+        assert_eq!(
+            only_height.for_images(frames.into_iter()).ok(),
+            Some((640, 384))
+        );
     }
 }
