@@ -17,20 +17,11 @@ fn export_writes_a_repository_and_predict_agrees_between_tch_and_onnx() {
         .save(&weights)
         .expect("saves weights");
     let repo = dir.path().join("model_repo");
-    let export = mwt(&[
-        "export",
-        "--weights",
-        path_str(&weights),
-        "--repo",
-        path_str(&repo),
-        "--name",
-        "cars",
-        "--imgsz",
-        "128",
-        "--max-batch-size",
-        "4",
-        "--json",
-    ]);
+    let export = export_cars(
+        &weights,
+        &repo,
+        &["--imgsz", "128", "--max-batch-size", "4", "--json"],
+    );
     let summary: serde_json::Value = serde_json::from_str(export.trim()).expect("json summary");
     assert_eq!(summary["output"], serde_json::json!(["batch", 7, 336]));
     let onnx = repo.join("cars/1/model.onnx");
@@ -55,24 +46,9 @@ fn export_writes_a_repository_and_predict_agrees_between_tch_and_onnx() {
     }
     let run = |model: &Path, out: &str| -> serde_json::Value {
         let out = dir.path().join(out);
-        mwt(&[
-            "predict",
-            "--model",
-            path_str(model),
-            "--source",
-            path_str(&images),
-            "--out",
-            path_str(&out),
-            "--imgsz",
-            "128",
-            "--conf",
-            "0.0",
-            "--batch",
-            "2",
-        ]);
+        let report = predict(model, &images, &out, &["--batch", "2"]);
         assert!(out.join("scene0.jpg").is_file() && out.join("scene1.jpg").is_file());
-        serde_json::from_slice(&std::fs::read(out.join("predictions.json")).expect("json"))
-            .expect("predictions.json parses")
+        report
     };
     let from_tch = run(&weights, "tch");
     let from_onnx = run(&onnx, "onnx");
@@ -109,16 +85,7 @@ fn predict_letterboxes_to_a_rectangle_for_a_model_of_any_size() {
         .save(&weights)
         .expect("saves weights");
     let repo = dir.path().join("model_repo");
-    mwt(&[
-        "export",
-        "--weights",
-        path_str(&weights),
-        "--repo",
-        path_str(&repo),
-        "--name",
-        "cars",
-        "--dynamic-size",
-    ]);
+    export_cars(&weights, &repo, &["--dynamic-size"]);
     let images = dir.path().join("images");
     std::fs::create_dir_all(&images).expect("images dir");
     // Landscape frames, and one portrait that needs the whole square.
@@ -130,25 +97,7 @@ fn predict_letterboxes_to_a_rectangle_for_a_model_of_any_size() {
     let input_sizes = |extra: &[&str]| -> Vec<serde_json::Value> {
         let out = dir.path().join(format!("out{}", extra.len()));
         let onnx = repo.join("cars/1/model.onnx");
-        let mut args = vec![
-            "predict",
-            "--model",
-            path_str(&onnx),
-            "--source",
-            path_str(&images),
-            "--out",
-            path_str(&out),
-            "--imgsz",
-            "128",
-            "--conf",
-            "0.0",
-            "--no-draw",
-        ];
-        args.extend_from_slice(extra);
-        mwt(&args);
-        let report: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(out.join("predictions.json")).expect("json"))
-                .expect("predictions.json parses");
+        let report = predict(&onnx, &images, &out, &[&["--no-draw"], extra].concat());
         let images = report["images"].as_array().cloned().unwrap_or_default();
         for image in &images {
             // Boxes come back in the source image's pixels, whatever the input was.
@@ -198,6 +147,42 @@ fn export_of_mismatched_weights_names_the_tensor() {
         stderr.contains("tensor model.0.conv.weight has shape [16, 3, 3, 3] in the file, the model expects [32, 3, 3, 3]"),
         "{stderr}"
     );
+}
+
+/// `mwt export` of `weights` as model `cars` in `repo`: its stdout.
+fn export_cars(weights: &Path, repo: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        "export",
+        "--weights",
+        path_str(weights),
+        "--repo",
+        path_str(repo),
+        "--name",
+        "cars",
+    ];
+    args.extend_from_slice(extra);
+    mwt(&args)
+}
+
+/// `mwt predict` at 128 with no confidence floor: its `predictions.json`.
+fn predict(model: &Path, images: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "predict",
+        "--model",
+        path_str(model),
+        "--source",
+        path_str(images),
+        "--out",
+        path_str(out),
+        "--imgsz",
+        "128",
+        "--conf",
+        "0.0",
+    ];
+    args.extend_from_slice(extra);
+    mwt(&args);
+    serde_json::from_slice(&std::fs::read(out.join("predictions.json")).expect("json"))
+        .expect("predictions.json parses")
 }
 
 fn mwt(args: &[&str]) -> String {
