@@ -472,6 +472,18 @@ fn pair(args: &Args) -> f64 {
         serve_rate / best,
         args.slices
     );
+    // Whether the gap is inside `serve` (ONNX Runtime slower there) or around it.
+    eprintln!(
+        "raw batch {}: {:.2} ms per run",
+        batches[0],
+        raw_done[0].1.as_secs_f64() * 1e3 * batches[0] as f64 / raw_done[0].0.max(1) as f64
+    );
+    client_runtime.block_on(print_time_split(
+        &reqwest::Client::new(),
+        &url,
+        serve_done.0 as u64,
+        serve_done.1,
+    ));
     server_runtime
         .block_on(server.shutdown())
         .expect("shutdown");
