@@ -5,11 +5,13 @@
 #   sink-ours / sink-row-insert [json|binary]: rows/s from one prefilled topic
 #     (5,000 64x48 JPEGs, in the JSON envelope or the binary one) into a new
 #     schema; ours batches, the baseline INSERTs row by row.
-# Run through `cargo xtask bench streaming` with `cargo xtask stack up kafka postgres` done.
+# Run through `cargo xtask bench streaming` with `cargo xtask stack up postgres` done; it
+# starts a broker of its own and names it in CARDET_BENCH_BOOTSTRAP.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 if [ -f .env ]; then set -a; . ./.env; set +a; fi
-BOOTSTRAP="${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:9092}"
+# `cargo xtask bench` names a broker of its own; the stack's is the fallback.
+BOOTSTRAP="${CARDET_BENCH_BOOTSTRAP:-${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:9092}}"
 DATABASE_URL="${DATABASE_URL:-postgres://cardet:cardet@127.0.0.1:5432/cardet}"
 HOME_DIR="${CARDET_HOME:-$HOME/.cache/cardet}"
 PYTHON="$HOME_DIR/venv/bin/python"

@@ -15,6 +15,7 @@ use anyhow::{Context, bail};
 use xshell::{Shell, cmd};
 
 use crate::flags;
+use crate::stack::{self, HostPort, Service, StackConfig};
 
 /// One benchmark area: the cases it compares and its criterion package, if any.
 pub struct Area {
@@ -22,6 +23,9 @@ pub struct Area {
     pub about: &'static str,
     pub cases: &'static [Case],
     pub criterion_package: Option<&'static str>,
+    /// Runs against a broker of its own (see [`ScratchBroker`]), named to the cases
+    /// by `CARDET_BENCH_BOOTSTRAP`.
+    pub scratch_broker: bool,
 }
 
 pub struct Case {
@@ -100,14 +104,15 @@ const TRAIN: Area = Area {
         },
     ],
     criterion_package: None,
+    scratch_broker: false,
 };
 
 /// `produce` against PyPI confluent-kafka on the same librdkafka sending the same
 /// records, and `sink`'s batched transactions against one INSERT per row, both on
-/// the stack's broker and database (`streaming/bench/bench.sh`).
+/// a broker of the bench's own and the stack's database (`streaming/bench/bench.sh`).
 const STREAMING: Area = Area {
     name: "streaming",
-    about: "`produce` MB/s against a Python confluent-kafka producer (same librdkafka, idempotent, acks=all, the same 2,000 640x480 JPEGs as the same JSON records) and `sink` rows/s against one autocommitted INSERT per row from the same topic (5,000 64x48 JPEGs, as JSON records and, in a second case, as `produce --format binary` records). Needs `cargo xtask stack up kafka postgres`.",
+    about: "`produce` MB/s against a Python confluent-kafka producer (same librdkafka, idempotent, acks=all, the same 2,000 640x480 JPEGs as the same JSON records) and `sink` rows/s against one autocommitted INSERT per row from the same topic (5,000 64x48 JPEGs, as JSON records and, in a second case, as `produce --format binary` records). Needs `cargo xtask stack up postgres`; the broker is the bench's own, started and deleted around the run.",
     cases: &[
         Case {
             name: "produce MB/s",
@@ -140,6 +145,7 @@ const STREAMING: Area = Area {
         },
     ],
     criterion_package: None,
+    scratch_broker: true,
 };
 
 /// cardet-detect's post-processing against the same in vectorised numpy
@@ -198,6 +204,7 @@ const DETECT: Area = Area {
             concurrent: false,
         },
     ],
+    scratch_broker: false,
     criterion_package: Some("cardet-detect"),
 };
 
@@ -315,6 +322,7 @@ const MODEL: Area = Area {
         },
     ],
     criterion_package: None,
+    scratch_broker: false,
 };
 
 /// `serve` against a raw ONNX Runtime session in-process, same model and threads
@@ -561,6 +569,7 @@ const SERVE: Area = Area {
         },
     ],
     criterion_package: None,
+    scratch_broker: false,
 };
 
 impl flags::Bench {
@@ -598,13 +607,22 @@ impl flags::Bench {
             if let Some(package) = area.criterion_package {
                 cmd!(sh, "cargo bench --package {package}").run()?;
             }
+            let broker = if area.scratch_broker {
+                Some(ScratchBroker::start(area.name)?)
+            } else {
+                None
+            };
+            let env: Vec<(&str, String)> = broker
+                .iter()
+                .map(|broker| ("CARDET_BENCH_BOOTSTRAP", broker.config.kafka.to_string()))
+                .collect();
             let mut rows = Vec::new();
             for case in area.cases.iter().filter(|case| case.gpu == self.gpu) {
                 println!(
                     "bench: {} / {} ({} runs each, interleaved)",
                     area.name, case.name, self.repeat
                 );
-                let result = run_case(case, self.repeat)?;
+                let result = run_case(case, self.repeat, &env)?;
                 let row = result.row(case, &machine, &invocation);
                 println!("{row}");
                 rows.push(row);
@@ -655,7 +673,45 @@ pub struct CaseResult {
     pub higher_is_better: bool,
 }
 
-fn run_case(case: &Case, repeat: usize) -> anyhow::Result<CaseResult> {
+/// A broker of the bench's own, in `$CARDET_HOME/bench/<area>/broker`, stopped and
+/// deleted when dropped. Every run adds topics, and the embedded broker shrinks only
+/// by losing all of them (`stack reset`): 5-run streaming benches grew the stack's
+/// broker file to 44 GB over two days. The stack's broker is left alone.
+struct ScratchBroker {
+    config: StackConfig,
+}
+
+impl ScratchBroker {
+    fn start(area: &str) -> anyhow::Result<ScratchBroker> {
+        let home = crate::home::CardetHome::from_env();
+        let mut config = StackConfig::load(&home, false)?;
+        config.dir = home.root.join("bench").join(area).join("broker");
+        // What an interrupted run left: stopped by its recorded PID, then deleted.
+        stack::down(&config, &[Service::Kafka])?;
+        if config.dir.exists() {
+            std::fs::remove_dir_all(&config.dir)
+                .with_context(|| format!("removing {}", config.dir.display()))?;
+        }
+        config.kafka = HostPort {
+            host: "127.0.0.1".into(),
+            port: stack::free_port()?,
+        };
+        stack::up(&home, &config, &[Service::Kafka])?;
+        Ok(ScratchBroker { config })
+    }
+}
+
+impl Drop for ScratchBroker {
+    fn drop(&mut self) {
+        if let Err(error) = stack::down(&self.config, &[Service::Kafka]) {
+            eprintln!("bench: stopping the scratch broker: {error:#}");
+            return;
+        }
+        let _ = std::fs::remove_dir_all(&self.config.dir);
+    }
+}
+
+fn run_case(case: &Case, repeat: usize, env: &[(&str, String)]) -> anyhow::Result<CaseResult> {
     let mut result = CaseResult {
         unit: String::new(),
         ours: Vec::new(),
@@ -665,16 +721,16 @@ fn run_case(case: &Case, repeat: usize) -> anyhow::Result<CaseResult> {
     for _ in 0..repeat.max(1) {
         let (ours, baseline) = if case.concurrent {
             std::thread::scope(|scope| {
-                let baseline = scope.spawn(|| run_side(case.baseline));
-                let ours = run_side(case.ours);
+                let baseline = scope.spawn(|| run_side(case.baseline, env));
+                let ours = run_side(case.ours, env);
                 let baseline = baseline
                     .join()
                     .unwrap_or_else(|_| Err(anyhow::anyhow!("the baseline's thread panicked")));
                 (ours, baseline)
             })
         } else {
-            let ours = run_side(case.ours);
-            (ours, run_side(case.baseline))
+            let ours = run_side(case.ours, env);
+            (ours, run_side(case.baseline, env))
         };
         let (ours, unit) = ours?;
         let (baseline, _) = baseline?;
@@ -686,7 +742,8 @@ fn run_case(case: &Case, repeat: usize) -> anyhow::Result<CaseResult> {
     Ok(result)
 }
 
-fn run_side(argv: &[&str]) -> anyhow::Result<(Sample, String)> {
+/// Runs one side's command (with `env` added) and reads its JSON sample.
+fn run_side(argv: &[&str], env: &[(&str, String)]) -> anyhow::Result<(Sample, String)> {
     let (program, args) = argv.split_first().context("empty benchmark command")?;
     let home = crate::home::CardetHome::from_env();
     let output = Command::new(program)
@@ -696,6 +753,7 @@ fn run_side(argv: &[&str]) -> anyhow::Result<(Sample, String)> {
         .env("CARGO_TARGET_DIR", home.shared_target_dir())
         .env("LIBTORCH", home.libtorch_for_builds())
         .env("CARDET_ORT_DYLIB_DEFAULT", home.onnxruntime_link())
+        .envs(env.iter().map(|(name, value)| (name, value)))
         .output()
         .with_context(|| format!("running {}", argv.join(" ")))?;
     if !output.status.success() {
@@ -941,7 +999,7 @@ mod tests {
             gpu: false,
             concurrent: false,
         };
-        let result = run_case(&case, 3).expect("runs");
+        let result = run_case(&case, 3, &[]).expect("runs");
         assert_eq!((result.ours.len(), result.baseline.len()), (3, 3));
         assert_eq!(result.ratio(), 2.5);
         const FAILING: &[&str] = &["sh", "-c", "echo boom >&2; exit 3"];
@@ -955,7 +1013,7 @@ mod tests {
         };
         let error = format!(
             "{:#}",
-            run_case(&broken, 1).expect_err("a failing side is an error")
+            run_case(&broken, 1, &[]).expect_err("a failing side is an error")
         );
         assert!(error.contains("boom"), "{error}");
     }

@@ -22,7 +22,7 @@ use xshell::{Shell, cmd};
 
 use crate::flags::{self, PipelineStep};
 use crate::home::CardetHome;
-use crate::stack::{self, Service, StackConfig};
+use crate::stack::{self, Service, StackConfig, free_port};
 
 /// The model's name in the repository, S3 and the server (the original's).
 const MODEL_NAME: &str = "yolov8n_car";
@@ -785,11 +785,6 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let year = yoe + era * 400 + i64::from(month <= 2);
     (year, month, day)
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(listener.local_addr()?.port())
 }
 
 /// The last line of a program's stdout that is a JSON object (its `--json` summary).

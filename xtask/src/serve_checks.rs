@@ -20,6 +20,7 @@ use anyhow::{Context, bail};
 use xshell::{Shell, cmd};
 
 use crate::flags;
+use crate::stack::free_port;
 
 impl flags::ServeCheck {
     pub fn run(&self, sh: &Shell) -> anyhow::Result<()> {
@@ -121,12 +122,6 @@ fn wait_until_idle(metrics: u16) -> anyhow::Result<()> {
     }
     std::thread::sleep(IDLE_SETTLE);
     Ok(())
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// The percentile rows of `wrk --latency`, in milliseconds.

@@ -369,6 +369,12 @@ fn variable_for(service: Service) -> &'static str {
     }
 }
 
+/// A port nothing listens on now, for a server xtask starts.
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
 fn socket_addr(endpoint: &HostPort) -> anyhow::Result<std::net::SocketAddr> {
     (endpoint.host.as_str(), endpoint.port)
         .to_socket_addrs()?
