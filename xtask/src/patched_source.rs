@@ -18,10 +18,7 @@ use crate::home::{CardetHome, CargoTool, SourcePatch};
 const CRATES_IO_DOWNLOAD: &str = "https://static.crates.io/crates";
 
 fn hex_sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    format!("{:x}", Sha256::digest(bytes))
 }
 
 /// The folder the patched sources live in, named after the patch's own hash so that

@@ -175,7 +175,7 @@ impl Backend {
         };
         let detector = Detector::load_as(&flags.model, scale, names, device)
             .with_context(|| format!("loading {}", flags.model.display()))?;
-        if !flags.imgsz.is_multiple_of(32) {
+        if !flags.imgsz.is_multiple_of(InputSize::STRIDE) {
             bail!("--imgsz {} is not a multiple of 32", flags.imgsz);
         }
         Ok(Backend::Torch {
