@@ -361,15 +361,7 @@ impl Pipeline<'_> {
     }
 
     fn stack(&mut self) -> anyhow::Result<String> {
-        let mut ours = Vec::new();
-        for service in Service::ALL {
-            if stack::probe(&self.config, service).is_ok() {
-                continue;
-            }
-            if stack::running_pid(&self.config, service).is_none() {
-                ours.push(service);
-            }
-        }
+        let ours = services_to_start(&self.config);
         stack::up(&self.home, &self.config, &ours).context("bringing the stack up")?;
         self.stack_started_here.extend(ours.iter().copied());
         let started: Vec<&str> = ours.iter().map(|service| service.name()).collect();
@@ -863,6 +855,17 @@ fn tail_of(path: &Path, lines: usize) -> String {
         .join("\n")
 }
 
+/// The services that neither answer nor have a process of the stack's: the ones a
+/// caller that brings the stack up starts, and so the ones it stops again.
+fn services_to_start(config: &StackConfig) -> Vec<Service> {
+    Service::ALL
+        .into_iter()
+        .filter(|&service| {
+            stack::probe(config, service).is_err() && stack::running_pid(config, service).is_none()
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -924,6 +927,21 @@ mod tests {
             // `cargo build` would compile the workspace again with other features.
             no_build: true,
         };
+        // The test brings the stack up itself, so that the pipeline finds every
+        // service answering and leaves them up for the MLflow checks below; the
+        // guard stops, pass or fail, only what the test started.
+        struct StartedHere(StackConfig, Vec<Service>);
+        impl Drop for StartedHere {
+            fn drop(&mut self) {
+                if let Err(error) = stack::down(&self.0, &self.1) {
+                    eprintln!("stopping the services the test started: {error:#}");
+                }
+            }
+        }
+        let home = CardetHome::from_env();
+        let config = StackConfig::load(&home, false).expect("stack config");
+        let started = StartedHere(config.clone(), services_to_start(&config));
+        stack::up(&home, &config, &started.1).expect("the stack");
         let sh = Shell::new().expect("shell");
         flags.run(&sh).expect("the smoke pipeline");
 
@@ -955,10 +973,7 @@ mod tests {
 
         // MLflow: the run and its registered version, read back over REST.
         let train = read("train.json");
-        let mlflow = StackConfig::load(&CardetHome::from_env(), false)
-            .expect("stack config")
-            .variables()["MLFLOW_TRACKING_URI"]
-            .clone();
+        let mlflow = config.variables()["MLFLOW_TRACKING_URI"].clone();
         let run_id = train["mlflow_run_id"].as_str().expect("mlflow_run_id");
         let run: Value = ureq::get(format!("{mlflow}/api/2.0/mlflow/runs/get?run_id={run_id}"))
             .call()
