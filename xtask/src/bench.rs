@@ -3,7 +3,10 @@
 //! A case is two commands, ours and the baseline, each printing as its last stdout
 //! line one JSON object `{"value": f64, "unit": "...", "higher_is_better": bool}`.
 //! The harness runs them interleaved (ours, baseline, ours, ...) so that a machine
-//! that slows down mid-run slows both, takes medians, and writes one row per case
+//! that slows down mid-run slows both. Where the machine drifts faster than one
+//! command runs, a case's single command runs both sides itself, alternating in
+//! short turns, and its JSON carries the baseline's value as `baseline` (a paired
+//! case: its `baseline` command is empty). The harness takes medians and writes one row per case
 //! into the area's table in BENCHMARKS.md: medians, ratio (above 1 means ours is
 //! better), spread, machine, date and the command that made it. Areas with
 //! criterion micro-benchmarks also run `cargo bench` for their package.
@@ -32,6 +35,8 @@ pub struct Case {
     pub name: &'static str,
     pub ours: &'static [&'static str],
     pub baseline_name: &'static str,
+    /// The baseline's command; empty for a paired case, whose `ours` command runs
+    /// both sides and prints the baseline's value as `baseline` in its JSON.
     pub baseline: &'static [&'static str],
     /// Needs a CUDA device; run only with `--gpu`.
     pub gpu: bool,
@@ -325,11 +330,13 @@ const MODEL: Area = Area {
     scratch_broker: false,
 };
 
-/// `serve` against a raw ONNX Runtime session in-process, same model and threads
-/// (`crates/serve/examples/serve_bench.rs`).
+/// `serve` against a raw ONNX Runtime session in the same process, same model and
+/// threads (`crates/serve/examples/serve_bench.rs`). Paired cases: `serve_bench pair`
+/// alternates the two sides in short turns, because this VM's speed drifts by ±20%
+/// within a minute (a ratio of two separate 10 s runs was mostly that drift).
 const SERVE: Area = Area {
     name: "serve",
-    about: "`serve` (REST with binary tensor data, or REST with the tensors in system shared-memory regions; YOLOv8n 640, 2 ORT intra-op threads) against a raw ONNX Runtime session in-process with the same threads.",
+    about: "`serve` (REST with binary tensor data, or REST with the tensors in system shared-memory regions; YOLOv8n 640, 2 ORT intra-op threads) against a raw ONNX Runtime session in the same process with the same threads, both sides alternating in turns of 0.5 s (one client) or 2 s (8 clients; the raw side runs batch 1, 2, 4 and 8 in each turn) within each run, `serve_bench pair`.",
     cases: &[
         Case {
             name: "batch 1, one client (images/s)",
@@ -343,29 +350,16 @@ const SERVE: Area = Area {
                 "--example",
                 "serve_bench",
                 "--",
-                "serve",
-                "--clients",
-                "1",
-                "--secs",
-                "10",
-            ],
-            baseline_name: "raw ORT session, batch 1",
-            baseline: &[
-                "cargo",
-                "run",
-                "--release",
-                "-q",
-                "-p",
-                "cardet-serve",
-                "--example",
-                "serve_bench",
-                "--",
-                "raw",
+                "pair",
                 "--batch",
                 "1",
-                "--secs",
-                "10",
+                "--slices",
+                "100",
+                "--slice-ms",
+                "500",
             ],
+            baseline_name: "raw ORT session, batch 1",
+            baseline: &[],
             gpu: false,
             concurrent: false,
         },
@@ -381,28 +375,17 @@ const SERVE: Area = Area {
                 "--example",
                 "serve_bench",
                 "--",
-                "serve",
+                "pair",
                 "--clients",
                 "8",
+                "--best",
+                "--slices",
+                "10",
                 "--secs",
-                "12",
+                "2",
             ],
             baseline_name: "raw ORT session, best of batch 1/2/4/8",
-            baseline: &[
-                "cargo",
-                "run",
-                "--release",
-                "-q",
-                "-p",
-                "cardet-serve",
-                "--example",
-                "serve_bench",
-                "--",
-                "raw",
-                "--best",
-                "--secs",
-                "4",
-            ],
+            baseline: &[],
             gpu: false,
             concurrent: false,
         },
@@ -418,30 +401,19 @@ const SERVE: Area = Area {
                 "--example",
                 "serve_bench",
                 "--",
-                "serve",
+                "pair",
                 "--clients",
                 "8",
+                "--best",
+                "--slices",
+                "10",
                 "--secs",
-                "12",
+                "2",
                 "--max-batch",
                 "2",
             ],
             baseline_name: "raw ORT session, best of batch 1/2/4/8",
-            baseline: &[
-                "cargo",
-                "run",
-                "--release",
-                "-q",
-                "-p",
-                "cardet-serve",
-                "--example",
-                "serve_bench",
-                "--",
-                "raw",
-                "--best",
-                "--secs",
-                "4",
-            ],
+            baseline: &[],
             gpu: false,
             concurrent: false,
         },
@@ -457,36 +429,23 @@ const SERVE: Area = Area {
                 "--example",
                 "serve_bench",
                 "--",
-                "serve",
+                "pair",
                 "--clients",
                 "8",
+                "--best",
+                "--slices",
+                "10",
                 "--secs",
-                "12",
+                "2",
                 "--instances",
                 "2",
                 "--threads",
                 "1",
-            ],
-            baseline_name: "2 raw ORT sessions x 1 thread side by side, best of batch 1/2/4/8",
-            baseline: &[
-                "cargo",
-                "run",
-                "--release",
-                "-q",
-                "-p",
-                "cardet-serve",
-                "--example",
-                "serve_bench",
-                "--",
-                "raw",
-                "--best",
-                "--secs",
-                "4",
-                "--sessions",
+                "--raw-threads",
                 "2",
-                "--threads",
-                "1",
             ],
+            baseline_name: "the same raw ORT session (2 threads), best of batch 1/2/4/8",
+            baseline: &[],
             gpu: false,
             concurrent: false,
         },
@@ -502,30 +461,17 @@ const SERVE: Area = Area {
                 "--example",
                 "serve_bench",
                 "--",
-                "serve",
-                "--clients",
+                "pair",
+                "--batch",
                 "1",
-                "--secs",
-                "10",
+                "--slices",
+                "100",
+                "--slice-ms",
+                "500",
                 "--shared-memory",
             ],
             baseline_name: "raw ORT session, batch 1",
-            baseline: &[
-                "cargo",
-                "run",
-                "--release",
-                "-q",
-                "-p",
-                "cardet-serve",
-                "--example",
-                "serve_bench",
-                "--",
-                "raw",
-                "--batch",
-                "1",
-                "--secs",
-                "10",
-            ],
+            baseline: &[],
             gpu: false,
             concurrent: false,
         },
@@ -541,29 +487,18 @@ const SERVE: Area = Area {
                 "--example",
                 "serve_bench",
                 "--",
-                "serve",
+                "pair",
                 "--clients",
                 "8",
+                "--best",
+                "--slices",
+                "10",
                 "--secs",
-                "12",
+                "2",
                 "--shared-memory",
             ],
             baseline_name: "raw ORT session, best of batch 1/2/4/8",
-            baseline: &[
-                "cargo",
-                "run",
-                "--release",
-                "-q",
-                "-p",
-                "cardet-serve",
-                "--example",
-                "serve_bench",
-                "--",
-                "raw",
-                "--best",
-                "--secs",
-                "4",
-            ],
+            baseline: &[],
             gpu: false,
             concurrent: false,
         },
@@ -619,8 +554,15 @@ impl flags::Bench {
             let mut rows = Vec::new();
             for case in area.cases.iter().filter(|case| case.gpu == self.gpu) {
                 println!(
-                    "bench: {} / {} ({} runs each, interleaved)",
-                    area.name, case.name, self.repeat
+                    "bench: {} / {} ({} runs each, {})",
+                    area.name,
+                    case.name,
+                    self.repeat,
+                    if case.baseline.is_empty() {
+                        "both sides alternating within each run"
+                    } else {
+                        "interleaved"
+                    }
                 );
                 let result = run_case(case, self.repeat, &env)?;
                 let row = result.row(case, &machine, &invocation);
@@ -663,6 +605,8 @@ fn list() {
 pub struct Sample {
     pub value: f64,
     pub higher_is_better: bool,
+    /// The baseline's value, from a command that ran both sides (a paired case).
+    pub baseline: Option<f64>,
 }
 
 #[derive(Debug)]
@@ -719,6 +663,20 @@ fn run_case(case: &Case, repeat: usize, env: &[(&str, String)]) -> anyhow::Resul
         higher_is_better: false,
     };
     for _ in 0..repeat.max(1) {
+        if case.baseline.is_empty() {
+            let (both, unit) = run_side(case.ours, env)?;
+            let baseline = both.baseline.with_context(|| {
+                format!(
+                    "{}: a paired case's JSON needs a numeric `baseline`",
+                    case.ours.join(" ")
+                )
+            })?;
+            result.unit = unit;
+            result.higher_is_better = both.higher_is_better;
+            result.ours.push(both.value);
+            result.baseline.push(baseline);
+            continue;
+        }
         let (ours, baseline) = if case.concurrent {
             std::thread::scope(|scope| {
                 let baseline = scope.spawn(|| run_side(case.baseline, env));
@@ -781,6 +739,7 @@ pub fn parse_sample(stdout: &str) -> anyhow::Result<(Sample, String)> {
         Sample {
             value,
             higher_is_better,
+            baseline: json["baseline"].as_f64(),
         },
         unit,
     ))
@@ -985,6 +944,35 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("| cpu row |"), "{text}");
+    }
+
+    #[test]
+    fn a_paired_case_reads_both_sides_from_one_command() {
+        const BOTH: &[&str] = &[
+            "sh",
+            "-c",
+            "echo '{\"value\": 9, \"baseline\": 10, \"unit\": \"images/s\", \"higher_is_better\": true}'",
+        ];
+        let case = Case {
+            name: "paired echo",
+            ours: BOTH,
+            baseline_name: "the other side",
+            baseline: &[],
+            gpu: false,
+            concurrent: false,
+        };
+        let result = run_case(&case, 2, &[]).expect("runs");
+        assert_eq!(
+            (result.ours, result.baseline),
+            (vec![9.0; 2], vec![10.0; 2])
+        );
+        const ONE_SIDE: &[&str] = &["sh", "-c", "echo '{\"value\": 9, \"unit\": \"images/s\"}'"];
+        let without_baseline = Case {
+            ours: ONE_SIDE,
+            ..case
+        };
+        let error = run_case(&without_baseline, 1, &[]).expect_err("no baseline value");
+        assert!(format!("{error:#}").contains("`baseline`"), "{error:#}");
     }
 
     #[test]

@@ -1,27 +1,33 @@
 //! Throughput of `serve` against a raw ONNX Runtime session, for `cargo xtask bench serve`.
 //!
 //! ```text
-//! serve_bench raw   --batch 1   [--secs 10] [--threads 2]   # one session in-process
-//! serve_bench raw   --best      ...                         # best of batch 1, 2, 4, 8
-//! serve_bench raw   ... [--arena-off] [--pattern-off]         # without ORT's CPU arena / memory patterns
-//! serve_bench raw   ... --sessions 2 --threads 1            # two sessions side by side
-//! serve_bench serve ... --instances 2 --threads 1           # two model instances
-//! serve_bench serve --clients 8 [--secs 10] [--threads 2] [--no-batching] [--max-batch 8]
-//! serve_bench serve ... --shared-memory                      # tensors through /dev/shm regions
-//! serve_bench rss                                            # a bare session's resident memory
-//! serve_bench pair  --clients 8 --best [--slices 6] [--secs 2] [serve flags]
-//! serve_bench pair  ... --instances 2 --threads 1 --raw-threads 2  # serve's instances against one 2-thread session
+//! serve_bench raw     --batch 1 [--secs 10] [--threads 2]      # one session in-process
+//! serve_bench raw     --best ...                              # best of batch 1, 2, 4, 8
+//! serve_bench raw     ... [--arena-off] [--pattern-off]       # without ORT's CPU arena / memory patterns
+//! serve_bench raw     ... --spinning-stop                     # its pool stops spinning after each run, as serve's
+//! serve_bench raw     ... --sessions 2 --threads 1            # two sessions side by side
+//! serve_bench serve   ... --instances 2 --threads 1           # two model instances
+//! serve_bench serve   --clients 8 [--secs 10] [--threads 2] [--no-batching] [--max-batch 8]
+//! serve_bench serve   ... --shared-memory                     # tensors through /dev/shm regions
+//! serve_bench rss                                             # a bare session's resident memory
+//! serve_bench backend [--secs 40] [raw flags]                 # a raw session against serve's backend, no transport
+//! serve_bench pair    --clients 8 --best [--slices 6] [--secs 2] [serve flags]
+//! serve_bench pair    --batch 1 --slices 100 --slice-ms 500   # shorter turns, more of them
+//! serve_bench pair    ... --instances 2 --threads 1 --raw-threads 2  # serve's instances against one 2-thread session
 //! ```
 //! `pair` runs both sides in one process, alternating in short slices (raw first in
-//! even slices, `serve` first in odd ones), so that both see the same moments of a
-//! machine whose speed drifts by ±20% from minute to minute. Each side's rate is its
-//! images over its own time summed over the slices; a `serve` slice ends when its
-//! last request in flight has been answered, so its drain counts against it.
+//! even slices, `serve` first in odd ones, with an untimed pause before each turn),
+//! so that both see the same moments of a machine whose speed drifts by ±20% within
+//! a minute. Each side's rate is its images over its own time summed over the
+//! slices; a `serve` slice ends when its last request in flight has been answered,
+//! so its drain counts against it.
 //! Both sides run the same YOLOv8n export (random weights, 640x640, made by Ultralytics
 //! in the venv and cached) with the same ONNX Runtime threads. `serve` is started
 //! in-process on a free port and driven over REST with binary tensor data, one
 //! request of one image per client at a time. The last stdout line is
-//! `{"value": images/s, "unit": "images/s", "higher_is_better": true}`.
+//! `{"value": images/s, "unit": "images/s", "higher_is_better": true}`; for `pair`
+//! it also holds the raw side's best rate as `"baseline"`, and for `backend` the
+//! value is the ratio (unit `x`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -43,6 +49,8 @@ struct Args {
     arena_off: bool,
     /// The raw session without memory patterns.
     pattern_off: bool,
+    /// The raw session's pool stops spinning when a run returns, as `serve`'s does.
+    spinning_stop: bool,
     /// Clients pass the input and output through system shared-memory regions.
     shared_memory: bool,
     /// Model instances in `serve` (`instance_group { count }`).
@@ -53,6 +61,8 @@ struct Args {
     max_batch: usize,
     /// `pair`: how many times each side runs.
     slices: usize,
+    /// `pair`: each side's turn in milliseconds, instead of `--secs`.
+    slice_ms: Option<u64>,
     /// `pair`: the raw side's intra-op threads, when not `--threads` (`serve`'s).
     raw_threads: Option<usize>,
 }
@@ -68,11 +78,13 @@ fn parse_args() -> Args {
         batching: true,
         arena_off: false,
         pattern_off: false,
+        spinning_stop: false,
         shared_memory: false,
         instances: 1,
         sessions: 1,
         max_batch: 8,
         slices: 6,
+        slice_ms: None,
         raw_threads: None,
     };
     let mut iter = std::env::args().skip(1);
@@ -90,9 +102,11 @@ fn parse_args() -> Args {
             "--sessions" => args.sessions = value() as usize,
             "--max-batch" => args.max_batch = value() as usize,
             "--slices" => args.slices = value() as usize,
+            "--slice-ms" => args.slice_ms = Some(value()),
             "--raw-threads" => args.raw_threads = Some(value() as usize),
             "--arena-off" => args.arena_off = true,
             "--pattern-off" => args.pattern_off = true,
+            "--spinning-stop" => args.spinning_stop = true,
             "--shared-memory" => args.shared_memory = true,
             other => panic!("unknown flag {other}"),
         }
@@ -150,6 +164,11 @@ fn raw_sessions(args: &Args, runtime: &cardet_onnx::Runtime) -> Vec<Session> {
             .expect("threads");
         if args.pattern_off {
             builder = builder.with_memory_pattern(false).expect("memory pattern");
+        }
+        if args.spinning_stop {
+            builder = builder
+                .with_config_entry("session.force_spinning_stop", "1")
+                .expect("spinning stop");
         }
         if args.arena_off {
             builder = builder
@@ -413,7 +432,13 @@ async fn drive(args: &Args, url: String) -> f64 {
 }
 
 /// `pair`: raw sessions and `serve` in one process, alternating slice by slice.
-fn pair(args: &Args) -> f64 {
+/// An untimed pause before each side's turn in `pair`. A raw session's pool keeps
+/// spinning for about 48 ms after its last run (ONNX Runtime's default; measured
+/// on the 2-core VM as process CPU time during a sleep right after a run), so
+/// without the pause `serve`'s first request of each slice shared its cores with it.
+const SETTLE: Duration = Duration::from_millis(100);
+
+fn pair(args: &Args) -> (f64, f64) {
     let onnx = Arc::new(cardet_onnx::load().expect("onnxruntime"));
     let mut sessions = raw_sessions(args, &onnx);
     let batches = raw_batches(args);
@@ -425,7 +450,9 @@ fn pair(args: &Args) -> f64 {
     let server = server_runtime.block_on(start_server(args, repository.path(), onnx.clone()));
     let url = format!("http://{}/v2/models/yolov8n/infer", server.http);
     let clients = client_runtime.block_on(GatedClients::start(args, &url));
-    let slice = Duration::from_secs(args.secs);
+    let slice = args
+        .slice_ms
+        .map_or(Duration::from_secs(args.secs), Duration::from_millis);
     let mut raw_done = vec![(0, Duration::ZERO); batches.len()];
     let mut serve_done = (0, Duration::ZERO);
     let rate = |(images, elapsed): (usize, Duration)| images as f64 / elapsed.as_secs_f64();
@@ -435,6 +462,7 @@ fn pair(args: &Args) -> f64 {
         let (mut slice_best, mut slice_serve) = (0.0_f64, 0.0);
         let raw_first = index % 2 == 0;
         for raw_turn in [raw_first, !raw_first] {
+            std::thread::sleep(SETTLE);
             if raw_turn {
                 for (&batch, done) in batches.iter().zip(&mut raw_done) {
                     let (images, elapsed) = run_raw(&mut sessions, batch, slice, false);
@@ -487,7 +515,7 @@ fn pair(args: &Args) -> f64 {
     server_runtime
         .block_on(server.shutdown())
         .expect("shutdown");
-    serve_rate / best
+    (serve_rate, best)
 }
 
 /// `--clients` clients that send only while a slice is on.
@@ -599,20 +627,90 @@ fn rss() -> f64 {
     kib
 }
 
+/// `backend`: inference alone, without any transport. A raw session and `serve`'s
+/// own backend (the session as `serve` configures it, fed a view of the request's
+/// bytes as the REST edge hands them over) take turns of a few runs at batch 1, with
+/// [`SETTLE`] between turns, so both see the same moments of the machine and neither
+/// runs while the other's pool still spins. Returns the raw session's time per run
+/// over the backend's (above 1: the backend is faster).
+fn backend_against_raw(args: &Args) -> f64 {
+    use cardet_serve::backend::{Backend, Batch, onnx::OnnxBackend};
+    const RUNS_PER_TURN: u32 = 4;
+    let onnx = Arc::new(cardet_onnx::load().expect("onnxruntime"));
+    let mut sessions = raw_sessions(args, &onnx);
+    let session = &mut sessions[0];
+    let threads = cardet_serve::Threads {
+        intra_op: args.threads,
+        inter_op: 1,
+    };
+    let backend = OnnxBackend::load(&onnx, &model(), threads).expect("backend");
+    let raw_input = Tensor::from_array(([1usize, 3, 640, 640], image(1))).expect("tensor");
+    let served_input = cardet_serve::tensor::Tensor {
+        name: "images".into(),
+        datatype: cardet_serve::tensor::DataType::Fp32,
+        shape: vec![1, 3, 640, 640],
+        data: image(1).iter().flat_map(|v| v.to_le_bytes()).collect(),
+    };
+    let mut run = |raw: bool| {
+        if raw {
+            session
+                .run(ort::inputs!["images" => &raw_input])
+                .expect("run");
+        } else {
+            let inputs = vec![served_input.clone()];
+            backend.infer(Batch { inputs }).expect("backend run");
+        }
+    };
+    for raw in [true, false, true, false] {
+        run(raw);
+    }
+    let (mut raw_time, mut backend_time, mut runs) = (Duration::ZERO, Duration::ZERO, 0);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(args.secs) {
+        for raw in [true, false, false, true] {
+            std::thread::sleep(SETTLE);
+            let began = Instant::now();
+            for _ in 0..RUNS_PER_TURN {
+                run(raw);
+            }
+            *if raw {
+                &mut raw_time
+            } else {
+                &mut backend_time
+            } += began.elapsed();
+        }
+        runs += 2 * RUNS_PER_TURN;
+    }
+    let per_run = |time: Duration| time.as_secs_f64() * 1e3 / f64::from(runs);
+    let (raw_ms, backend_ms) = (per_run(raw_time), per_run(backend_time));
+    eprintln!(
+        "{runs} runs each: raw session {raw_ms:.2} ms, serve's backend {backend_ms:.2} ms per run; {:.4}x",
+        raw_ms / backend_ms
+    );
+    raw_ms / backend_ms
+}
+
 fn main() {
     let args = parse_args();
     match args.mode.as_str() {
         "raw" => report(raw(&args)),
         "serve" => report(serve(&args)),
         "pair" => {
-            let ratio = pair(&args);
-            println!("{{\"value\": {ratio:.4}, \"unit\": \"x\", \"higher_is_better\": true}}");
+            // Both sides' rates: `cargo xtask bench serve` reads this as a paired case.
+            let (serve_rate, raw_rate) = pair(&args);
+            println!(
+                "{{\"value\": {serve_rate:.3}, \"baseline\": {raw_rate:.3}, \"unit\": \"images/s\", \"higher_is_better\": true}}"
+            );
         }
         "rss" => {
             rss();
         }
+        "backend" => {
+            let ratio = backend_against_raw(&args);
+            println!("{{\"value\": {ratio:.4}, \"unit\": \"x\", \"higher_is_better\": true}}");
+        }
         other => {
-            eprintln!("unknown mode {other:?}: raw, serve, pair or rss");
+            eprintln!("unknown mode {other:?}: raw, serve, pair, backend or rss");
             std::process::exit(2);
         }
     }
