@@ -125,6 +125,11 @@ fn image(batch: usize) -> Vec<f32> {
         .collect()
 }
 
+/// One image as the binary tensor data of a request: FP32, little-endian.
+fn image_bytes() -> Vec<u8> {
+    image(1).iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
 fn report(images_per_second: f64) {
     println!(
         "{{\"value\": {images_per_second:.3}, \"unit\": \"images/s\", \"higher_is_better\": true}}"
@@ -306,9 +311,7 @@ struct Request {
 fn binary_request() -> Request {
     let header = br#"{"inputs":[{"name":"images","shape":[1,3,640,640],"datatype":"FP32","parameters":{"binary_data_size":4915200}}],"outputs":[{"name":"output0","parameters":{"binary_data":true}}]}"#;
     let mut body = header.to_vec();
-    for value in image(1) {
-        body.extend_from_slice(&value.to_le_bytes());
-    }
+    body.extend_from_slice(&image_bytes());
     Request {
         body: bytes::Bytes::from(body),
         header_length: Some(header.len().to_string()),
@@ -323,7 +326,7 @@ const OUTPUT_REGION_BYTES: usize = 4 << 20;
 /// objects are unlinked once registered: `serve` keeps its mappings.
 async fn shared_memory_request(client: &reqwest::Client, url: &str, index: usize) -> Request {
     let base = url.split("/v2/").next().unwrap_or(url).to_string();
-    let input: Vec<u8> = image(1).iter().flat_map(|v| v.to_le_bytes()).collect();
+    let input = image_bytes();
     for (suffix, contents) in [("in", input), ("out", vec![0; OUTPUT_REGION_BYTES])] {
         let key = format!(
             "/cardet-serve-bench-{}-{index}-{suffix}",
@@ -649,7 +652,7 @@ fn backend_against_raw(args: &Args) -> f64 {
         name: "images".into(),
         datatype: cardet_serve::tensor::DataType::Fp32,
         shape: vec![1, 3, 640, 640],
-        data: image(1).iter().flat_map(|v| v.to_le_bytes()).collect(),
+        data: image_bytes().into(),
     };
     let mut run = |raw: bool| {
         if raw {
