@@ -40,6 +40,11 @@ pub struct Setup {
     /// Only check what is missing; install nothing, exit 1 if anything is.
     #[arg(long)]
     pub check: bool,
+    /// Also install ONNX Runtime's GPU build (PyPI onnxruntime-gpu with CUDA 13 and
+    /// cuDNN 9 from NVIDIA's wheels, about 2 GB) into $CARDET_HOME/gpu, for
+    /// `serve --gpu` and KIND_GPU models; prints the environment to use it.
+    #[arg(long)]
+    pub gpu: bool,
 }
 
 /// Print every part, its version, where it is and whether it answers.

@@ -40,6 +40,9 @@ impl flags::Setup {
         }
         ensure_nextest(sh)?;
         link_home_into_clone(&home)?;
+        if self.gpu {
+            ensure_gpu_runtime(sh, &home)?;
+        }
         println!(
             "setup: done in {:.1}s ({})",
             started.elapsed().as_secs_f64(),
@@ -206,6 +209,61 @@ fn ensure_library_links(home: &CardetHome) -> anyhow::Result<()> {
     println!(
         "setup: libtorch and libonnxruntime linked into {}",
         home.root.display()
+    );
+    Ok(())
+}
+
+/// The GPU build of ONNX Runtime. Its newest wheel can lag the CPU one (1.32.0):
+/// the API level cardet needs (1.31) is what matters, checked again at load.
+const ONNXRUNTIME_GPU: &str = "1.31.1";
+
+/// Installs onnxruntime-gpu and the CUDA libraries its extras name into
+/// `$CARDET_HOME/gpu` (a pip `--target` folder, apart from the venv, whose CPU
+/// onnxruntime shares the package name), and writes `gpu/env.sh` with the
+/// `ORT_DYLIB_PATH` and `LD_LIBRARY_PATH` that make `serve` use it.
+fn ensure_gpu_runtime(sh: &Shell, home: &CardetHome) -> anyhow::Result<()> {
+    let target = home.root.join("gpu");
+    let stamp = target.join(format!(".onnxruntime-gpu-{ONNXRUNTIME_GPU}"));
+    if !stamp.exists() {
+        println!("setup: installing onnxruntime-gpu {ONNXRUNTIME_GPU} with CUDA 13 and cuDNN 9 into {}", target.display());
+        let pip = home.venv_bin("pip");
+        let requirement = format!("onnxruntime-gpu[cuda,cudnn]=={ONNXRUNTIME_GPU}");
+        cmd!(
+            sh,
+            "{pip} install --progress-bar off --upgrade --target {target} {requirement}"
+        )
+        .run()
+        .context("pip install onnxruntime-gpu")?;
+        std::fs::write(&stamp, "")?;
+    }
+    let library = target
+        .join("onnxruntime/capi")
+        .join(format!("libonnxruntime.so.{ONNXRUNTIME_GPU}"));
+    if !library.exists() {
+        bail!("{} is missing: remove {} and run `cargo xtask setup --gpu` again", library.display(), stamp.display());
+    }
+    let mut library_dirs: Vec<String> = Vec::new();
+    for package in std::fs::read_dir(target.join("nvidia")).context("reading the NVIDIA wheels")? {
+        let package = package?.path();
+        // CUDA 13's wheels keep their libraries in `cu13/lib`, older ones in `lib`.
+        for lib in [package.join("lib"), package.join("cu13/lib")] {
+            if lib.is_dir() {
+                library_dirs.push(lib.display().to_string());
+            }
+        }
+    }
+    library_dirs.sort();
+    let env = format!(
+        "# Written by `cargo xtask setup --gpu`: source it before `serve --gpu`.\n\
+         export ORT_DYLIB_PATH={}\nexport LD_LIBRARY_PATH={}${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}\n",
+        library.display(),
+        library_dirs.join(":")
+    );
+    let env_file = target.join("env.sh");
+    std::fs::write(&env_file, env).with_context(|| format!("writing {}", env_file.display()))?;
+    println!(
+        "setup: onnxruntime-gpu {ONNXRUNTIME_GPU} ready; `. {}` then `serve --gpu 0 ...`",
+        env_file.display()
     );
     Ok(())
 }

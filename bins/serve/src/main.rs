@@ -29,6 +29,7 @@ use clap::{Parser, ValueEnum};
   serve --model-repository model_repo --http-port 8008 --grpc-port 8085 --allow-metrics false
   serve --runtime-info   # which ONNX Runtime is loaded, and its version
   serve --model-repository model_repo --allow-shared-memory   # clients on this host may pass tensors through /dev/shm
+  . ~/.cache/cardet/gpu/env.sh && serve --model-repository model_repo --gpu 0   # after `cargo xtask setup --gpu`
 
 Message sizes: one 640x640 FP32 image is 4.9 MB, so the REST body limit and gRPC's
 message limits (tonic's default is 4 MB) are both raised to --max-message-bytes
@@ -37,6 +38,12 @@ A full queue (--max-queue-size requests or --max-queue-bytes of inputs per model
 version, or a model's dynamic_batching { default_queue_policy { max_queue_size } })
 answers 503 / UNAVAILABLE naming the model; bad input answers 400 / INVALID_ARGUMENT
 with {\"error\": ...}.
+
+GPU: a model whose config.pbtxt says instance_group { kind: KIND_GPU gpus: [N] }, or
+every model with --gpu N, runs on CUDA through ONNX Runtime's CUDA provider. That
+needs the onnxruntime-gpu build (`cargo xtask setup --gpu` installs it and prints the
+ORT_DYLIB_PATH and LD_LIBRARY_PATH to use); with the CPU build the model fails to
+load with an error that says so. KIND_AUTO runs on the CPU.
 
 Threads: ONNX Runtime's intra-op threads do the inference; the async threads only
 move requests, so by default they are half the cores (1 on a 2-core machine) and do
@@ -76,6 +83,9 @@ struct Flags {
     /// A model to load at start in explicit mode (repeat; `*` loads all).
     #[arg(long = "load-model", value_name = "NAME")]
     load_models: Vec<String>,
+    /// Run every model instance on this CUDA device, whatever the models' instance_group.
+    #[arg(long, value_name = "DEVICE")]
+    gpu: Option<i32>,
     /// ONNX Runtime intra-op threads per instance (0: its default, one per core).
     #[arg(long, default_value_t = 0)]
     intra_op_threads: usize,
@@ -181,6 +191,7 @@ fn config(flags: &Flags) -> anyhow::Result<cardet_serve::Config> {
         modelmesh_capacity_bytes: flags.modelmesh_capacity_bytes,
         cache_dir: flags.cache_dir.clone(),
         allow_shared_memory: flags.allow_shared_memory,
+        gpu: flags.gpu,
         ..cardet_serve::Config::default()
     })
 }

@@ -14,6 +14,8 @@
 //! serve_bench pair    --clients 8 --best [--slices 6] [--secs 2] [serve flags]
 //! serve_bench pair    --batch 1 --slices 100 --slice-ms 500   # shorter turns, more of them
 //! serve_bench pair    ... --instances 2 --threads 1 --raw-threads 2  # serve's instances against one 2-thread session
+//! serve_bench batching --clients 8 [--gpu] [--shared-memory] [--max-batch 8] [--slices 6] [--secs 2]
+//!                                                             # dynamic batching on against off, alternated
 //! ```
 //! `pair` runs both sides in one process, alternating in short slices (raw first in
 //! even slices, `serve` first in odd ones, with an untimed pause before each turn),
@@ -65,6 +67,8 @@ struct Args {
     slice_ms: Option<u64>,
     /// `pair`: the raw side's intra-op threads, when not `--threads` (`serve`'s).
     raw_threads: Option<usize>,
+    /// `serve`'s instances on CUDA device 0 (`instance_group { kind: KIND_GPU }`).
+    gpu: bool,
 }
 
 fn parse_args() -> Args {
@@ -86,6 +90,7 @@ fn parse_args() -> Args {
         slices: 6,
         slice_ms: None,
         raw_threads: None,
+        gpu: false,
     };
     let mut iter = std::env::args().skip(1);
     args.mode = iter.next().unwrap_or_default();
@@ -108,6 +113,7 @@ fn parse_args() -> Args {
             "--pattern-off" => args.pattern_off = true,
             "--spinning-stop" => args.spinning_stop = true,
             "--shared-memory" => args.shared_memory = true,
+            "--gpu" => args.gpu = true,
             other => panic!("unknown flag {other}"),
         }
     }
@@ -251,7 +257,8 @@ fn serve(args: &Args) -> f64 {
     let (server_runtime, client_runtime) = runtimes();
     let repository = tempfile::tempdir().expect("tempdir");
     let onnx = Arc::new(cardet_onnx::load().expect("onnxruntime"));
-    let server = server_runtime.block_on(start_server(args, repository.path(), onnx));
+    let server =
+        server_runtime.block_on(start_server(args, args.batching, repository.path(), onnx));
     let url = format!("http://{}/v2/models/yolov8n/infer", server.http);
     let rate = client_runtime.block_on(drive(args, url));
     server_runtime
@@ -262,23 +269,25 @@ fn serve(args: &Args) -> f64 {
 
 async fn start_server(
     args: &Args,
+    batching: bool,
     repository: &std::path::Path,
     runtime: Arc<cardet_onnx::Runtime>,
 ) -> cardet_serve::Server {
     let folder = repository.join("yolov8n/1");
     std::fs::create_dir_all(&folder).expect("folder");
     std::fs::copy(model(), folder.join("model.onnx")).expect("model");
-    let batching = if args.batching {
+    let batching = if batching {
         "dynamic_batching { max_queue_delay_microseconds: 0 }"
     } else {
         ""
     };
+    let kind = if args.gpu { "KIND_GPU" } else { "KIND_CPU" };
     std::fs::write(
         repository.join("yolov8n/config.pbtxt"),
         format!(
             "max_batch_size: {}\ninput [{{ name: \"images\" data_type: TYPE_FP32 dims: [3, 640, 640] }}]\n\
              output [{{ name: \"output0\" data_type: TYPE_FP32 dims: [-1, -1] }}]\n{batching}\n\
-             instance_group [{{ count: {} kind: KIND_CPU }}]\n",
+             instance_group [{{ count: {} kind: {kind} }}]\n",
             args.max_batch, args.instances
         ),
     )
@@ -450,7 +459,12 @@ fn pair(args: &Args) -> (f64, f64) {
     }
     let (server_runtime, client_runtime) = runtimes();
     let repository = tempfile::tempdir().expect("tempdir");
-    let server = server_runtime.block_on(start_server(args, repository.path(), onnx.clone()));
+    let server = server_runtime.block_on(start_server(
+        args,
+        args.batching,
+        repository.path(),
+        onnx.clone(),
+    ));
     let url = format!("http://{}/v2/models/yolov8n/infer", server.http);
     let clients = client_runtime.block_on(GatedClients::start(args, &url));
     let slice = args
@@ -519,6 +533,60 @@ fn pair(args: &Args) -> (f64, f64) {
         .block_on(server.shutdown())
         .expect("shutdown");
     (serve_rate, best)
+}
+
+/// `batching`: two `serve`s in one process, one with dynamic batching and one
+/// without, driven by the same number of clients in alternated slices (after one
+/// untimed slice each, which also lets CUDA pick its kernels for every batch size).
+/// Returns both rates, batching first.
+fn batching_on_against_off(args: &Args) -> (f64, f64) {
+    let onnx = Arc::new(cardet_onnx::load().expect("onnxruntime"));
+    let (server_runtime, client_runtime) = runtimes();
+    let slice = args
+        .slice_ms
+        .map_or(Duration::from_secs(args.secs), Duration::from_millis);
+    let mut sides = Vec::new();
+    for batching in [true, false] {
+        let repository = tempfile::tempdir().expect("tempdir");
+        let server = server_runtime.block_on(start_server(
+            args,
+            batching,
+            repository.path(),
+            onnx.clone(),
+        ));
+        let url = format!("http://{}/v2/models/yolov8n/infer", server.http);
+        let clients = client_runtime.block_on(GatedClients::start(args, &url));
+        client_runtime.block_on(clients.slice(slice));
+        sides.push((repository, server, clients, (0, Duration::ZERO)));
+    }
+    for index in 0..args.slices.max(1) {
+        let on_first = index % 2 == 0;
+        for on_turn in [on_first, !on_first] {
+            std::thread::sleep(SETTLE);
+            let side = &mut sides[usize::from(!on_turn)];
+            let (images, elapsed) = client_runtime.block_on(side.2.slice(slice));
+            side.3 = (side.3.0 + images, side.3.1 + elapsed);
+        }
+    }
+    let mut rates = Vec::new();
+    for (repository, server, clients, (images, elapsed)) in sides {
+        drop(clients);
+        server_runtime
+            .block_on(server.shutdown())
+            .expect("shutdown");
+        drop(repository);
+        rates.push(images as f64 / elapsed.as_secs_f64());
+    }
+    let device = if args.gpu { "CUDA device 0" } else { "CPU" };
+    eprintln!(
+        "{} clients on {device}: batching on {:.2} images/s, off {:.2}; {:.3}x over {} alternated slices",
+        args.clients,
+        rates[0],
+        rates[1],
+        rates[0] / rates[1],
+        args.slices
+    );
+    (rates[0], rates[1])
 }
 
 /// `--clients` clients that send only while a slice is on.
@@ -646,7 +714,12 @@ fn backend_against_raw(args: &Args) -> f64 {
         intra_op: args.threads,
         inter_op: 1,
     };
-    let backend = OnnxBackend::load(&onnx, &model(), threads).expect("backend");
+    let device = if args.gpu {
+        cardet_serve::model_config::Device::Cuda(0)
+    } else {
+        cardet_serve::model_config::Device::Cpu
+    };
+    let backend = OnnxBackend::load(&onnx, &model(), threads, device).expect("backend");
     let raw_input = Tensor::from_array(([1usize, 3, 640, 640], image(1))).expect("tensor");
     let served_input = cardet_serve::tensor::Tensor {
         name: "images".into(),
@@ -705,6 +778,12 @@ fn main() {
                 "{{\"value\": {serve_rate:.3}, \"baseline\": {raw_rate:.3}, \"unit\": \"images/s\", \"higher_is_better\": true}}"
             );
         }
+        "batching" => {
+            let (on, off) = batching_on_against_off(&args);
+            println!(
+                "{{\"value\": {on:.3}, \"baseline\": {off:.3}, \"unit\": \"images/s\", \"higher_is_better\": true}}"
+            );
+        }
         "rss" => {
             rss();
         }
@@ -713,7 +792,7 @@ fn main() {
             println!("{{\"value\": {ratio:.4}, \"unit\": \"x\", \"higher_is_better\": true}}");
         }
         other => {
-            eprintln!("unknown mode {other:?}: raw, serve, pair, backend or rss");
+            eprintln!("unknown mode {other:?}: raw, serve, pair, batching, backend or rss");
             std::process::exit(2);
         }
     }

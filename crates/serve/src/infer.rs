@@ -42,6 +42,8 @@ pub struct ModelOptions {
     pub max_queue_size: usize,
     /// Input bytes waiting or running per model version before new requests are refused.
     pub max_queue_bytes: usize,
+    /// Every instance on this CUDA device, whatever the models' `instance_group` kinds.
+    pub gpu: Option<i32>,
 }
 
 /// A model version that answers requests.
@@ -527,14 +529,19 @@ impl Infer {
             .join(version.to_string())
             .join(&fetched.config.default_model_filename);
         let size_bytes = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
-        let count = fetched.config.instance_count.max(1) as usize;
+        let mut placed = fetched.config.clone();
+        if let Some(gpu) = self.inner.options.gpu {
+            placed.place_on_gpu(gpu);
+        }
+        let devices = placed.instance_devices();
         let runtime = self.inner.runtime.clone();
         let threads = self.inner.options.threads;
         let load_file = file.clone();
         // Building sessions is CPU work of seconds: keep it off the async workers.
         let backends = tokio::task::spawn_blocking(move || {
-            (0..count)
-                .map(|_| OnnxBackend::load(&runtime, &load_file, threads))
+            devices
+                .into_iter()
+                .map(|device| OnnxBackend::load(&runtime, &load_file, threads, device))
                 .collect::<Result<Vec<_>, String>>()
         })
         .await
@@ -544,7 +551,7 @@ impl Infer {
             .first()
             .map(OnnxBackend::signature)
             .ok_or_else(|| model_error("no instance".into()))?;
-        let config = complete_config(&fetched.config, &signature)
+        let config = complete_config(&placed, &signature)
             .map_err(|message| model_error(format!("version {version}: {message}")))?;
         let stats = Arc::new(ModelStats::default());
         let batcher_config = BatcherConfig {

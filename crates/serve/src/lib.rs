@@ -84,6 +84,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Whether clients may register system shared-memory regions (REST and gRPC).
     pub allow_shared_memory: bool,
+    /// Run every model instance on this CUDA device (`--gpu`), as if each model's
+    /// `instance_group` said `kind: KIND_GPU gpus: [N]`.
+    pub gpu: Option<i32>,
 }
 
 impl Default for Config {
@@ -106,6 +109,7 @@ impl Default for Config {
             cache_dir: None,
             shutdown_grace: Duration::from_secs(30),
             allow_shared_memory: false,
+            gpu: None,
         }
     }
 }
@@ -146,6 +150,7 @@ pub async fn start(runtime: Arc<cardet_onnx::Runtime>, config: Config) -> Result
             threads: config.threads,
             max_queue_size: config.max_queue_size,
             max_queue_bytes: config.max_queue_bytes,
+            gpu: config.gpu,
         },
     );
     load_initial_models(&infer, &config).await?;

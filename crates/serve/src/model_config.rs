@@ -22,8 +22,8 @@ pub struct ModelConfig {
     pub inputs: Vec<TensorConfig>,
     pub outputs: Vec<TensorConfig>,
     pub dynamic_batching: Option<DynamicBatching>,
-    /// Sum of `instance_group[*].count` (each group defaults to 1).
-    pub instance_count: u32,
+    /// `instance_group`s as configured; one CPU instance when there are none.
+    pub instance_groups: Vec<InstanceGroup>,
     pub version_policy: VersionPolicy,
     pub default_model_filename: String,
 }
@@ -45,6 +45,84 @@ pub struct DynamicBatching {
     /// at once before refusing more; `None` (or 0 in the config): the server's
     /// `--max-queue-size`.
     pub max_queue_size: Option<usize>,
+}
+
+/// One `instance_group`: `count` instances on the CPU, or on each of `gpus`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InstanceGroup {
+    pub count: u32,
+    pub kind: InstanceKind,
+    /// The CUDA devices of a `KIND_GPU` group (Triton's `gpus`; default device 0).
+    pub gpus: Vec<i32>,
+}
+
+/// Triton's `KIND_CPU` and `KIND_GPU`. `KIND_AUTO` (the default) and `KIND_MODEL`
+/// run on the CPU: `serve` never guesses a GPU, a config or `--gpu` asks for one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InstanceKind {
+    Cpu,
+    Gpu,
+}
+
+/// Where one model instance runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    /// A CUDA device, through ONNX Runtime's CUDA execution provider.
+    Cuda(i32),
+}
+
+impl InstanceGroup {
+    pub fn cpu(count: u32) -> InstanceGroup {
+        InstanceGroup {
+            count,
+            kind: InstanceKind::Cpu,
+            gpus: Vec::new(),
+        }
+    }
+}
+
+fn parse_instance_group(group: &Message) -> Result<InstanceGroup, ConfigError> {
+    let count = group.integer("count")?.unwrap_or(1);
+    let count = u32::try_from(count)
+        .ok()
+        .filter(|count| (1..=256).contains(count))
+        .ok_or_else(|| ConfigError {
+            line: group.line_of("count"),
+            message: format!("instance_group count {count} is not in 1..=256"),
+        })?;
+    let kind = match group.identifier("kind")?.as_deref() {
+        None | Some("KIND_AUTO" | "KIND_CPU" | "KIND_MODEL") => InstanceKind::Cpu,
+        Some("KIND_GPU") => InstanceKind::Gpu,
+        Some(other) => {
+            return Err(ConfigError {
+                line: group.line_of("kind"),
+                message: format!(
+                    "instance_group kind {other} is not one of KIND_AUTO, KIND_CPU, KIND_GPU, KIND_MODEL"
+                ),
+            });
+        }
+    };
+    let gpus = group
+        .integers("gpus")?
+        .into_iter()
+        .map(|gpu| {
+            i32::try_from(gpu)
+                .ok()
+                .filter(|gpu| *gpu >= 0)
+                .ok_or_else(|| ConfigError {
+                    line: group.line_of("gpus"),
+                    message: format!("instance_group gpus: {gpu} is not a device number"),
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if kind == InstanceKind::Cpu && !gpus.is_empty() {
+        return Err(ConfigError {
+            line: group.line_of("gpus"),
+            message: "instance_group gpus are only for kind: KIND_GPU".into(),
+        });
+    }
+    Ok(InstanceGroup { count, kind, gpus })
 }
 
 /// Which versions of a model are served (Triton's `version_policy`).
@@ -84,6 +162,48 @@ pub struct ConfigError {
 }
 
 impl ModelConfig {
+    /// All instances, each group's `count` once per GPU of a `KIND_GPU` group.
+    pub fn instance_count(&self) -> u32 {
+        self.instance_groups
+            .iter()
+            .map(|group| group.count * group.gpus.len().max(1) as u32)
+            .sum()
+    }
+
+    /// Where each instance runs, in the order of the groups: a `KIND_GPU` group
+    /// places `count` instances on each of its GPUs.
+    pub fn instance_devices(&self) -> Vec<Device> {
+        let mut devices = Vec::new();
+        for group in &self.instance_groups {
+            match group.kind {
+                InstanceKind::Cpu => {
+                    devices.extend(std::iter::repeat_n(Device::Cpu, group.count as usize))
+                }
+                InstanceKind::Gpu => {
+                    let gpus = if group.gpus.is_empty() {
+                        &[0][..]
+                    } else {
+                        &group.gpus[..]
+                    };
+                    for &gpu in gpus {
+                        devices.extend(std::iter::repeat_n(Device::Cuda(gpu), group.count as usize));
+                    }
+                }
+            }
+        }
+        devices
+    }
+
+    /// Every instance on `gpu` (`serve --gpu`), keeping the configured count.
+    pub fn place_on_gpu(&mut self, gpu: i32) {
+        let count = self.instance_count().max(1);
+        self.instance_groups = vec![InstanceGroup {
+            count,
+            kind: InstanceKind::Gpu,
+            gpus: vec![gpu],
+        }];
+    }
+
     /// A configuration for a model folder without `config.pbtxt`: inputs and outputs
     /// come from the model file itself.
     pub fn empty(name: &str) -> ModelConfig {
@@ -95,7 +215,7 @@ impl ModelConfig {
             inputs: Vec::new(),
             outputs: Vec::new(),
             dynamic_batching: None,
-            instance_count: 1,
+            instance_groups: vec![InstanceGroup::cpu(1)],
             version_policy: VersionPolicy::Latest(1),
             default_model_filename: "model.onnx".to_string(),
         }
@@ -171,19 +291,19 @@ impl ModelConfig {
         }
         let groups = root.messages("instance_group")?;
         if !groups.is_empty() {
-            let mut total = 0u32;
-            for group in groups {
-                let count = group.integer("count")?.unwrap_or(1);
-                let count = u32::try_from(count)
-                    .ok()
-                    .filter(|count| (1..=256).contains(count))
-                    .ok_or_else(|| ConfigError {
-                        line: group.line_of("count"),
-                        message: format!("instance_group count {count} is not in 1..=256"),
-                    })?;
-                total = total.saturating_add(count);
+            config.instance_groups = groups
+                .into_iter()
+                .map(parse_instance_group)
+                .collect::<Result<_, _>>()?;
+            if config.instance_count() > 256 {
+                return Err(ConfigError {
+                    line: root.line_of("instance_group"),
+                    message: format!(
+                        "instance_group: {} instances in all, more than 256",
+                        config.instance_count()
+                    ),
+                });
             }
-            config.instance_count = total.min(256);
         }
         if let Some(policy) = root.messages("version_policy")?.first() {
             config.version_policy = if let Some(latest) = policy.messages("latest")?.first() {
@@ -579,7 +699,7 @@ instance_group [ { kind: KIND_CPU } ]  # one instance
             max_queue_delay: Duration::from_micros(500),
             max_queue_size: Some(3),
         });
-        expected.instance_count = 3;
+        expected.instance_groups.push(InstanceGroup::cpu(2));
         expected.version_policy = VersionPolicy::Specific(vec![1, 3]);
         check(&text, Ok(expected));
         let latest = ModelConfig::from_text("version_policy { latest { num_versions: 2 } }", "m")
@@ -588,6 +708,38 @@ instance_group [ { kind: KIND_CPU } ]  # one instance
         assert_eq!(latest.version_policy.select(&[3, 1, 2]), vec![2, 3]);
         assert_eq!(VersionPolicy::All.select(&[2, 1]), vec![1, 2]);
         assert_eq!(VersionPolicy::Specific(vec![1, 7]).select(&[2, 1]), vec![1]);
+    }
+
+    #[test]
+    fn gpu_groups_place_count_instances_on_each_gpu() {
+        let config = ModelConfig::from_text(
+            "instance_group [ { count: 2 kind: KIND_GPU gpus: [0, 1] }, { kind: KIND_CPU } ]\n\
+             instance_group { kind: KIND_GPU }",
+            "m",
+        )
+        .expect("parses");
+        assert_eq!(config.instance_count(), 6);
+        use Device::{Cpu, Cuda};
+        assert_eq!(
+            config.instance_devices(),
+            vec![Cuda(0), Cuda(0), Cuda(1), Cuda(1), Cpu, Cuda(0)]
+        );
+        let mut cpu = ModelConfig::from_text("instance_group { count: 3 }", "m").expect("parses");
+        assert_eq!(cpu.instance_devices(), vec![Cpu; 3]);
+        cpu.place_on_gpu(1);
+        assert_eq!(cpu.instance_devices(), vec![Cuda(1); 3]);
+        check(
+            "instance_group { kind: KIND_TPU }",
+            Err("line 1: instance_group kind KIND_TPU is not one of KIND_AUTO, KIND_CPU, KIND_GPU, KIND_MODEL"),
+        );
+        check(
+            "instance_group { kind: KIND_CPU gpus: [0] }",
+            Err("line 1: instance_group gpus are only for kind: KIND_GPU"),
+        );
+        check(
+            "instance_group { kind: KIND_GPU gpus: [-1] }",
+            Err("line 1: instance_group gpus: -1 is not a device number"),
+        );
     }
 
     #[test]

@@ -36,6 +36,7 @@ use ort::value::{
 };
 
 use crate::backend::{Backend, BackendError, Batch, Outputs, Signature, TensorSignature};
+use crate::model_config::Device;
 use crate::tensor::{DataType, Tensor};
 
 /// Threads for each session: ONNX Runtime's intra- and inter-op pools (0: its default).
@@ -50,16 +51,32 @@ pub struct OnnxBackend {
 }
 
 impl OnnxBackend {
-    /// Builds a session for the model file.
+    /// Builds a session for the model file on `device`.
     pub fn load(
         runtime: &Arc<cardet_onnx::Runtime>,
         model: &Path,
         threads: Threads,
+        device: Device,
     ) -> Result<OnnxBackend, String> {
-        let mut builder = Session::builder(&runtime.environment)
-            .map_err(|e| e.to_string())?
-            .with_execution_providers([ep::CPU::default().with_arena_allocator(false).build()])
-            .map_err(|e| e.to_string())?;
+        let cpu = ep::CPU::default().with_arena_allocator(false).build();
+        let builder = Session::builder(&runtime.environment).map_err(|e| e.to_string())?;
+        let mut builder = match device {
+            Device::Cpu => builder
+                .with_execution_providers([cpu])
+                .map_err(|e| e.to_string()),
+            // Nodes CUDA cannot run fall back to the CPU provider after it. Without
+            // `error_on_failure` a library with no CUDA provider would quietly run
+            // the whole model on the CPU.
+            Device::Cuda(gpu) => builder
+                .with_execution_providers([
+                    ep::CUDA::default()
+                        .with_device_id(gpu)
+                        .build()
+                        .error_on_failure(),
+                    cpu,
+                ])
+                .map_err(|error| no_cuda(runtime, gpu, &error.to_string())),
+        }?;
         // Spinning stops the moment a run returns (it restarts with the next run):
         // otherwise the pool's spinning thread holds a core just when the async
         // side needs one to send the answer, which cost a scheduler slice (about
@@ -112,6 +129,19 @@ impl OnnxBackend {
                 .collect(),
         }
     }
+}
+
+/// Why an instance cannot run on CUDA device `gpu`: most often the library is the CPU
+/// build, or CUDA's own libraries (cuDNN, cuBLAS) are not where it looks.
+fn no_cuda(runtime: &cardet_onnx::Runtime, gpu: i32, error: &str) -> String {
+    format!(
+        "CUDA device {gpu} asked for (instance_group kind: KIND_GPU or --gpu), but ONNX Runtime {} at {} \
+         could not start its CUDA provider: {error}. Install the GPU build with `cargo xtask setup --gpu` \
+         or point ORT_DYLIB_PATH at onnxruntime-gpu's libonnxruntime.so, with CUDA's libraries on LD_LIBRARY_PATH",
+        runtime.version,
+        runtime.library.display(),
+        error = error.trim_end_matches('.'),
+    )
 }
 
 impl Backend for OnnxBackend {

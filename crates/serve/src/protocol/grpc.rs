@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 use crate::error::{ApiError, ErrorKind};
 use crate::infer::{Infer, InferRequest, InferResponse};
 use crate::metrics::Duration64;
+use crate::model_config::InstanceKind;
 use crate::protocol::types::{region_input, region_ref};
 use crate::shared_memory::{RegionRef, SharedMemory};
 use crate::tensor::{DataType, Tensor};
@@ -395,12 +396,19 @@ fn config_to_wire(model: &crate::infer::LoadedVersion) -> v2::ModelConfig {
                 ..Default::default()
             })
             .collect(),
-        instance_group: vec![v2::ModelInstanceGroup {
-            name: model.name.clone(),
-            count: i32::try_from(config.instance_count).unwrap_or(1),
-            gpus: Vec::new(),
-            kind: v2::model_instance_group::Kind::Cpu as i32,
-        }],
+        instance_group: config
+            .instance_groups
+            .iter()
+            .map(|group| v2::ModelInstanceGroup {
+                name: model.name.clone(),
+                count: i32::try_from(group.count).unwrap_or(1),
+                gpus: group.gpus.clone(),
+                kind: match group.kind {
+                    InstanceKind::Cpu => v2::model_instance_group::Kind::Cpu,
+                    InstanceKind::Gpu => v2::model_instance_group::Kind::Gpu,
+                } as i32,
+            })
+            .collect(),
         default_model_filename: config.default_model_filename.clone(),
         scheduling_choice: config.dynamic_batching.as_ref().map(|batching| {
             v2::model_config::SchedulingChoice::DynamicBatching(v2::ModelDynamicBatching {

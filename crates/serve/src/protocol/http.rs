@@ -20,6 +20,7 @@ use tokio_stream::StreamExt;
 use crate::error::{ApiError, ErrorKind};
 use crate::infer::{Infer, InferRequest, LoadedVersion, VersionStats};
 use crate::metrics::Duration64;
+use crate::model_config::InstanceKind;
 use crate::protocol::types::{encode_infer_response, parse_infer_request};
 use crate::shared_memory::SharedMemory;
 
@@ -334,11 +335,15 @@ pub fn config_json(model: &LoadedVersion) -> Value {
         "max_batch_size": config.max_batch_size,
         "input": tensors(&config.inputs, true),
         "output": tensors(&config.outputs, false),
-        "instance_group": [{
+        "instance_group": config.instance_groups.iter().map(|group| json!({
             "name": model.name,
-            "kind": "KIND_CPU",
-            "count": config.instance_count,
-        }],
+            "kind": match group.kind {
+                InstanceKind::Cpu => "KIND_CPU",
+                InstanceKind::Gpu => "KIND_GPU",
+            },
+            "count": group.count,
+            "gpus": group.gpus,
+        })).collect::<Vec<_>>(),
         "default_model_filename": config.default_model_filename,
     });
     if let Some(batching) = &config.dynamic_batching {

@@ -1,0 +1,188 @@
+//! Instances on a GPU (`instance_group { kind: KIND_GPU }`, or `--gpu`).
+//!
+//! Without CUDA (the CPU build of ONNX Runtime, which the suite uses), a model that
+//! asks for a GPU must fail to load with an error that names the cause and the way
+//! out, never run quietly on the CPU. With CUDA (the onnxruntime-gpu library on a
+//! GPU machine, `cargo test -p cardet-serve --test gpu -- --ignored`), the GPU's
+//! answer must equal a CPU session's within the precision CUDA's kernels keep.
+
+mod common;
+
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use ort::ep::ExecutionProvider;
+use serde_json::Value;
+
+const IMAGE_VALUES: usize = 3 * 640 * 640;
+
+/// `yolov8n` at 640 with its one instance on CUDA device 0.
+fn gpu_repository(root: &Path) {
+    let model = root.join("yolov8n");
+    std::fs::create_dir_all(model.join("1")).expect("folder");
+    std::fs::write(
+        model.join("config.pbtxt"),
+        "name: \"yolov8n\"\nbackend: \"onnxruntime\"\nmax_batch_size: 8\n\
+         input [ { name: \"images\" data_type: TYPE_FP32 dims: [ 3, 640, 640 ] } ]\n\
+         output [ { name: \"output0\" data_type: TYPE_FP32 dims: [ -1, -1 ] } ]\n\
+         dynamic_batching { max_queue_delay_microseconds: 1000 }\n\
+         instance_group [ { count: 1 kind: KIND_GPU gpus: [ 0 ] } ]\n",
+    )
+    .expect("config");
+    let target = model.join("1/model.onnx");
+    if std::fs::hard_link(cardet_testkit::ultralytics_yolov8n_onnx(), &target).is_err() {
+        std::fs::copy(cardet_testkit::ultralytics_yolov8n_onnx(), &target).expect("model");
+    }
+}
+
+fn image() -> Vec<f32> {
+    (0..IMAGE_VALUES)
+        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0)
+        .collect()
+}
+
+/// ONNX Runtime allows one environment per process: the tests share it.
+fn runtime() -> Arc<cardet_onnx::Runtime> {
+    static RUNTIME: OnceLock<Arc<cardet_onnx::Runtime>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| Arc::new(cardet_onnx::load().expect("onnxruntime")))
+        .clone()
+}
+
+/// Whether the loaded ONNX Runtime library has the CUDA provider at all.
+fn library_has_cuda() -> bool {
+    let _runtime = runtime();
+    ort::ep::CUDA::is_available().unwrap_or(false)
+}
+
+async fn start(config: cardet_serve::Config) -> cardet_serve::Server {
+    cardet_serve::start(runtime(), config)
+        .await
+        .expect("server starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kind_gpu_without_cuda_fails_to_load_and_says_how_to_get_it() {
+    if library_has_cuda() {
+        eprintln!("skipped: this ONNX Runtime has the CUDA provider (the ignored test covers it)");
+        return;
+    }
+    let repository = tempfile::tempdir().expect("tempdir");
+    gpu_repository(repository.path());
+    let mut config = common::config(
+        repository.path(),
+        cardet_serve::ControlMode::Explicit,
+        16 << 20,
+    );
+    config.load_models.clear();
+    let server = start(config).await;
+    let base = format!("http://{}", server.http);
+    let client = reqwest::Client::new();
+
+    let response = client
+        .post(format!("{base}/v2/repository/models/yolov8n/load"))
+        .send()
+        .await
+        .expect("load answers");
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.expect("error body is JSON");
+    let message = body["error"].as_str().unwrap_or_default();
+    assert_eq!(status, 400, "{body}");
+    eprintln!("{message}");
+    for needle in ["yolov8n", "CUDA device 0", "KIND_GPU", "cargo xtask setup --gpu"] {
+        assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+    }
+    let ready = client
+        .get(format!("{base}/v2/models/yolov8n/ready"))
+        .send()
+        .await
+        .expect("ready answers");
+    assert!(
+        !ready.status().is_success(),
+        "a model that failed to load is not ready: {}",
+        ready.status()
+    );
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a CUDA GPU and onnxruntime-gpu's library in ORT_DYLIB_PATH"]
+async fn gpu_instances_answer_like_a_cpu_session() {
+    assert!(
+        library_has_cuda(),
+        "ORT_DYLIB_PATH must be onnxruntime-gpu's library"
+    );
+    let repository = tempfile::tempdir().expect("tempdir");
+    gpu_repository(repository.path());
+    let server = start(common::config(
+        repository.path(),
+        cardet_serve::ControlMode::None,
+        64 << 20,
+    ))
+    .await;
+    let base = format!("http://{}", server.http);
+    let client = reqwest::Client::new();
+
+    let config: Value = client
+        .get(format!("{base}/v2/models/yolov8n/config"))
+        .send()
+        .await
+        .expect("config answers")
+        .json()
+        .await
+        .expect("config is JSON");
+    assert_eq!(config["instance_group"][0]["kind"], "KIND_GPU", "{config}");
+
+    let input = image();
+    let header = format!(
+        r#"{{"inputs":[{{"name":"images","shape":[1,3,640,640],"datatype":"FP32","parameters":{{"binary_data_size":{}}}}}],"outputs":[{{"name":"output0","parameters":{{"binary_data":true}}}}]}}"#,
+        IMAGE_VALUES * 4
+    );
+    let mut body = header.as_bytes().to_vec();
+    body.extend(input.iter().flat_map(|v| v.to_le_bytes()));
+    let response = client
+        .post(format!("{base}/v2/models/yolov8n/infer"))
+        .header("Inference-Header-Content-Length", header.len().to_string())
+        .body(body)
+        .send()
+        .await
+        .expect("infer answers");
+    assert_eq!(response.status().as_u16(), 200);
+    let json_length: usize = response
+        .headers()
+        .get("inference-header-content-length")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .expect("binary output has a header length");
+    let bytes = response.bytes().await.expect("body");
+    let served: Vec<f32> = bytes[json_length..]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+
+    let runtime = runtime();
+    let mut session = ort::session::Session::builder(&runtime.environment)
+        .expect("builder")
+        .commit_from_file(cardet_testkit::ultralytics_yolov8n_onnx())
+        .expect("CPU session");
+    let tensor = ort::value::Tensor::from_array(([1usize, 3, 640, 640], input)).expect("tensor");
+    let outputs = session
+        .run(ort::inputs!["images" => tensor])
+        .expect("CPU run");
+    let (_, expected) = outputs["output0"]
+        .try_extract_tensor::<f32>()
+        .expect("output0");
+    assert_eq!(served.len(), expected.len());
+    // CUDA's convolutions (TF32 where ONNX Runtime allows it) round differently
+    // from the CPU's: boxes are pixels up to 640, scores 0..1.
+    let worst = served
+        .iter()
+        .zip(expected)
+        .map(|(gpu, cpu)| (gpu - cpu).abs() / cpu.abs().max(1.0))
+        .fold(0.0_f32, f32::max);
+    eprintln!("largest difference from the CPU session, relative to max(1, |value|): {worst:e}");
+    assert!(
+        worst < 1e-2,
+        "GPU output differs from the CPU session's by {worst}"
+    );
+    server.shutdown().await.expect("shutdown");
+}
