@@ -16,6 +16,8 @@
 //! serve_bench pair    ... --instances 2 --threads 1 --raw-threads 2  # serve's instances against one 2-thread session
 //! serve_bench batching --clients 8 [--gpu] [--shared-memory] [--max-batch 8] [--slices 6] [--secs 2]
 //!                                                             # dynamic batching on against off, alternated
+//! serve_bench batching ... --conv-search 0                    # cuDNN's exhaustive search (1 heuristic, 2 default)
+//! serve_bench shapes  --gpu [--max-batch 8]                   # each batch size's first and later runs on CUDA
 //! ```
 //! `pair` runs both sides in one process, alternating in short slices (raw first in
 //! even slices, `serve` first in odd ones, with an untimed pause before each turn),
@@ -69,6 +71,8 @@ struct Args {
     raw_threads: Option<usize>,
     /// `serve`'s instances on CUDA device 0 (`instance_group { kind: KIND_GPU }`).
     gpu: bool,
+    /// `parameters { key: "cudnn_conv_algo_search" }`: 0 exhaustive, 1 heuristic, 2 default.
+    conv_search: Option<u64>,
 }
 
 fn parse_args() -> Args {
@@ -91,6 +95,7 @@ fn parse_args() -> Args {
         slice_ms: None,
         raw_threads: None,
         gpu: false,
+        conv_search: None,
     };
     let mut iter = std::env::args().skip(1);
     args.mode = iter.next().unwrap_or_default();
@@ -114,6 +119,7 @@ fn parse_args() -> Args {
             "--spinning-stop" => args.spinning_stop = true,
             "--shared-memory" => args.shared_memory = true,
             "--gpu" => args.gpu = true,
+            "--conv-search" => args.conv_search = Some(value()),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -282,12 +288,17 @@ async fn start_server(
         ""
     };
     let kind = if args.gpu { "KIND_GPU" } else { "KIND_CPU" };
+    let parameters = args.conv_search.map_or(String::new(), |search| {
+        format!(
+            "parameters {{ key: \"cudnn_conv_algo_search\" value: {{ string_value: \"{search}\" }} }}\n"
+        )
+    });
     std::fs::write(
         repository.join("yolov8n/config.pbtxt"),
         format!(
             "max_batch_size: {}\ninput [{{ name: \"images\" data_type: TYPE_FP32 dims: [3, 640, 640] }}]\n\
              output [{{ name: \"output0\" data_type: TYPE_FP32 dims: [-1, -1] }}]\n{batching}\n\
-             instance_group [{{ count: {} kind: {kind} }}]\n",
+             instance_group [{{ count: {} kind: {kind} }}]\n{parameters}",
             args.max_batch, args.instances
         ),
     )
@@ -589,6 +600,60 @@ fn batching_on_against_off(args: &Args) -> (f64, f64) {
     (rates[0], rates[1])
 }
 
+/// `shapes`: `serve`'s backend on CUDA device 0, each cuDNN search mode in turn:
+/// the time of each batch size's first run (when cuDNN picks its algorithms for
+/// that shape) and of a later one.
+fn shapes() {
+    use cardet_serve::backend::{Backend, Batch, onnx::OnnxBackend};
+    use cardet_serve::model_config::{ConvAlgoSearch, Device};
+    let args = parse_args();
+    let onnx = Arc::new(cardet_onnx::load().expect("onnxruntime"));
+    let threads = cardet_serve::Threads {
+        intra_op: args.threads,
+        inter_op: 1,
+    };
+    let sizes: Vec<usize> = (0..)
+        .map(|power| 1usize << power)
+        .take_while(|&size| size <= args.max_batch)
+        .collect();
+    for search in [
+        ConvAlgoSearch::Heuristic,
+        ConvAlgoSearch::Default,
+        ConvAlgoSearch::Exhaustive,
+    ] {
+        let loading = Instant::now();
+        let backend = OnnxBackend::load(&onnx, &model(), threads, Device::Cuda(0), search)
+            .expect("backend");
+        let loaded = loading.elapsed();
+        let mut line = format!("{search:?}: load {:.0} ms;", loaded.as_secs_f64() * 1e3);
+        for &size in &sizes {
+            let input = cardet_serve::tensor::Tensor {
+                name: "images".into(),
+                datatype: cardet_serve::tensor::DataType::Fp32,
+                shape: vec![size as i64, 3, 640, 640],
+                data: image_bytes().repeat(size).into(),
+            };
+            let mut times = Vec::new();
+            for _ in 0..4 {
+                let began = Instant::now();
+                backend
+                    .infer(Batch {
+                        inputs: vec![input.clone()],
+                    })
+                    .expect("run");
+                times.push(began.elapsed().as_secs_f64() * 1e3);
+            }
+            line += &format!(
+                " batch {size}: first {:.1} ms, then {:.2} ms ({:.2} ms/image);",
+                times[0],
+                times[3],
+                times[3] / size as f64
+            );
+        }
+        eprintln!("{line}");
+    }
+}
+
 /// `--clients` clients that send only while a slice is on.
 struct GatedClients {
     on: tokio::sync::watch::Sender<bool>,
@@ -719,7 +784,8 @@ fn backend_against_raw(args: &Args) -> f64 {
     } else {
         cardet_serve::model_config::Device::Cpu
     };
-    let backend = OnnxBackend::load(&onnx, &model(), threads, device).expect("backend");
+    let backend = OnnxBackend::load(&onnx, &model(), threads, device, Default::default())
+        .expect("backend");
     let raw_input = Tensor::from_array(([1usize, 3, 640, 640], image(1))).expect("tensor");
     let served_input = cardet_serve::tensor::Tensor {
         name: "images".into(),
@@ -784,6 +850,7 @@ fn main() {
                 "{{\"value\": {on:.3}, \"baseline\": {off:.3}, \"unit\": \"images/s\", \"higher_is_better\": true}}"
             );
         }
+        "shapes" => shapes(),
         "rss" => {
             rss();
         }
@@ -792,7 +859,7 @@ fn main() {
             println!("{{\"value\": {ratio:.4}, \"unit\": \"x\", \"higher_is_better\": true}}");
         }
         other => {
-            eprintln!("unknown mode {other:?}: raw, serve, pair, batching, backend or rss");
+            eprintln!("unknown mode {other:?}: raw, serve, pair, batching, shapes, backend or rss");
             std::process::exit(2);
         }
     }

@@ -534,6 +534,7 @@ impl Infer {
             placed.place_on_gpu(gpu);
         }
         let devices = placed.instance_devices();
+        let conv_algo_search = placed.conv_algo_search;
         let runtime = self.inner.runtime.clone();
         let threads = self.inner.options.threads;
         let load_file = file.clone();
@@ -541,7 +542,9 @@ impl Infer {
         let backends = tokio::task::spawn_blocking(move || {
             devices
                 .into_iter()
-                .map(|device| OnnxBackend::load(&runtime, &load_file, threads, device))
+                .map(|device| {
+                    OnnxBackend::load(&runtime, &load_file, threads, device, conv_algo_search)
+                })
                 .collect::<Result<Vec<_>, String>>()
         })
         .await

@@ -24,6 +24,9 @@ pub struct ModelConfig {
     pub dynamic_batching: Option<DynamicBatching>,
     /// `instance_group`s as configured; one CPU instance when there are none.
     pub instance_groups: Vec<InstanceGroup>,
+    /// `parameters { key: "cudnn_conv_algo_search" }` (Triton's onnxruntime backend:
+    /// 0 exhaustive, 1 heuristic, 2 default), for instances on a GPU.
+    pub conv_algo_search: ConvAlgoSearch,
     pub version_policy: VersionPolicy,
     pub default_model_filename: String,
 }
@@ -62,6 +65,21 @@ pub struct InstanceGroup {
 pub enum InstanceKind {
     Cpu,
     Gpu,
+}
+
+/// How cuDNN picks each convolution's algorithm on a GPU.
+///
+/// Heuristic unless a config asks otherwise (Triton's default is exhaustive):
+/// exhaustive benchmarks every algorithm the first time each input shape is seen,
+/// and with dynamic batching every batch size is a new shape. Measured on an H200
+/// with YOLOv8n and 8 clients (BENCHMARKS "serve on a GPU"), those searches kept
+/// batching at 5 images/s against 264 without it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConvAlgoSearch {
+    Exhaustive,
+    #[default]
+    Heuristic,
+    Default,
 }
 
 /// Where one model instance runs.
@@ -216,6 +234,7 @@ impl ModelConfig {
             outputs: Vec::new(),
             dynamic_batching: None,
             instance_groups: vec![InstanceGroup::cpu(1)],
+            conv_algo_search: ConvAlgoSearch::default(),
             version_policy: VersionPolicy::Latest(1),
             default_model_filename: "model.onnx".to_string(),
         }
@@ -304,6 +323,28 @@ impl ModelConfig {
                     ),
                 });
             }
+        }
+        for parameter in root.messages("parameters")? {
+            if parameter.string("key")?.as_deref() != Some("cudnn_conv_algo_search") {
+                continue;
+            }
+            let value = match parameter.messages("value")?.first() {
+                Some(value) => value.string("string_value")?,
+                None => None,
+            };
+            config.conv_algo_search = match value.as_deref() {
+                Some("0") => ConvAlgoSearch::Exhaustive,
+                Some("1") => ConvAlgoSearch::Heuristic,
+                Some("2") => ConvAlgoSearch::Default,
+                other => {
+                    return Err(ConfigError {
+                        line: parameter.line,
+                        message: format!(
+                            "parameters cudnn_conv_algo_search: {other:?} is not \"0\" (exhaustive), \"1\" (heuristic) or \"2\" (default)"
+                        ),
+                    });
+                }
+            };
         }
         if let Some(policy) = root.messages("version_policy")?.first() {
             config.version_policy = if let Some(latest) = policy.messages("latest")?.first() {
@@ -728,6 +769,17 @@ instance_group [ { kind: KIND_CPU } ]  # one instance
         assert_eq!(cpu.instance_devices(), vec![Cpu; 3]);
         cpu.place_on_gpu(1);
         assert_eq!(cpu.instance_devices(), vec![Cuda(1); 3]);
+        let exhaustive = ModelConfig::from_text(
+            "parameters { key: \"cudnn_conv_algo_search\" value: { string_value: \"0\" } }",
+            "m",
+        )
+        .expect("parses");
+        assert_eq!(exhaustive.conv_algo_search, ConvAlgoSearch::Exhaustive);
+        assert_eq!(cpu.conv_algo_search, ConvAlgoSearch::Heuristic);
+        check(
+            "parameters { key: \"cudnn_conv_algo_search\" value: { string_value: \"fast\" } }",
+            Err("line 1: parameters cudnn_conv_algo_search: Some(\"fast\") is not"),
+        );
         check(
             "instance_group { kind: KIND_TPU }",
             Err("line 1: instance_group kind KIND_TPU is not one of KIND_AUTO, KIND_CPU, KIND_GPU, KIND_MODEL"),

@@ -36,7 +36,7 @@ use ort::value::{
 };
 
 use crate::backend::{Backend, BackendError, Batch, Outputs, Signature, TensorSignature};
-use crate::model_config::Device;
+use crate::model_config::{ConvAlgoSearch, Device};
 use crate::tensor::{DataType, Tensor};
 
 /// Threads for each session: ONNX Runtime's intra- and inter-op pools (0: its default).
@@ -57,6 +57,7 @@ impl OnnxBackend {
         model: &Path,
         threads: Threads,
         device: Device,
+        conv_algo_search: ConvAlgoSearch,
     ) -> Result<OnnxBackend, String> {
         let cpu = ep::CPU::default().with_arena_allocator(false).build();
         let builder = Session::builder(&runtime.environment).map_err(|e| e.to_string())?;
@@ -71,6 +72,11 @@ impl OnnxBackend {
                 .with_execution_providers([
                     ep::CUDA::default()
                         .with_device_id(gpu)
+                        .with_conv_algorithm_search(match conv_algo_search {
+                            ConvAlgoSearch::Exhaustive => ep::cuda::ConvAlgorithmSearch::Exhaustive,
+                            ConvAlgoSearch::Heuristic => ep::cuda::ConvAlgorithmSearch::Heuristic,
+                            ConvAlgoSearch::Default => ep::cuda::ConvAlgorithmSearch::Default,
+                        })
                         .build()
                         .error_on_failure(),
                     cpu,
