@@ -17,7 +17,8 @@
 //! serve_bench batching --clients 8 [--gpu] [--shared-memory] [--max-batch 8] [--slices 6] [--secs 2]
 //!                                                             # dynamic batching on against off, alternated
 //! serve_bench batching ... --conv-search 0                    # cuDNN's exhaustive search (1 heuristic, 2 default)
-//! serve_bench shapes  --gpu [--max-batch 8]                   # each batch size's first and later runs on CUDA
+//! serve_bench batching ... --pad-pow2 | --pad-max             # merged batches padded to 2^n or max_batch_size rows
+//! serve_bench shapes  --gpu [--max-batch 8]                   # each batch size's first run, and runs switching sizes, on CUDA
 //! ```
 //! `pair` runs both sides in one process, alternating in short slices (raw first in
 //! even slices, `serve` first in odd ones, with an untimed pause before each turn),
@@ -73,6 +74,8 @@ struct Args {
     gpu: bool,
     /// `parameters { key: "cudnn_conv_algo_search" }`: 0 exhaustive, 1 heuristic, 2 default.
     conv_search: Option<u64>,
+    /// `parameters { key: "cardet_pad_batch" }`: "pow2" or "max".
+    pad: Option<&'static str>,
 }
 
 fn parse_args() -> Args {
@@ -96,6 +99,7 @@ fn parse_args() -> Args {
         raw_threads: None,
         gpu: false,
         conv_search: None,
+        pad: None,
     };
     let mut iter = std::env::args().skip(1);
     args.mode = iter.next().unwrap_or_default();
@@ -120,6 +124,8 @@ fn parse_args() -> Args {
             "--shared-memory" => args.shared_memory = true,
             "--gpu" => args.gpu = true,
             "--conv-search" => args.conv_search = Some(value()),
+            "--pad-pow2" => args.pad = Some("pow2"),
+            "--pad-max" => args.pad = Some("max"),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -288,11 +294,15 @@ async fn start_server(
         ""
     };
     let kind = if args.gpu { "KIND_GPU" } else { "KIND_CPU" };
-    let parameters = args.conv_search.map_or(String::new(), |search| {
-        format!(
-            "parameters {{ key: \"cudnn_conv_algo_search\" value: {{ string_value: \"{search}\" }} }}\n"
-        )
-    });
+    let parameter =
+        |key: &str, value: &str| format!("parameters {{ key: \"{key}\" value: {{ string_value: \"{value}\" }} }}\n");
+    let mut parameters = String::new();
+    if let Some(search) = args.conv_search {
+        parameters += &parameter("cudnn_conv_algo_search", &search.to_string());
+    }
+    if let Some(pad) = args.pad {
+        parameters += &parameter("cardet_pad_batch", pad);
+    }
     std::fs::write(
         repository.join("yolov8n/config.pbtxt"),
         format!(
@@ -612,45 +622,51 @@ fn shapes() {
         intra_op: args.threads,
         inter_op: 1,
     };
-    let sizes: Vec<usize> = (0..)
-        .map(|power| 1usize << power)
-        .take_while(|&size| size <= args.max_batch)
-        .collect();
-    for search in [
-        ConvAlgoSearch::Heuristic,
-        ConvAlgoSearch::Default,
-        ConvAlgoSearch::Exhaustive,
-    ] {
-        let loading = Instant::now();
+    let sizes: Vec<usize> = (1..=args.max_batch).collect();
+    for search in [ConvAlgoSearch::Heuristic, ConvAlgoSearch::Exhaustive] {
         let backend = OnnxBackend::load(&onnx, &model(), threads, Device::Cuda(0), search)
             .expect("backend");
-        let loaded = loading.elapsed();
-        let mut line = format!("{search:?}: load {:.0} ms;", loaded.as_secs_f64() * 1e3);
-        for &size in &sizes {
-            let input = cardet_serve::tensor::Tensor {
+        let inputs: Vec<_> = sizes
+            .iter()
+            .map(|&size| cardet_serve::tensor::Tensor {
                 name: "images".into(),
                 datatype: cardet_serve::tensor::DataType::Fp32,
                 shape: vec![size as i64, 3, 640, 640],
                 data: image_bytes().repeat(size).into(),
-            };
-            let mut times = Vec::new();
-            for _ in 0..4 {
-                let began = Instant::now();
-                backend
-                    .infer(Batch {
-                        inputs: vec![input.clone()],
-                    })
-                    .expect("run");
-                times.push(began.elapsed().as_secs_f64() * 1e3);
-            }
-            line += &format!(
-                " batch {size}: first {:.1} ms, then {:.2} ms ({:.2} ms/image);",
-                times[0],
-                times[3],
-                times[3] / size as f64
-            );
-        }
-        eprintln!("{line}");
+            })
+            .collect();
+        let run = |index: usize| {
+            let began = Instant::now();
+            backend
+                .infer(Batch {
+                    inputs: vec![inputs[index].clone()],
+                })
+                .expect("run");
+            began.elapsed().as_secs_f64() * 1e3
+        };
+        // First runs of each size, then the same size again, then sizes in turn.
+        let first: Vec<f64> = (0..sizes.len()).map(run).collect();
+        let repeated: Vec<f64> = (0..sizes.len())
+            .map(|index| {
+                run(index);
+                run(index)
+            })
+            .collect();
+        let switching: Vec<f64> = (0..sizes.len()).map(run).collect();
+        let list = |times: &[f64]| {
+            times
+                .iter()
+                .map(|ms| format!("{ms:.1}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        eprintln!(
+            "{search:?}, batch 1..={} in ms: first {} | same size again {} | after another size {}",
+            args.max_batch,
+            list(&first),
+            list(&repeated),
+            list(&switching)
+        );
     }
 }
 

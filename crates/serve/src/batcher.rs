@@ -25,6 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::backend::{Backend, BackendError, Batch};
 use crate::metrics::ModelStats;
+use crate::model_config::PadBatch;
 use crate::tensor::Tensor;
 
 /// An instance idle this long hands the memory its last batches freed back to the
@@ -67,6 +68,8 @@ pub struct BatcherConfig {
     pub queue_bytes: usize,
     /// Whether inputs carry a batch dimension (`max_batch_size > 0` in the config).
     pub batched_model: bool,
+    /// Zero rows added to each batch before it runs (outputs of those rows dropped).
+    pub pad: PadBatch,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -348,7 +351,7 @@ fn serve_instance(
         for pending in &batch {
             stats.queue.add(now.duration_since(pending.enqueued));
         }
-        run_batch(backend, batch, config.batched_model, stats, &mut buffers);
+        run_batch(backend, batch, config, stats, &mut buffers);
         trimmed = false;
     }
 }
@@ -368,18 +371,26 @@ fn compatible(first: &Pending, other: &Pending) -> bool {
 fn run_batch(
     backend: &dyn Backend,
     batch: Vec<Pending>,
-    batched_model: bool,
+    config: &BatcherConfig,
     stats: &ModelStats,
     buffers: &mut MergeBuffers,
 ) {
+    let batched_model = config.batched_model;
     let rows: usize = batch.iter().map(|pending| pending.rows).sum();
+    let run_rows = if batched_model {
+        config.pad.rows(rows, config.max_batch_size)
+    } else {
+        rows
+    };
+    // One request that needs no padding runs on its own buffers, copied nowhere.
+    let as_sent = batch.len() == 1 && run_rows == rows;
     let started = Instant::now();
-    let merged = if batch.len() == 1 {
+    let merged = if as_sent {
         batch[0].inputs.clone()
     } else {
-        buffers.merge(&batch, rows)
+        buffers.merge(&batch, rows, run_rows)
     };
-    let merged_data: Vec<Bytes> = if batch.len() == 1 {
+    let merged_data: Vec<Bytes> = if as_sent {
         Vec::new()
     } else {
         merged.iter().map(|tensor| tensor.data.clone()).collect()
@@ -406,15 +417,15 @@ fn run_batch(
         }
     };
     let started = Instant::now();
-    if batch.len() == 1 {
+    if as_sent {
         if let Some(pending) = batch.into_iter().next() {
             let _ = pending.reply.send(Ok(Executed { outputs }));
         }
     } else {
         let mut offset = 0;
         for pending in batch {
-            let reply =
-                split(&outputs, offset, pending.rows, rows).map(|outputs| Executed { outputs });
+            let reply = split(&outputs, offset, pending.rows, run_rows)
+                .map(|outputs| Executed { outputs });
             offset += pending.rows;
             let _ = pending.reply.send(reply);
         }
@@ -433,8 +444,8 @@ struct MergeBuffers {
 }
 
 impl MergeBuffers {
-    /// Concatenates each input along the batch dimension.
-    fn merge(&mut self, batch: &[Pending], rows: usize) -> Vec<Tensor> {
+    /// Concatenates each input along the batch dimension, then zero rows up to `run_rows`.
+    fn merge(&mut self, batch: &[Pending], rows: usize, run_rows: usize) -> Vec<Tensor> {
         let first = &batch[0];
         first
             .inputs
@@ -442,15 +453,17 @@ impl MergeBuffers {
             .enumerate()
             .map(|(index, template)| {
                 let total: usize = batch.iter().map(|p| p.inputs[index].data.len()).sum();
+                let padding = total / rows.max(1) * (run_rows - rows);
                 let mut data = self.spare.pop().unwrap_or_default();
                 data.clear();
-                data.reserve(total);
+                data.reserve(total + padding);
                 for pending in batch {
                     data.extend_from_slice(&pending.inputs[index].data);
                 }
+                data.resize(total + padding, 0);
                 let mut shape = template.shape.clone();
                 if let Some(first_dim) = shape.first_mut() {
-                    *first_dim = rows as i64;
+                    *first_dim = run_rows as i64;
                 }
                 Tensor {
                     name: template.name.clone(),
@@ -554,6 +567,7 @@ mod tests {
             queue_capacity: capacity,
             queue_bytes: 1 << 20,
             batched_model: true,
+            pad: PadBatch::None,
         }
     }
 
@@ -597,6 +611,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn padded_batches_run_padded_and_answer_only_their_rows() {
+        let mut padded = config(8, Some(200), 64);
+        padded.pad = PadBatch::PowerOfTwo;
+        let (batcher, seen) = start(padded, Duration::from_millis(0));
+        check(&batcher, &[1, 2]).await;
+        check(&batcher, &[3]).await;
+        let seen = seen.lock().expect("lock").clone();
+        assert!(
+            seen.iter().all(|rows| [1, 2, 4].contains(rows)),
+            "every run is a power of two: {seen:?}"
+        );
+        assert_eq!(seen.last(), Some(&4), "3 rows alone run as 4: {seen:?}");
+    }
+
+    #[tokio::test]
     async fn without_dynamic_batching_each_request_runs_alone() {
         let (batcher, seen) = start(config(8, None, 64), Duration::from_millis(0));
         check(&batcher, &[1, 2, 1]).await;
@@ -620,7 +649,7 @@ mod tests {
             _counted: PendingCount::new(&stats),
         };
         let batch = [pending(1.0), pending(2.0)];
-        let merged = buffers.merge(&batch, 2);
+        let merged = buffers.merge(&batch, 2, 2);
         assert_eq!(merged[0].shape, vec![2, 2]);
         assert_eq!(merged[0].to_f32(), Some(vec![1.0, 1.0, 2.0, 2.0]));
         let first_buffer = merged[0].data.as_ptr();
@@ -630,7 +659,7 @@ mod tests {
         assert!(buffers.spare.is_empty());
         buffers.recycle(vec![held]);
         assert_eq!(buffers.spare.len(), 1);
-        let merged = buffers.merge(&batch, 2);
+        let merged = buffers.merge(&batch, 2, 2);
         assert_eq!(merged[0].data.as_ptr(), first_buffer);
         assert_eq!(merged[0].to_f32(), Some(vec![1.0, 1.0, 2.0, 2.0]));
     }

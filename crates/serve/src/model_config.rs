@@ -27,6 +27,8 @@ pub struct ModelConfig {
     /// `parameters { key: "cudnn_conv_algo_search" }` (Triton's onnxruntime backend:
     /// 0 exhaustive, 1 heuristic, 2 default), for instances on a GPU.
     pub conv_algo_search: ConvAlgoSearch,
+    /// `parameters { key: "cardet_pad_batch" }`: the rows a merged batch is padded to.
+    pub pad_batch: PadBatch,
     pub version_policy: VersionPolicy,
     pub default_model_filename: String,
 }
@@ -80,6 +82,31 @@ pub enum ConvAlgoSearch {
     #[default]
     Heuristic,
     Default,
+}
+
+/// Rows of zeros appended to a merged batch before it runs, so that the model sees
+/// few distinct batch sizes. ONNX Runtime's CUDA provider pays for each change of
+/// input shape (BENCHMARKS "serve on a GPU"); the padded rows' outputs are dropped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PadBatch {
+    /// Run the rows the requests brought.
+    #[default]
+    None,
+    /// Up to the next power of two (at most `max_batch_size`).
+    PowerOfTwo,
+    /// Always `max_batch_size` rows.
+    Max,
+}
+
+impl PadBatch {
+    /// The rows to run for `rows` rows of requests.
+    pub fn rows(self, rows: usize, max_batch_size: usize) -> usize {
+        match self {
+            PadBatch::None => rows,
+            PadBatch::PowerOfTwo => rows.next_power_of_two().min(max_batch_size).max(rows),
+            PadBatch::Max => max_batch_size.max(rows),
+        }
+    }
 }
 
 /// Where one model instance runs.
@@ -235,6 +262,7 @@ impl ModelConfig {
             dynamic_batching: None,
             instance_groups: vec![InstanceGroup::cpu(1)],
             conv_algo_search: ConvAlgoSearch::default(),
+            pad_batch: PadBatch::default(),
             version_policy: VersionPolicy::Latest(1),
             default_model_filename: "model.onnx".to_string(),
         }
@@ -325,26 +353,39 @@ impl ModelConfig {
             }
         }
         for parameter in root.messages("parameters")? {
-            if parameter.string("key")?.as_deref() != Some("cudnn_conv_algo_search") {
-                continue;
-            }
+            let key = parameter.string("key")?.unwrap_or_default();
             let value = match parameter.messages("value")?.first() {
                 Some(value) => value.string("string_value")?,
                 None => None,
             };
-            config.conv_algo_search = match value.as_deref() {
-                Some("0") => ConvAlgoSearch::Exhaustive,
-                Some("1") => ConvAlgoSearch::Heuristic,
-                Some("2") => ConvAlgoSearch::Default,
-                other => {
-                    return Err(ConfigError {
-                        line: parameter.line,
-                        message: format!(
-                            "parameters cudnn_conv_algo_search: {other:?} is not \"0\" (exhaustive), \"1\" (heuristic) or \"2\" (default)"
-                        ),
-                    });
-                }
+            let invalid = |expected: &str| ConfigError {
+                line: parameter.line,
+                message: format!("parameters {key}: {value:?} is not {expected}"),
             };
+            match key.as_str() {
+                "cudnn_conv_algo_search" => {
+                    config.conv_algo_search = match value.as_deref() {
+                        Some("0") => ConvAlgoSearch::Exhaustive,
+                        Some("1") => ConvAlgoSearch::Heuristic,
+                        Some("2") => ConvAlgoSearch::Default,
+                        _ => {
+                            return Err(invalid(
+                                "\"0\" (exhaustive), \"1\" (heuristic) or \"2\" (default)",
+                            ));
+                        }
+                    }
+                }
+                "cardet_pad_batch" => {
+                    config.pad_batch = match value.as_deref() {
+                        Some("none") => PadBatch::None,
+                        Some("pow2") => PadBatch::PowerOfTwo,
+                        Some("max") => PadBatch::Max,
+                        _ => return Err(invalid("\"none\", \"pow2\" or \"max\"")),
+                    }
+                }
+                // Other backends' parameters (Triton's) mean nothing here.
+                _ => {}
+            }
         }
         if let Some(policy) = root.messages("version_policy")?.first() {
             config.version_policy = if let Some(latest) = policy.messages("latest")?.first() {
@@ -780,6 +821,17 @@ instance_group [ { kind: KIND_CPU } ]  # one instance
             "parameters { key: \"cudnn_conv_algo_search\" value: { string_value: \"fast\" } }",
             Err("line 1: parameters cudnn_conv_algo_search: Some(\"fast\") is not"),
         );
+        let padded = ModelConfig::from_text(
+            "parameters { key: \"cardet_pad_batch\" value: { string_value: \"pow2\" } }",
+            "m",
+        )
+        .expect("parses");
+        assert_eq!(padded.pad_batch, PadBatch::PowerOfTwo);
+        assert_eq!(
+            [1, 3, 5, 8].map(|rows| PadBatch::PowerOfTwo.rows(rows, 6)),
+            [1, 4, 6, 8]
+        );
+        assert_eq!([1, 9].map(|rows| PadBatch::Max.rows(rows, 8)), [8, 9]);
         check(
             "instance_group { kind: KIND_TPU }",
             Err("line 1: instance_group kind KIND_TPU is not one of KIND_AUTO, KIND_CPU, KIND_GPU, KIND_MODEL"),
