@@ -377,7 +377,8 @@ fn run_batch(
 ) {
     let batched_model = config.batched_model;
     let rows: usize = batch.iter().map(|pending| pending.rows).sum();
-    let run_rows = if batched_model {
+    // Padding belongs to dynamic batching: without it every request runs as sent.
+    let run_rows = if batched_model && config.max_queue_delay.is_some() {
         config.pad.rows(rows, config.max_batch_size)
     } else {
         rows

@@ -570,7 +570,7 @@ impl Infer {
                 .unwrap_or(self.inner.options.max_queue_size),
             queue_bytes: self.inner.options.max_queue_bytes,
             batched_model: config.max_batch_size > 0,
-            pad: config.pad_batch,
+            pad: config.effective_pad_batch(),
         };
         let backends: Vec<Box<dyn Backend>> = backends
             .into_iter()

@@ -27,8 +27,9 @@ pub struct ModelConfig {
     /// `parameters { key: "cudnn_conv_algo_search" }` (Triton's onnxruntime backend:
     /// 0 exhaustive, 1 heuristic, 2 default), for instances on a GPU.
     pub conv_algo_search: ConvAlgoSearch,
-    /// `parameters { key: "cardet_pad_batch" }`: the rows a merged batch is padded to.
-    pub pad_batch: PadBatch,
+    /// `parameters { key: "cardet_pad_batch" }`: the rows a merged batch is padded to
+    /// (`None`: not configured, see [`ModelConfig::effective_pad_batch`]).
+    pub pad_batch: Option<PadBatch>,
     pub version_policy: VersionPolicy,
     pub default_model_filename: String,
 }
@@ -239,6 +240,23 @@ impl ModelConfig {
         devices
     }
 
+    /// The padding merged batches get: as configured, else powers of two when an
+    /// instance runs on a GPU (a CUDA instance keeps one session per batch size, so
+    /// fewer sizes means fewer sessions and their memory) and none on the CPU.
+    pub fn effective_pad_batch(&self) -> PadBatch {
+        self.pad_batch.unwrap_or_else(|| {
+            let on_gpu = self
+                .instance_groups
+                .iter()
+                .any(|group| group.kind == InstanceKind::Gpu);
+            if on_gpu {
+                PadBatch::PowerOfTwo
+            } else {
+                PadBatch::None
+            }
+        })
+    }
+
     /// Every instance on `gpu` (`serve --gpu`), keeping the configured count.
     pub fn place_on_gpu(&mut self, gpu: i32) {
         let count = self.instance_count().max(1);
@@ -262,7 +280,7 @@ impl ModelConfig {
             dynamic_batching: None,
             instance_groups: vec![InstanceGroup::cpu(1)],
             conv_algo_search: ConvAlgoSearch::default(),
-            pad_batch: PadBatch::default(),
+            pad_batch: None,
             version_policy: VersionPolicy::Latest(1),
             default_model_filename: "model.onnx".to_string(),
         }
@@ -376,12 +394,12 @@ impl ModelConfig {
                     }
                 }
                 "cardet_pad_batch" => {
-                    config.pad_batch = match value.as_deref() {
+                    config.pad_batch = Some(match value.as_deref() {
                         Some("none") => PadBatch::None,
                         Some("pow2") => PadBatch::PowerOfTwo,
                         Some("max") => PadBatch::Max,
                         _ => return Err(invalid("\"none\", \"pow2\" or \"max\"")),
-                    }
+                    })
                 }
                 // Other backends' parameters (Triton's) mean nothing here.
                 _ => {}
@@ -826,7 +844,14 @@ instance_group [ { kind: KIND_CPU } ]  # one instance
             "m",
         )
         .expect("parses");
-        assert_eq!(padded.pad_batch, PadBatch::PowerOfTwo);
+        assert_eq!(padded.pad_batch, Some(PadBatch::PowerOfTwo));
+        assert_eq!(padded.effective_pad_batch(), PadBatch::PowerOfTwo, "as configured");
+        assert_eq!(
+            ModelConfig::empty("m").effective_pad_batch(),
+            PadBatch::None,
+            "CPU: no padding"
+        );
+        assert_eq!(config.effective_pad_batch(), PadBatch::PowerOfTwo, "GPU: powers of two");
         assert_eq!(
             [1, 3, 5, 8].map(|rows| PadBatch::PowerOfTwo.rows(rows, 6)),
             [1, 4, 6, 8]

@@ -24,7 +24,7 @@
 //! answer of a batch-1 request waited 3.3-4.1 ms for a core to be sent on; with
 //! them stopped, 0.05 ms (`serve_bench serve --clients 1`, 2-core AMD EPYC).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -47,11 +47,56 @@ pub struct Threads {
 }
 
 pub struct OnnxBackend {
-    session: Mutex<Session>,
+    sessions: Mutex<Sessions>,
+}
+
+/// On the CPU, one session runs every batch size. On CUDA, one session per batch
+/// size (its first dimension), each built the first time that size comes: ONNX
+/// Runtime's CUDA provider spends 140 ms (cuDNN's heuristic) to 850 ms (its
+/// exhaustive search) every time a session's input shape changes, not only the
+/// first time (`serve_bench shapes` on an H200), so a session that saw batches of
+/// 3, then 5, then 3 paid it on each.
+struct Sessions {
+    by_rows: Vec<(i64, Session)>,
+    recipe: SessionRecipe,
+}
+
+/// What a session is built from, kept to build the next batch size's.
+struct SessionRecipe {
+    runtime: Arc<cardet_onnx::Runtime>,
+    model: PathBuf,
+    threads: Threads,
+    device: Device,
+    conv_algo_search: ConvAlgoSearch,
+}
+
+impl Sessions {
+    /// The session for a batch of `rows` (any batch on the CPU).
+    fn for_rows(&mut self, rows: i64) -> Result<&mut Session, String> {
+        let key = match self.recipe.device {
+            Device::Cpu => 0,
+            Device::Cuda(_) => rows,
+        };
+        let known = self.by_rows.iter().position(|(k, _)| *k == key);
+        // The session built at load (key -1) takes the first batch size that comes.
+        let unclaimed = || self.by_rows.iter().position(|(k, _)| *k == -1);
+        let index = match known.or_else(unclaimed) {
+            Some(index) => {
+                self.by_rows[index].0 = key;
+                index
+            }
+            None => {
+                self.by_rows.push((key, self.recipe.build()?));
+                self.by_rows.len() - 1
+            }
+        };
+        Ok(&mut self.by_rows[index].1)
+    }
 }
 
 impl OnnxBackend {
-    /// Builds a session for the model file on `device`.
+    /// Builds a session for the model file on `device` (on CUDA, the first of
+    /// one per batch size).
     pub fn load(
         runtime: &Arc<cardet_onnx::Runtime>,
         model: &Path,
@@ -59,6 +104,62 @@ impl OnnxBackend {
         device: Device,
         conv_algo_search: ConvAlgoSearch,
     ) -> Result<OnnxBackend, String> {
+        let recipe = SessionRecipe {
+            runtime: runtime.clone(),
+            model: model.to_path_buf(),
+            threads,
+            device,
+            conv_algo_search,
+        };
+        let first = recipe.build()?;
+        Ok(OnnxBackend {
+            sessions: Mutex::new(Sessions {
+                by_rows: vec![(if device == Device::Cpu { 0 } else { -1 }, first)],
+                recipe,
+            }),
+        })
+    }
+
+    /// The model's declared inputs and outputs.
+    pub fn signature(&self) -> Signature {
+        let sessions = match self.sessions.lock() {
+            Ok(sessions) => sessions,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let session = &sessions.by_rows[0].1;
+        let describe = |name: &str, dtype: &ValueType| TensorSignature {
+            name: name.to_string(),
+            datatype: dtype.tensor_type().and_then(from_ort_type),
+            shape: dtype
+                .tensor_shape()
+                .map(|shape| shape.iter().copied().collect())
+                .unwrap_or_default(),
+        };
+        Signature {
+            inputs: session
+                .inputs()
+                .iter()
+                .map(|outlet| describe(outlet.name(), outlet.dtype()))
+                .collect(),
+            outputs: session
+                .outputs()
+                .iter()
+                .map(|outlet| describe(outlet.name(), outlet.dtype()))
+                .collect(),
+        }
+    }
+}
+
+impl SessionRecipe {
+    fn build(&self) -> Result<Session, String> {
+        let SessionRecipe {
+            runtime,
+            model,
+            threads,
+            device,
+            conv_algo_search,
+        } = self;
+        let (threads, device, conv_algo_search) = (*threads, *device, *conv_algo_search);
         let cpu = ep::CPU::default().with_arena_allocator(false).build();
         let builder = Session::builder(&runtime.environment).map_err(|e| e.to_string())?;
         let mut builder = match device {
@@ -100,41 +201,11 @@ impl OnnxBackend {
                 .with_inter_threads(threads.inter_op)
                 .map_err(|e| e.to_string())?;
         }
-        let session = builder
+        builder
             .commit_from_file(model)
-            .map_err(|e| format!("{}: {e}", model.display()))?;
-        Ok(OnnxBackend {
-            session: Mutex::new(session),
-        })
+            .map_err(|e| format!("{}: {e}", model.display()))
     }
 
-    /// The model's declared inputs and outputs.
-    pub fn signature(&self) -> Signature {
-        let session = match self.session.lock() {
-            Ok(session) => session,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let describe = |name: &str, dtype: &ValueType| TensorSignature {
-            name: name.to_string(),
-            datatype: dtype.tensor_type().and_then(from_ort_type),
-            shape: dtype
-                .tensor_shape()
-                .map(|shape| shape.iter().copied().collect())
-                .unwrap_or_default(),
-        };
-        Signature {
-            inputs: session
-                .inputs()
-                .iter()
-                .map(|outlet| describe(outlet.name(), outlet.dtype()))
-                .collect(),
-            outputs: session
-                .outputs()
-                .iter()
-                .map(|outlet| describe(outlet.name(), outlet.dtype()))
-                .collect(),
-        }
-    }
 }
 
 /// Why an instance cannot run on CUDA device `gpu`: most often the library is the CPU
@@ -156,10 +227,16 @@ impl Backend for OnnxBackend {
         for tensor in &batch.inputs {
             values.push((tensor.name.as_str(), to_ort_value(tensor)?));
         }
-        let mut session = match self.session.lock() {
-            Ok(session) => session,
+        let rows = batch
+            .inputs
+            .first()
+            .and_then(|input| input.shape.first().copied())
+            .unwrap_or(0);
+        let mut sessions = match self.sessions.lock() {
+            Ok(sessions) => sessions,
             Err(poisoned) => poisoned.into_inner(),
         };
+        let session = sessions.for_rows(rows).map_err(BackendError::Runtime)?;
         let mut outputs = session
             .run(values)
             .map_err(|error| BackendError::Input(error.to_string()))?;
