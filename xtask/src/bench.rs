@@ -502,6 +502,26 @@ const SERVE: Area = Area {
             gpu: false,
             concurrent: false,
         },
+        // `cargo xtask bench serve --gpu`: the same `serve` with dynamic batching and
+        // without, on CUDA device 0 (needs `cargo xtask setup --gpu`).
+        Case {
+            name: "8 concurrent clients on CUDA, dynamic batching on against off (images/s)",
+            ours: &[
+                "bash",
+                "crates/serve/benches/gpu_batching.sh",
+                "--shared-memory",
+                "--clients",
+                "8",
+                "--max-batch",
+                "8",
+                "--threads",
+                "4",
+            ],
+            baseline_name: "the same serve without dynamic batching",
+            baseline: &[],
+            gpu: true,
+            concurrent: false,
+        },
     ],
     criterion_package: None,
     scratch_broker: false,

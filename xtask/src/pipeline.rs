@@ -137,7 +137,11 @@ impl flags::Pipeline {
     pub fn run(&self, sh: &Shell) -> anyhow::Result<()> {
         // Setup if needed (a no-op in a second when everything is there): a fresh
         // clone has no `.cardet` link and a fresh machine no venv or services.
-        flags::Setup { check: false }.run(sh)?;
+        flags::Setup {
+            check: false,
+            gpu: false,
+        }
+        .run(sh)?;
         let home = CardetHome::from_env();
         let run_dir = match &self.run_dir {
             Some(dir) => std::path::absolute(dir)?,

@@ -225,7 +225,10 @@ fn ensure_gpu_runtime(sh: &Shell, home: &CardetHome) -> anyhow::Result<()> {
     let target = home.root.join("gpu");
     let stamp = target.join(format!(".onnxruntime-gpu-{ONNXRUNTIME_GPU}"));
     if !stamp.exists() {
-        println!("setup: installing onnxruntime-gpu {ONNXRUNTIME_GPU} with CUDA 13 and cuDNN 9 into {}", target.display());
+        println!(
+            "setup: installing onnxruntime-gpu {ONNXRUNTIME_GPU} with CUDA 13 and cuDNN 9 into {}",
+            target.display()
+        );
         let pip = home.venv_bin("pip");
         let requirement = format!("onnxruntime-gpu[cuda,cudnn]=={ONNXRUNTIME_GPU}");
         cmd!(
@@ -240,7 +243,11 @@ fn ensure_gpu_runtime(sh: &Shell, home: &CardetHome) -> anyhow::Result<()> {
         .join("onnxruntime/capi")
         .join(format!("libonnxruntime.so.{ONNXRUNTIME_GPU}"));
     if !library.exists() {
-        bail!("{} is missing: remove {} and run `cargo xtask setup --gpu` again", library.display(), stamp.display());
+        bail!(
+            "{} is missing: remove {} and run `cargo xtask setup --gpu` again",
+            library.display(),
+            stamp.display()
+        );
     }
     let mut library_dirs: Vec<String> = Vec::new();
     for package in std::fs::read_dir(target.join("nvidia")).context("reading the NVIDIA wheels")? {

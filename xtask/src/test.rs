@@ -14,7 +14,11 @@ impl flags::Test {
         let started = Instant::now();
         let home = CardetHome::from_env();
         if !self.no_lint {
-            flags::Setup { check: false }.run(sh)?;
+            flags::Setup {
+                check: false,
+                gpu: false,
+            }
+            .run(sh)?;
         }
         let _env = home.shared_build_env(sh);
         if !self.no_lint {

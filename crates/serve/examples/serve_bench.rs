@@ -294,8 +294,9 @@ async fn start_server(
         ""
     };
     let kind = if args.gpu { "KIND_GPU" } else { "KIND_CPU" };
-    let parameter =
-        |key: &str, value: &str| format!("parameters {{ key: \"{key}\" value: {{ string_value: \"{value}\" }} }}\n");
+    let parameter = |key: &str, value: &str| {
+        format!("parameters {{ key: \"{key}\" value: {{ string_value: \"{value}\" }} }}\n")
+    };
     let mut parameters = String::new();
     if let Some(search) = args.conv_search {
         parameters += &parameter("cudnn_conv_algo_search", &search.to_string());
@@ -624,8 +625,8 @@ fn shapes() {
     };
     let sizes: Vec<usize> = (1..=args.max_batch).collect();
     for search in [ConvAlgoSearch::Heuristic, ConvAlgoSearch::Exhaustive] {
-        let backend = OnnxBackend::load(&onnx, &model(), threads, Device::Cuda(0), search)
-            .expect("backend");
+        let backend =
+            OnnxBackend::load(&onnx, &model(), threads, Device::Cuda(0), search).expect("backend");
         let inputs: Vec<_> = sizes
             .iter()
             .map(|&size| cardet_serve::tensor::Tensor {
@@ -800,8 +801,8 @@ fn backend_against_raw(args: &Args) -> f64 {
     } else {
         cardet_serve::model_config::Device::Cpu
     };
-    let backend = OnnxBackend::load(&onnx, &model(), threads, device, Default::default())
-        .expect("backend");
+    let backend =
+        OnnxBackend::load(&onnx, &model(), threads, device, Default::default()).expect("backend");
     let raw_input = Tensor::from_array(([1usize, 3, 640, 640], image(1))).expect("tensor");
     let served_input = cardet_serve::tensor::Tensor {
         name: "images".into(),

@@ -425,8 +425,8 @@ fn run_batch(
     } else {
         let mut offset = 0;
         for pending in batch {
-            let reply = split(&outputs, offset, pending.rows, run_rows)
-                .map(|outputs| Executed { outputs });
+            let reply =
+                split(&outputs, offset, pending.rows, run_rows).map(|outputs| Executed { outputs });
             offset += pending.rows;
             let _ = pending.reply.send(reply);
         }

@@ -232,7 +232,8 @@ impl ModelConfig {
                         &group.gpus[..]
                     };
                     for &gpu in gpus {
-                        devices.extend(std::iter::repeat_n(Device::Cuda(gpu), group.count as usize));
+                        devices
+                            .extend(std::iter::repeat_n(Device::Cuda(gpu), group.count as usize));
                     }
                 }
             }
@@ -845,13 +846,21 @@ instance_group [ { kind: KIND_CPU } ]  # one instance
         )
         .expect("parses");
         assert_eq!(padded.pad_batch, Some(PadBatch::PowerOfTwo));
-        assert_eq!(padded.effective_pad_batch(), PadBatch::PowerOfTwo, "as configured");
+        assert_eq!(
+            padded.effective_pad_batch(),
+            PadBatch::PowerOfTwo,
+            "as configured"
+        );
         assert_eq!(
             ModelConfig::empty("m").effective_pad_batch(),
             PadBatch::None,
             "CPU: no padding"
         );
-        assert_eq!(config.effective_pad_batch(), PadBatch::PowerOfTwo, "GPU: powers of two");
+        assert_eq!(
+            config.effective_pad_batch(),
+            PadBatch::PowerOfTwo,
+            "GPU: powers of two"
+        );
         assert_eq!(
             [1, 3, 5, 8].map(|rows| PadBatch::PowerOfTwo.rows(rows, 6)),
             [1, 4, 6, 8]
@@ -859,7 +868,9 @@ instance_group [ { kind: KIND_CPU } ]  # one instance
         assert_eq!([1, 9].map(|rows| PadBatch::Max.rows(rows, 8)), [8, 9]);
         check(
             "instance_group { kind: KIND_TPU }",
-            Err("line 1: instance_group kind KIND_TPU is not one of KIND_AUTO, KIND_CPU, KIND_GPU, KIND_MODEL"),
+            Err(
+                "line 1: instance_group kind KIND_TPU is not one of KIND_AUTO, KIND_CPU, KIND_GPU, KIND_MODEL",
+            ),
         );
         check(
             "instance_group { kind: KIND_CPU gpus: [0] }",

@@ -89,7 +89,12 @@ async fn kind_gpu_without_cuda_fails_to_load_and_says_how_to_get_it() {
     let message = body["error"].as_str().unwrap_or_default();
     assert_eq!(status, 400, "{body}");
     eprintln!("{message}");
-    for needle in ["yolov8n", "CUDA device 0", "KIND_GPU", "cargo xtask setup --gpu"] {
+    for needle in [
+        "yolov8n",
+        "CUDA device 0",
+        "KIND_GPU",
+        "cargo xtask setup --gpu",
+    ] {
         assert!(message.contains(needle), "{message:?} lacks {needle:?}");
     }
     let ready = client

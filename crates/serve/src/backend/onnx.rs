@@ -205,7 +205,6 @@ impl SessionRecipe {
             .commit_from_file(model)
             .map_err(|e| format!("{}: {e}", model.display()))
     }
-
 }
 
 /// Why an instance cannot run on CUDA device `gpu`: most often the library is the CPU
@@ -217,7 +216,7 @@ fn no_cuda(runtime: &cardet_onnx::Runtime, gpu: i32, error: &str) -> String {
          or point ORT_DYLIB_PATH at onnxruntime-gpu's libonnxruntime.so, with CUDA's libraries on LD_LIBRARY_PATH",
         runtime.version,
         runtime.library.display(),
-        error = error.trim_end_matches('.'),
+        error = error.trim_end().trim_end_matches('.'),
     )
 }
 

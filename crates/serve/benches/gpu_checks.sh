@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# `serve`'s GPU checks on a machine with a GPU and no Rust toolchain, from binaries
+# built elsewhere (BENCHMARKS.md "serve on a GPU"):
+#
+#   gpu_checks.sh BIN_DIR
+#
+# BIN_DIR holds serve_bench (`cargo build --release -p cardet-serve --example
+# serve_bench`), gpu_test (`cargo test --release -p cardet-serve --test gpu
+# --no-run`'s binary) and home/fixtures/serve/yolov8n-dynamic.onnx (the export
+# the tests cache under $CARDET_HOME). ONNX Runtime's GPU build comes from
+# ORT_DYLIB_PATH, else from $CARDET_HOME/gpu/env.sh (`cargo xtask setup --gpu`);
+# CUDA's libraries from LD_LIBRARY_PATH, else from the NVIDIA wheels of the
+# machine's python3. Each step's output is printed; $OUT, when set, gets
+# checks.log and nvidia-smi's utilisation once a second in smi.log.
+set -uo pipefail
+BIN="$(realpath "${1:?usage: gpu_checks.sh BIN_DIR}")"
+LOGS="${OUT:-/tmp/serve-gpu-checks}"
+mkdir -p "$LOGS"
+exec > >(tee "$LOGS/checks.log") 2>&1
+if [ -z "${ORT_DYLIB_PATH:-}" ]; then
+  # shellcheck source=/dev/null
+  . "${CARDET_HOME:-$HOME/.cache/cardet}/gpu/env.sh" || exit 1
+fi
+if [ -z "${LD_LIBRARY_PATH:-}" ]; then
+  site=$(python3 -c "import site; print(site.getsitepackages()[0])")
+  LD_LIBRARY_PATH=$(find "$site/nvidia" -name "lib*.so*" -printf '%h\n' | sort -u | paste -sd:)
+  export LD_LIBRARY_PATH
+fi
+export CARDET_HOME="$BIN/home" RUST_BACKTRACE=1
+nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv -l 1 >"$LOGS/smi.log" 2>&1 &
+smi=$!
+trap 'kill $smi 2>/dev/null' EXIT
+date -u
+echo "== serve's GPU tests"
+timeout 120 "$BIN/gpu_test" --include-ignored --nocapture --test-threads 1
+run="timeout 100 $BIN/serve_bench batching --gpu --threads 4 --slices 6 --secs 2"
+echo "== 8 clients, system shared memory"
+$run --shared-memory --clients 8 --max-batch 8
+echo "== 32 clients, system shared memory"
+$run --shared-memory --clients 32 --max-batch 8
+echo "== 8 clients, binary REST"
+$run --clients 8 --max-batch 8
+echo "== one session's batch sizes, switched"
+timeout 60 "$BIN/serve_bench" shapes --gpu --threads 4 --max-batch 8
+date -u
