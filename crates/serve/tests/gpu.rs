@@ -18,21 +18,13 @@ const IMAGE_VALUES: usize = 3 * 640 * 640;
 
 /// `yolov8n` at 640 with its one instance on CUDA device 0.
 fn gpu_repository(root: &Path) {
-    let model = root.join("yolov8n");
-    std::fs::create_dir_all(model.join("1")).expect("folder");
-    std::fs::write(
-        model.join("config.pbtxt"),
-        "name: \"yolov8n\"\nbackend: \"onnxruntime\"\nmax_batch_size: 8\n\
-         input [ { name: \"images\" data_type: TYPE_FP32 dims: [ 3, 640, 640 ] } ]\n\
-         output [ { name: \"output0\" data_type: TYPE_FP32 dims: [ -1, -1 ] } ]\n\
-         dynamic_batching { max_queue_delay_microseconds: 1000 }\n\
+    common::yolo_model(
+        root,
+        "yolov8n",
+        640,
+        "dynamic_batching { max_queue_delay_microseconds: 1000 }\n\
          instance_group [ { count: 1 kind: KIND_GPU gpus: [ 0 ] } ]\n",
-    )
-    .expect("config");
-    let target = model.join("1/model.onnx");
-    if std::fs::hard_link(cardet_testkit::ultralytics_yolov8n_onnx(), &target).is_err() {
-        std::fs::copy(cardet_testkit::ultralytics_yolov8n_onnx(), &target).expect("model");
-    }
+    );
 }
 
 fn image() -> Vec<f32> {

@@ -19,20 +19,12 @@ const OUTPUT_BYTES: usize = 84 * 8400 * 4;
 
 /// `yolov8n` at 640, batching to 8, at most 2 requests waiting or running.
 fn queue_limited_repository(root: &Path) {
-    let model = root.join("yolov8n");
-    std::fs::create_dir_all(model.join("1")).expect("folder");
-    std::fs::write(
-        model.join("config.pbtxt"),
-        "name: \"yolov8n\"\nbackend: \"onnxruntime\"\nmax_batch_size: 8\n\
-         input [ { name: \"images\" data_type: TYPE_FP32 dims: [ 3, 640, 640 ] } ]\n\
-         output [ { name: \"output0\" data_type: TYPE_FP32 dims: [ -1, -1 ] } ]\n\
-         dynamic_batching {\n  max_queue_delay_microseconds: 0\n  default_queue_policy { max_queue_size: 2 }\n}\n",
-    )
-    .expect("config");
-    let target = model.join("1/model.onnx");
-    if std::fs::hard_link(cardet_testkit::ultralytics_yolov8n_onnx(), &target).is_err() {
-        std::fs::copy(cardet_testkit::ultralytics_yolov8n_onnx(), &target).expect("model");
-    }
+    common::yolo_model(
+        root,
+        "yolov8n",
+        640,
+        "dynamic_batching {\n  max_queue_delay_microseconds: 0\n  default_queue_policy { max_queue_size: 2 }\n}\n",
+    );
 }
 
 fn image_bytes() -> Vec<u8> {

@@ -70,16 +70,21 @@ struct SessionRecipe {
     conv_algo_search: ConvAlgoSearch,
 }
 
+/// The key of the CPU's one session, whatever the batch size.
+const ANY_ROWS: i64 = 0;
+/// The key of the session a CUDA instance built at load, before its first batch.
+const UNCLAIMED: i64 = -1;
+
 impl Sessions {
     /// The session for a batch of `rows` (any batch on the CPU).
     fn for_rows(&mut self, rows: i64) -> Result<&mut Session, String> {
         let key = match self.recipe.device {
-            Device::Cpu => 0,
+            Device::Cpu => ANY_ROWS,
             Device::Cuda(_) => rows,
         };
         let known = self.by_rows.iter().position(|(k, _)| *k == key);
-        // The session built at load (key -1) takes the first batch size that comes.
-        let unclaimed = || self.by_rows.iter().position(|(k, _)| *k == -1);
+        // The session built at load takes the first batch size that comes.
+        let unclaimed = || self.by_rows.iter().position(|(k, _)| *k == UNCLAIMED);
         let index = match known.or_else(unclaimed) {
             Some(index) => {
                 self.by_rows[index].0 = key;
@@ -114,7 +119,14 @@ impl OnnxBackend {
         let first = recipe.build()?;
         Ok(OnnxBackend {
             sessions: Mutex::new(Sessions {
-                by_rows: vec![(if device == Device::Cpu { 0 } else { -1 }, first)],
+                by_rows: vec![(
+                    if device == Device::Cpu {
+                        ANY_ROWS
+                    } else {
+                        UNCLAIMED
+                    },
+                    first,
+                )],
                 recipe,
             }),
         })

@@ -70,25 +70,36 @@ pub fn tiny_repository(root: &Path) {
 
 /// `yolov8n` at 640 and `yolov8n_small` at 160 (the same dynamic export), batching to 8.
 pub fn yolo_repository(root: &Path) {
-    let onnx = cardet_testkit::ultralytics_yolov8n_onnx();
     for (name, size) in [("yolov8n", 640), ("yolov8n_small", 160)] {
-        let model = root.join(name);
-        std::fs::create_dir_all(model.join("1")).expect("folder");
-        std::fs::write(
-            model.join("config.pbtxt"),
-            format!(
-                "name: \"{name}\"\nbackend: \"onnxruntime\"\nmax_batch_size: 8\n\
-                 input [ {{ name: \"images\" data_type: TYPE_FP32 dims: [ 3, {size}, {size} ] }} ]\n\
-                 output [ {{ name: \"output0\" data_type: TYPE_FP32 dims: [ -1, -1 ] }} ]\n\
-                 dynamic_batching {{ max_queue_delay_microseconds: 1000 }}\n\
-                 instance_group [ {{ count: 1 kind: KIND_CPU }} ]\n"
-            ),
-        )
-        .expect("config");
-        let target = model.join("1/model.onnx");
-        if std::fs::hard_link(&onnx, &target).is_err() {
-            std::fs::copy(&onnx, &target).expect("model");
-        }
+        yolo_model(
+            root,
+            name,
+            size,
+            "dynamic_batching { max_queue_delay_microseconds: 1000 }\n\
+             instance_group [ { count: 1 kind: KIND_CPU } ]\n",
+        );
+    }
+}
+
+/// The Ultralytics YOLOv8n export as `root/<name>/1/model.onnx` (linked, else
+/// copied), configured for `size`x`size` images and batches up to 8, with `extra`
+/// (batching, instances, parameters) at the end of its `config.pbtxt`.
+pub fn yolo_model(root: &Path, name: &str, size: usize, extra: &str) {
+    let model = root.join(name);
+    std::fs::create_dir_all(model.join("1")).expect("folder");
+    std::fs::write(
+        model.join("config.pbtxt"),
+        format!(
+            "name: \"{name}\"\nbackend: \"onnxruntime\"\nmax_batch_size: 8\n\
+             input [ {{ name: \"images\" data_type: TYPE_FP32 dims: [ 3, {size}, {size} ] }} ]\n\
+             output [ {{ name: \"output0\" data_type: TYPE_FP32 dims: [ -1, -1 ] }} ]\n{extra}"
+        ),
+    )
+    .expect("config");
+    let onnx = cardet_testkit::ultralytics_yolov8n_onnx();
+    let target = model.join("1/model.onnx");
+    if std::fs::hard_link(&onnx, &target).is_err() {
+        std::fs::copy(&onnx, &target).expect("model");
     }
 }
 
