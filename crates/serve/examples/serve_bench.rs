@@ -614,10 +614,9 @@ fn batching_on_against_off(args: &Args) -> (f64, f64) {
 /// `shapes`: `serve`'s backend on CUDA device 0, each cuDNN search mode in turn:
 /// the time of each batch size's first run (when cuDNN picks its algorithms for
 /// that shape) and of a later one.
-fn shapes() {
+fn shapes(args: &Args) {
     use cardet_serve::backend::{Backend, Batch, onnx::OnnxBackend};
     use cardet_serve::model_config::{ConvAlgoSearch, Device};
-    let args = parse_args();
     let onnx = Arc::new(cardet_onnx::load().expect("onnxruntime"));
     let threads = cardet_serve::Threads {
         intra_op: args.threads,
@@ -867,7 +866,7 @@ fn main() {
                 "{{\"value\": {on:.3}, \"baseline\": {off:.3}, \"unit\": \"images/s\", \"higher_is_better\": true}}"
             );
         }
-        "shapes" => shapes(),
+        "shapes" => shapes(&args),
         "rss" => {
             rss();
         }
