@@ -1,4 +1,5 @@
-//! Instances on a GPU (`instance_group { kind: KIND_GPU }`, or `--gpu`).
+//! Instances on a GPU (`instance_group { kind: KIND_GPU }`, or `--gpu`), and the
+//! batch padding GPU models get by default.
 //!
 //! Without CUDA (the CPU build of ONNX Runtime, which the suite uses), a model that
 //! asks for a GPU must fail to load with an error that names the cause and the way
@@ -130,13 +131,65 @@ async fn gpu_instances_answer_like_a_cpu_session() {
         .expect("config is JSON");
     assert_eq!(config["instance_group"][0]["kind"], "KIND_GPU", "{config}");
 
-    let input = image();
+    let served = infer_one_image(&client, &base).await;
+    // CUDA's convolutions (TF32 where ONNX Runtime allows it) round differently
+    // from the CPU's: boxes are pixels up to 640, scores 0..1.
+    let worst = worst_difference(&served, &cpu_session_output());
+    eprintln!("largest difference from the CPU session, relative to max(1, |value|): {worst:e}");
+    assert!(
+        worst < 1e-2,
+        "GPU output differs from the CPU session's by {worst}"
+    );
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_padded_batch_answers_only_its_own_rows() {
+    // The padding GPU models get by default, asked for on the CPU: one image runs as
+    // a batch of 8 and must come back as exactly its own row.
+    let repository = tempfile::tempdir().expect("tempdir");
+    common::yolo_model(
+        repository.path(),
+        "yolov8n",
+        640,
+        "dynamic_batching { max_queue_delay_microseconds: 0 }\n\
+         parameters { key: \"cardet_pad_batch\" value: { string_value: \"max\" } }\n",
+    );
+    let server = start(common::config(
+        repository.path(),
+        cardet_serve::ControlMode::None,
+        64 << 20,
+    ))
+    .await;
+    let base = format!("http://{}", server.http);
+    let served = infer_one_image(&reqwest::Client::new(), &base).await;
+    let worst = worst_difference(&served, &cpu_session_output());
+    assert!(
+        worst < 1e-4,
+        "a padded batch's row differs from a batch-1 session's by {worst}"
+    );
+    let stats: Value = reqwest::get(format!("{base}/v2/models/yolov8n/stats"))
+        .await
+        .expect("stats answer")
+        .json()
+        .await
+        .expect("stats are JSON");
+    let batches = &stats["model_stats"][0]["batch_stats"];
+    assert_eq!(
+        batches[0]["batch_size"], 1,
+        "statistics count the request's rows, not the padding: {stats}"
+    );
+    server.shutdown().await.expect("shutdown");
+}
+
+/// `output0` of one image sent over REST with binary tensor data.
+async fn infer_one_image(client: &reqwest::Client, base: &str) -> Vec<f32> {
     let header = format!(
         r#"{{"inputs":[{{"name":"images","shape":[1,3,640,640],"datatype":"FP32","parameters":{{"binary_data_size":{}}}}}],"outputs":[{{"name":"output0","parameters":{{"binary_data":true}}}}]}}"#,
         IMAGE_VALUES * 4
     );
     let mut body = header.as_bytes().to_vec();
-    body.extend(input.iter().flat_map(|v| v.to_le_bytes()));
+    body.extend(image().iter().flat_map(|v| v.to_le_bytes()));
     let response = client
         .post(format!("{base}/v2/models/yolov8n/infer"))
         .header("Inference-Header-Content-Length", header.len().to_string())
@@ -151,35 +204,40 @@ async fn gpu_instances_answer_like_a_cpu_session() {
         .and_then(|v| v.to_str().ok()?.parse().ok())
         .expect("binary output has a header length");
     let bytes = response.bytes().await.expect("body");
-    let served: Vec<f32> = bytes[json_length..]
+    let header: Value = serde_json::from_slice(&bytes[..json_length]).expect("header is JSON");
+    assert_eq!(
+        header["outputs"][0]["shape"],
+        serde_json::json!([1, 84, 8400])
+    );
+    bytes[json_length..]
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
+        .collect()
+}
 
+/// `output0` of the same image from a plain ONNX Runtime session on the CPU.
+fn cpu_session_output() -> Vec<f32> {
     let runtime = runtime();
     let mut session = ort::session::Session::builder(&runtime.environment)
         .expect("builder")
         .commit_from_file(cardet_testkit::ultralytics_yolov8n_onnx())
         .expect("CPU session");
-    let tensor = ort::value::Tensor::from_array(([1usize, 3, 640, 640], input)).expect("tensor");
+    let tensor = ort::value::Tensor::from_array(([1usize, 3, 640, 640], image())).expect("tensor");
     let outputs = session
         .run(ort::inputs!["images" => tensor])
         .expect("CPU run");
     let (_, expected) = outputs["output0"]
         .try_extract_tensor::<f32>()
         .expect("output0");
+    expected.to_vec()
+}
+
+/// The largest difference, relative to max(1, |expected|).
+fn worst_difference(served: &[f32], expected: &[f32]) -> f32 {
     assert_eq!(served.len(), expected.len());
-    // CUDA's convolutions (TF32 where ONNX Runtime allows it) round differently
-    // from the CPU's: boxes are pixels up to 640, scores 0..1.
-    let worst = served
+    served
         .iter()
         .zip(expected)
-        .map(|(gpu, cpu)| (gpu - cpu).abs() / cpu.abs().max(1.0))
-        .fold(0.0_f32, f32::max);
-    eprintln!("largest difference from the CPU session, relative to max(1, |value|): {worst:e}");
-    assert!(
-        worst < 1e-2,
-        "GPU output differs from the CPU session's by {worst}"
-    );
-    server.shutdown().await.expect("shutdown");
+        .map(|(got, want)| (got - want).abs() / want.abs().max(1.0))
+        .fold(0.0_f32, f32::max)
 }
