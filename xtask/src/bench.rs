@@ -8,7 +8,7 @@
 //! short turns, and its JSON carries the baseline's value as `baseline` (a paired
 //! case: its `baseline` command is empty). The harness takes medians and writes one row per case
 //! into the area's table in BENCHMARKS.md: medians, ratio (above 1 means ours is
-//! better), spread, machine, date and the command that made it. Areas with
+//! better; for a paired case the median of the runs' own ratios), spread, machine, date and the command that made it. Areas with
 //! criterion micro-benchmarks also run `cargo bench` for their package.
 
 use std::path::Path;
@@ -635,6 +635,8 @@ pub struct CaseResult {
     pub ours: Vec<f64>,
     pub baseline: Vec<f64>,
     pub higher_is_better: bool,
+    /// Run i of each side measured the same minutes (a paired case).
+    pub paired: bool,
 }
 
 /// A broker of the bench's own, in `$CARDET_HOME/bench/<area>/broker`, stopped and
@@ -681,6 +683,7 @@ fn run_case(case: &Case, repeat: usize, env: &[(&str, String)]) -> anyhow::Resul
         ours: Vec::new(),
         baseline: Vec::new(),
         higher_is_better: false,
+        paired: case.baseline.is_empty(),
     };
     for _ in 0..repeat.max(1) {
         if case.baseline.is_empty() {
@@ -787,14 +790,28 @@ pub fn spread(values: &[f64]) -> f64 {
 }
 
 impl CaseResult {
-    /// Above 1 means ours is better, whichever way the unit points.
+    /// Above 1 means ours is better, whichever way the unit points. For a paired
+    /// case, the median of each run's own ratio: both sides of a run saw the same
+    /// minutes of the machine, while the medians of the two sides may come from runs
+    /// minutes apart.
     pub fn ratio(&self) -> f64 {
-        let (ours, baseline) = (median(&self.ours), median(&self.baseline));
-        if self.higher_is_better {
-            ours / baseline
-        } else {
-            baseline / ours
+        let better = |ours: f64, baseline: f64| {
+            if self.higher_is_better {
+                ours / baseline
+            } else {
+                baseline / ours
+            }
+        };
+        if self.paired {
+            let per_run: Vec<f64> = self
+                .ours
+                .iter()
+                .zip(&self.baseline)
+                .map(|(&ours, &baseline)| better(ours, baseline))
+                .collect();
+            return median(&per_run);
         }
+        better(median(&self.ours), median(&self.baseline))
     }
 
     fn row(&self, case: &Case, machine: &str, invocation: &str) -> String {
@@ -911,6 +928,7 @@ mod tests {
             ours: vec![1.0, 2.0, 3.0],
             baseline: vec![4.0, 6.0, 8.0],
             higher_is_better: false,
+            paired: false,
         };
         assert_eq!(faster.ratio(), 3.0);
         let throughput = CaseResult {
@@ -918,8 +936,23 @@ mod tests {
             ours: vec![90.0],
             baseline: vec![100.0],
             higher_is_better: true,
+            paired: false,
         };
         assert!((throughput.ratio() - 0.9).abs() < 1e-12);
+        // Paired runs on a drifting machine: the runs' own ratios are 0.9, 0.95 and
+        // 0.85 (median 0.9); the medians' ratio, 12.75 / 15 = 0.85, mixes runs.
+        let drifting = CaseResult {
+            unit: "images/s".into(),
+            ours: vec![9.0, 19.0, 12.75],
+            baseline: vec![10.0, 20.0, 15.0],
+            higher_is_better: true,
+            paired: true,
+        };
+        assert!(
+            (drifting.ratio() - 0.9).abs() < 1e-12,
+            "{}",
+            drifting.ratio()
+        );
         assert_eq!(median(&[3.0, 1.0, 2.0, 10.0]), 2.5);
         assert!((spread(&[9.0, 10.0, 11.0]) - 0.2).abs() < 1e-12);
     }
