@@ -137,6 +137,22 @@ fn inspect(sh: &Shell, home: &CardetHome) -> Vec<Part> {
         "libonnxruntime (for ort)",
         home.onnxruntime_link(),
     ));
+    // Optional: only `serve` on a GPU needs it.
+    let gpu = home.gpu_dir();
+    let gpu_version = home::dist_version(&gpu, "onnxruntime-gpu");
+    parts.push(Part {
+        name: "onnxruntime-gpu",
+        state: match gpu_version {
+            Some(_) if gpu.join("env.sh").exists() => Ok(format!(
+                "optional; `. {}` before `serve --gpu`",
+                gpu.join("env.sh").display()
+            )),
+            _ => Err("optional, for GPUs: `cargo xtask setup --gpu`".into()),
+        },
+        version: gpu_version,
+        location: Some(gpu),
+        required: false,
+    });
     for tool in home::CARGO_TOOLS {
         let binary = home.tool_bin(tool);
         let version = cmd!(sh, "{binary} --version")

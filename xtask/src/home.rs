@@ -147,6 +147,11 @@ impl CardetHome {
             .find(|path| path.is_dir())
     }
 
+    /// ONNX Runtime's GPU build and CUDA's wheels (`cargo xtask setup --gpu`).
+    pub fn gpu_dir(&self) -> PathBuf {
+        self.root.join("gpu")
+    }
+
     pub fn tools_root(&self) -> PathBuf {
         self.root.join("tools")
     }

@@ -222,7 +222,7 @@ const ONNXRUNTIME_GPU: &str = "1.31.1";
 /// onnxruntime shares the package name), and writes `gpu/env.sh` with the
 /// `ORT_DYLIB_PATH` and `LD_LIBRARY_PATH` that make `serve` use it.
 fn ensure_gpu_runtime(sh: &Shell, home: &CardetHome) -> anyhow::Result<()> {
-    let target = home.root.join("gpu");
+    let target = home.gpu_dir();
     let stamp = target.join(format!(".onnxruntime-gpu-{ONNXRUNTIME_GPU}"));
     if !stamp.exists() {
         println!(
