@@ -48,6 +48,16 @@ fn library_has_cuda() -> bool {
     ort::ep::CUDA::is_available().unwrap_or(false)
 }
 
+/// Serves every model of the repository, with room for a batch of images.
+async fn serve_all(repository: &Path) -> cardet_serve::Server {
+    start(common::config(
+        repository,
+        cardet_serve::ControlMode::None,
+        64 << 20,
+    ))
+    .await
+}
+
 async fn start(config: cardet_serve::Config) -> cardet_serve::Server {
     cardet_serve::start(runtime(), config)
         .await
@@ -112,12 +122,7 @@ async fn gpu_instances_answer_like_a_cpu_session() {
     );
     let repository = tempfile::tempdir().expect("tempdir");
     gpu_repository(repository.path());
-    let server = start(common::config(
-        repository.path(),
-        cardet_serve::ControlMode::None,
-        64 << 20,
-    ))
-    .await;
+    let server = serve_all(repository.path()).await;
     let base = format!("http://{}", server.http);
     let client = reqwest::Client::new();
 
@@ -155,12 +160,7 @@ async fn a_padded_batch_answers_only_its_own_rows() {
         "dynamic_batching { max_queue_delay_microseconds: 0 }\n\
          parameters { key: \"cardet_pad_batch\" value: { string_value: \"max\" } }\n",
     );
-    let server = start(common::config(
-        repository.path(),
-        cardet_serve::ControlMode::None,
-        64 << 20,
-    ))
-    .await;
+    let server = serve_all(repository.path()).await;
     let base = format!("http://{}", server.http);
     let served = infer_one_image(&reqwest::Client::new(), &base).await;
     let worst = worst_difference(&served, &cpu_session_output());
