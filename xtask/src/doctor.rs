@@ -15,8 +15,18 @@ struct Part {
     location: Option<PathBuf>,
     /// `Ok(detail)` when present (and answering, for a service); `Err(fix)` otherwise.
     state: Result<String, String>,
-    /// A missing service is not a broken install: `stack up` starts it.
-    required: bool,
+    need: Need,
+}
+
+/// What a part's absence means.
+#[derive(Clone, Copy, PartialEq)]
+enum Need {
+    /// A broken install: `doctor` exits 1.
+    Required,
+    /// Not running: `stack up` starts it.
+    Service,
+    /// Only some machines want it (the GPU build of ONNX Runtime).
+    Optional,
 }
 
 impl flags::Doctor {
@@ -33,7 +43,7 @@ impl flags::Doctor {
                         "location": part.location.as_ref().map(|path| path.display().to_string()),
                         "ok": part.state.is_ok(),
                         "detail": match &part.state { Ok(detail) | Err(detail) => detail },
-                        "required": part.required,
+                        "required": part.need == Need::Required,
                     })
                 })
                 .collect();
@@ -46,8 +56,11 @@ impl flags::Doctor {
             for part in &parts {
                 let (mark, detail) = match &part.state {
                     Ok(detail) => ("ok  ", detail.clone()),
-                    Err(fix) if part.required => ("MISS", fix.clone()),
-                    Err(fix) => ("down", fix.clone()),
+                    Err(fix) => match part.need {
+                        Need::Required => ("MISS", fix.clone()),
+                        Need::Service => ("down", fix.clone()),
+                        Need::Optional => ("opt ", fix.clone()),
+                    },
                 };
                 println!(
                     "{mark} {:<22} {:<16} {:<60} {detail}",
@@ -61,7 +74,7 @@ impl flags::Doctor {
         }
         let missing: Vec<_> = parts
             .iter()
-            .filter(|part| part.required && part.state.is_err())
+            .filter(|part| part.need == Need::Required && part.state.is_err())
             .collect();
         if !missing.is_empty() {
             let names: Vec<_> = missing.iter().map(|part| part.name).collect();
@@ -92,7 +105,7 @@ fn inspect(sh: &Shell, home: &CardetHome) -> Vec<Part> {
         } else {
             Err("run `cargo xtask setup`".into())
         },
-        required: true,
+        need: Need::Required,
     });
     for distribution in [
         "torch",
@@ -126,7 +139,7 @@ fn inspect(sh: &Shell, home: &CardetHome) -> Vec<Part> {
             version: installed,
             location: site.clone(),
             state,
-            required: true,
+            need: Need::Required,
         });
     }
     parts.push(link_part(
@@ -151,7 +164,7 @@ fn inspect(sh: &Shell, home: &CardetHome) -> Vec<Part> {
         },
         version: gpu_version,
         location: Some(gpu),
-        required: false,
+        need: Need::Optional,
     });
     for tool in home::CARGO_TOOLS {
         let binary = home.tool_bin(tool);
@@ -175,7 +188,7 @@ fn inspect(sh: &Shell, home: &CardetHome) -> Vec<Part> {
             } else {
                 Err("run `cargo xtask setup`".into())
             },
-            required: true,
+            need: Need::Required,
         });
     }
     let postgres = PathBuf::from(POSTGRES_BIN).join("postgres");
@@ -193,7 +206,7 @@ fn inspect(sh: &Shell, home: &CardetHome) -> Vec<Part> {
         } else {
             Err("run `cargo xtask setup`".into())
         },
-        required: true,
+        need: Need::Required,
     });
     if let Ok(config) = StackConfig::load(home, false) {
         for service in Service::ALL {
@@ -212,7 +225,7 @@ fn inspect(sh: &Shell, home: &CardetHome) -> Vec<Part> {
                 version: None,
                 location: None,
                 state,
-                required: false,
+                need: Need::Service,
             });
         }
     }
@@ -230,6 +243,6 @@ fn link_part(name: &'static str, path: PathBuf) -> Part {
             Err("run `cargo xtask setup`".into())
         },
         location: target.or(Some(path)),
-        required: true,
+        need: Need::Required,
     }
 }
