@@ -74,6 +74,9 @@ struct SessionRecipe {
 const ANY_ROWS: i64 = 0;
 /// The key of the session a CUDA instance built at load, before its first batch.
 const UNCLAIMED: i64 = -1;
+/// Sessions one CUDA instance keeps at most: every power of two up to a
+/// `max_batch_size` of 128, or every size up to 8.
+const MAX_SESSIONS: usize = 8;
 
 impl Sessions {
     /// The session for a batch of `rows` (any batch on the CPU).
@@ -82,21 +85,47 @@ impl Sessions {
             Device::Cpu => ANY_ROWS,
             Device::Cuda(_) => rows,
         };
-        let known = self.by_rows.iter().position(|(k, _)| *k == key);
-        // The session built at load takes the first batch size that comes.
-        let unclaimed = || self.by_rows.iter().position(|(k, _)| *k == UNCLAIMED);
-        let index = match known.or_else(unclaimed) {
-            Some(index) => {
+        let keys: Vec<i64> = self.by_rows.iter().map(|(k, _)| *k).collect();
+        let index = match slot_for(&keys, key) {
+            Slot::Use(index) => index,
+            Slot::Claim(index) => {
                 self.by_rows[index].0 = key;
                 index
             }
-            None => {
+            Slot::Build => {
                 self.by_rows.push((key, self.recipe.build()?));
                 self.by_rows.len() - 1
             }
         };
         Ok(&mut self.by_rows[index].1)
     }
+}
+
+/// Which session runs a batch whose key is `key`, given the sessions' keys.
+#[derive(Debug, PartialEq)]
+enum Slot {
+    /// This session (its key, or past the cap the first session).
+    Use(usize),
+    /// The session built at load, not yet tied to a size: it takes this one.
+    Claim(usize),
+    /// A new session for this key.
+    Build,
+}
+
+fn slot_for(keys: &[i64], key: i64) -> Slot {
+    if let Some(index) = keys.iter().position(|k| *k == key) {
+        return Slot::Use(index);
+    }
+    if let Some(index) = keys.iter().position(|k| *k == UNCLAIMED) {
+        return Slot::Claim(index);
+    }
+    // Past the cap, the first session runs every new shape (paying the switch): a
+    // model without a batch dimension whose first dimension varies would otherwise
+    // grow one session, and its GPU memory, per value sent.
+    if keys.len() >= MAX_SESSIONS {
+        return Slot::Use(0);
+    }
+    Slot::Build
 }
 
 impl OnnxBackend {
@@ -418,4 +447,23 @@ fn from_ort_value(name: String, value: DynValue) -> Result<Tensor, BackendError>
         shape,
         data,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_batch_size_gets_its_session_up_to_the_cap() {
+        // The load's session takes the first size; a known size reuses its own.
+        assert_eq!(slot_for(&[UNCLAIMED], 4), Slot::Claim(0));
+        assert_eq!(slot_for(&[4, 1], 1), Slot::Use(1));
+        assert_eq!(slot_for(&[4, 1], 2), Slot::Build);
+        // The CPU's one session answers every size.
+        assert_eq!(slot_for(&[ANY_ROWS], ANY_ROWS), Slot::Use(0));
+        // At the cap, a new size shares the first session instead of growing.
+        let full: Vec<i64> = (1..=MAX_SESSIONS as i64).collect();
+        assert_eq!(slot_for(&full, 100), Slot::Use(0));
+        assert_eq!(slot_for(&full, 3), Slot::Use(2));
+    }
 }
