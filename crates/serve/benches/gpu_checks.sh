@@ -8,7 +8,9 @@
 # serve_bench`), gpu_test (`cargo test --release -p cardet-serve --test gpu
 # --no-run`'s binary) and home/fixtures/serve/yolov8n-dynamic.onnx (the export
 # the tests cache under $CARDET_HOME). ONNX Runtime's GPU build comes from
-# ORT_DYLIB_PATH, else from $CARDET_HOME/gpu/env.sh (`cargo xtask setup --gpu`);
+# ORT_DYLIB_PATH, else from $CARDET_HOME/gpu/env.sh (`cargo xtask setup --gpu`); on a
+# machine that cannot reach PyPI, unpack what `ort_gpu_pack.py WHEEL SM OUT.tar.xz`
+# made from the onnxruntime-gpu wheel and point ORT_DYLIB_PATH at its libonnxruntime.so.*;
 # CUDA's libraries from LD_LIBRARY_PATH, else from the NVIDIA wheels of the
 # machine's python3. Each step's output is printed; $OUT, when set, gets
 # checks.log and nvidia-smi's utilisation once a second in smi.log.
