@@ -29,7 +29,7 @@ use clap::{Parser, ValueEnum};
   serve --model-repository model_repo --http-port 8008 --grpc-port 8085 --allow-metrics false
   serve --runtime-info   # which ONNX Runtime is loaded, and its version
   serve --model-repository model_repo --allow-shared-memory   # clients on this host may pass tensors through /dev/shm
-  . ~/.cache/cardet/gpu/env.sh && serve --model-repository model_repo --gpu 0   # after `cargo xtask setup --gpu`
+  . ~/.cache/cardet/gpu/env.sh && serve --model-repository model_repo --gpu 0
 
 Message sizes: one 640x640 FP32 image is 4.9 MB, so the REST body limit and gRPC's
 message limits (tonic's default is 4 MB) are both raised to --max-message-bytes
@@ -41,9 +41,9 @@ with {\"error\": ...}.
 
 GPU: a model whose config.pbtxt says instance_group { kind: KIND_GPU gpus: [N] }, or
 every model with --gpu N, runs on CUDA through ONNX Runtime's CUDA provider. That
-needs the onnxruntime-gpu build (`cargo xtask setup --gpu` installs it and prints the
-ORT_DYLIB_PATH and LD_LIBRARY_PATH to use); with the CPU build the model fails to
-load with an error that says so. KIND_AUTO runs on the CPU.
+needs the onnxruntime-gpu build: `cargo xtask setup --gpu` installs it and writes
+~/.cache/cardet/gpu/env.sh with the ORT_DYLIB_PATH and LD_LIBRARY_PATH to use. With
+the CPU build the model fails to load with an error that says so. KIND_AUTO runs on the CPU.
 
 Threads: ONNX Runtime's intra-op threads do the inference; the async threads only
 move requests, so by default they are half the cores (1 on a 2-core machine) and do
