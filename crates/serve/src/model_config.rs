@@ -72,11 +72,12 @@ pub enum InstanceKind {
 
 /// How cuDNN picks each convolution's algorithm on a GPU.
 ///
-/// Heuristic unless a config asks otherwise (Triton's default is exhaustive):
-/// exhaustive benchmarks every algorithm the first time each input shape is seen,
-/// and with dynamic batching every batch size is a new shape. Measured on an H200
-/// with YOLOv8n and 8 clients (BENCHMARKS "serve on a GPU"), those searches kept
-/// batching at 5 images/s against 264 without it.
+/// Heuristic unless a config asks otherwise (Triton's default is exhaustive). A
+/// session searches again each time its input shape changes, and with dynamic
+/// batching that is nearly every batch. Measured on an H200 with YOLOv8n
+/// (BENCHMARKS "serve on a GPU"), a change of shape cost 760-990 ms exhaustive
+/// against 140-150 ms heuristic; with 8 clients, batching ran 5 images/s with the
+/// exhaustive search and 83 with the heuristic, before the sessions per batch size.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ConvAlgoSearch {
     Exhaustive,
@@ -212,8 +213,11 @@ impl ModelConfig {
     pub fn instance_count(&self) -> u32 {
         self.instance_groups
             .iter()
-            .map(|group| group.count * group.gpus.len().max(1) as u32)
-            .sum()
+            .map(|group| {
+                let gpus = u32::try_from(group.gpus.len().max(1)).unwrap_or(u32::MAX);
+                group.count.saturating_mul(gpus)
+            })
+            .fold(0, u32::saturating_add)
     }
 
     /// Where each instance runs, in the order of the groups: a `KIND_GPU` group

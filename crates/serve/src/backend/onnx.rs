@@ -1,4 +1,5 @@
-//! The ONNX Runtime backend: one `ort` session per model instance.
+//! The ONNX Runtime backend: one `ort` session per model instance on the CPU, one per
+//! batch size for an instance on CUDA (see `Sessions`).
 //!
 //! `Session::run` takes `&mut self`, so each instance owns its session behind an
 //! uncontended mutex and is driven by exactly one OS thread (the batcher's instance
@@ -193,17 +194,10 @@ impl OnnxBackend {
 
 impl SessionRecipe {
     fn build(&self) -> Result<Session, String> {
-        let SessionRecipe {
-            runtime,
-            model,
-            threads,
-            device,
-            conv_algo_search,
-        } = self;
-        let (threads, device, conv_algo_search) = (*threads, *device, *conv_algo_search);
+        let (runtime, model, threads) = (&self.runtime, &self.model, self.threads);
         let cpu = ep::CPU::default().with_arena_allocator(false).build();
         let builder = Session::builder(&runtime.environment).map_err(|e| e.to_string())?;
-        let mut builder = match device {
+        let mut builder = match self.device {
             Device::Cpu => builder
                 .with_execution_providers([cpu])
                 .map_err(|e| e.to_string()),
@@ -214,7 +208,7 @@ impl SessionRecipe {
                 .with_execution_providers([
                     ep::CUDA::default()
                         .with_device_id(gpu)
-                        .with_conv_algorithm_search(match conv_algo_search {
+                        .with_conv_algorithm_search(match self.conv_algo_search {
                             ConvAlgoSearch::Exhaustive => ep::cuda::ConvAlgorithmSearch::Exhaustive,
                             ConvAlgoSearch::Heuristic => ep::cuda::ConvAlgorithmSearch::Heuristic,
                             ConvAlgoSearch::Default => ep::cuda::ConvAlgorithmSearch::Default,
