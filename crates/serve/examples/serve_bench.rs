@@ -18,6 +18,8 @@
 //!                                                             # dynamic batching on against off, alternated
 //! serve_bench batching ... --conv-search 0                    # cuDNN's exhaustive search (1 heuristic, 2 default)
 //! serve_bench batching ... --pad-pow2 | --pad-max             # merged batches padded to 2^n or max_batch_size rows
+//! serve_bench batching ... --delay-us 2000 --instances 2      # max_queue_delay_microseconds, instances on each side
+//! serve_bench transfer --gpu [--max-batch 8]                  # one CUDA run: pageable or pinned copies, or none
 //! serve_bench shapes  --gpu [--max-batch 8]                   # each batch size's first run, and runs switching sizes, on CUDA
 //! ```
 //! `pair` runs both sides in one process, alternating in short slices (raw first in
@@ -76,6 +78,8 @@ struct Args {
     conv_search: Option<u64>,
     /// `parameters { key: "cardet_pad_batch" }`: "pow2" or "max".
     pad: Option<&'static str>,
+    /// `dynamic_batching { max_queue_delay_microseconds }`.
+    delay_us: u64,
 }
 
 fn parse_args() -> Args {
@@ -100,6 +104,7 @@ fn parse_args() -> Args {
         gpu: false,
         conv_search: None,
         pad: None,
+        delay_us: 0,
     };
     let mut iter = std::env::args().skip(1);
     args.mode = iter.next().unwrap_or_default();
@@ -126,6 +131,7 @@ fn parse_args() -> Args {
             "--conv-search" => args.conv_search = Some(value()),
             "--pad-pow2" => args.pad = Some("pow2"),
             "--pad-max" => args.pad = Some("max"),
+            "--delay-us" => args.delay_us = value(),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -289,9 +295,12 @@ async fn start_server(
     std::fs::create_dir_all(&folder).expect("folder");
     std::fs::copy(model(), folder.join("model.onnx")).expect("model");
     let batching = if batching {
-        "dynamic_batching { max_queue_delay_microseconds: 0 }"
+        format!(
+            "dynamic_batching {{ max_queue_delay_microseconds: {} }}",
+            args.delay_us
+        )
     } else {
-        ""
+        String::new()
     };
     let kind = if args.gpu { "KIND_GPU" } else { "KIND_CPU" };
     let parameter = |key: &str, value: &str| {
@@ -579,7 +588,7 @@ fn batching_on_against_off(args: &Args) -> (f64, f64) {
         let url = format!("http://{}/v2/models/yolov8n/infer", server.http);
         let clients = client_runtime.block_on(GatedClients::start(args, &url));
         client_runtime.block_on(clients.slice(slice));
-        sides.push((repository, server, clients, (0, Duration::ZERO)));
+        sides.push((repository, server, clients, url, (0, Duration::ZERO)));
     }
     for index in 0..args.slices.max(1) {
         let on_first = index % 2 == 0;
@@ -587,11 +596,18 @@ fn batching_on_against_off(args: &Args) -> (f64, f64) {
             std::thread::sleep(SETTLE);
             let side = &mut sides[usize::from(!on_turn)];
             let (images, elapsed) = client_runtime.block_on(side.2.slice(slice));
-            side.3 = (side.3.0 + images, side.3.1 + elapsed);
+            side.4 = (side.4.0 + images, side.4.1 + elapsed);
         }
     }
     let mut rates = Vec::new();
-    for (repository, server, clients, (images, elapsed)) in sides {
+    for (repository, server, clients, url, (images, elapsed)) in sides {
+        eprint!("batching {}: ", if rates.is_empty() { "on" } else { "off" });
+        client_runtime.block_on(print_time_split(
+            &reqwest::Client::new(),
+            &url,
+            images as u64,
+            elapsed,
+        ));
         drop(clients);
         server_runtime
             .block_on(server.shutdown())
@@ -668,6 +684,115 @@ fn shapes(args: &Args) {
             list(&switching)
         );
     }
+}
+
+/// `transfer`: one CUDA session running batches of `--max-batch` images, in ms per
+/// run (median of 20 after 3 untimed): the input as a pageable CPU tensor (as `serve`
+/// passes it); in pinned memory; pinned in and out through an `IoBinding`; already
+/// on the device with the output left there (the GPU's own time). Also the copy of
+/// the batch on the CPU, by one thread and by one thread per image.
+fn transfer(args: &Args) {
+    use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
+    let onnx = cardet_onnx::load().expect("onnxruntime");
+    let mut session = Session::builder(&onnx.environment)
+        .expect("builder")
+        .with_execution_providers([ort::ep::CUDA::default()
+            .with_conv_algorithm_search(ort::ep::cuda::ConvAlgorithmSearch::Heuristic)
+            .build()
+            .error_on_failure()])
+        .expect("cuda")
+        .commit_from_file(model())
+        .expect("session");
+    let rows = args.max_batch.max(1);
+    let shape = [rows, 3, 640, 640];
+    let data = image(rows);
+    let median = |mut times: Vec<f64>| {
+        times.sort_by(f64::total_cmp);
+        times[times.len() / 2]
+    };
+    let time = |run: &mut dyn FnMut()| {
+        for _ in 0..3 {
+            run();
+        }
+        median(
+            (0..20)
+                .map(|_| {
+                    let began = Instant::now();
+                    run();
+                    began.elapsed().as_secs_f64() * 1e3
+                })
+                .collect(),
+        )
+    };
+    let pageable = Tensor::from_array((shape, data.clone())).expect("tensor");
+    let pageable_ms = time(&mut || {
+        session
+            .run(ort::inputs!["images" => &pageable])
+            .expect("run");
+    });
+    let memory = |device, memory_type| {
+        MemoryInfo::new(device, 0, AllocatorType::Device, memory_type).expect("memory info")
+    };
+    let pinned_allocator = Allocator::new(
+        &session,
+        memory(AllocationDevice::CUDA_PINNED, MemoryType::CPUInput),
+    )
+    .expect("pinned allocator");
+    let mut pinned = Tensor::<f32>::new(&pinned_allocator, shape).expect("pinned tensor");
+    pinned.extract_tensor_mut().1.copy_from_slice(&data);
+    let pinned_ms = time(&mut || {
+        session.run(ort::inputs!["images" => &pinned]).expect("run");
+    });
+    let mut binding = session.create_binding().expect("binding");
+    binding
+        .bind_output_to_device(
+            "output0",
+            &memory(AllocationDevice::CUDA_PINNED, MemoryType::CPUOutput),
+        )
+        .expect("bind output");
+    let pinned_both_ms = time(&mut || {
+        binding.bind_input("images", &pinned).expect("bind input");
+        session.run_binding(&binding).expect("run");
+    });
+    let device_allocator = Allocator::new(
+        &session,
+        memory(AllocationDevice::CUDA, MemoryType::Default),
+    )
+    .expect("device allocator");
+    let on_device = Tensor::<f32>::new(&device_allocator, shape).expect("device tensor");
+    let mut device_binding = session.create_binding().expect("binding");
+    device_binding
+        .bind_input("images", &on_device)
+        .expect("bind input");
+    device_binding
+        .bind_output_to_device(
+            "output0",
+            &memory(AllocationDevice::CUDA, MemoryType::Default),
+        )
+        .expect("bind output");
+    let device_ms = time(&mut || {
+        session.run_binding(&device_binding).expect("run");
+        device_binding.synchronize_outputs().expect("sync");
+    });
+    let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let mut target = vec![0u8; bytes.len()];
+    let one_thread_ms = time(&mut || target.copy_from_slice(&bytes));
+    let per_image = bytes.len() / rows;
+    let threaded_ms = time(&mut || {
+        std::thread::scope(|scope| {
+            for (to, from) in target
+                .chunks_mut(per_image)
+                .zip(bytes.chunks(per_image))
+            {
+                scope.spawn(move || to.copy_from_slice(from));
+            }
+        })
+    });
+    eprintln!(
+        "batch {rows} on CUDA, ms per run: pageable input {pageable_ms:.2}; pinned input {pinned_ms:.2}; \
+         pinned input and output (IoBinding) {pinned_both_ms:.2}; on the device {device_ms:.2}. \
+         Copying the batch on the CPU: one thread {one_thread_ms:.2}, a thread per image {threaded_ms:.2}"
+    );
 }
 
 /// `--clients` clients that send only while a slice is on.
@@ -867,6 +992,7 @@ fn main() {
             );
         }
         "shapes" => shapes(&args),
+        "transfer" => transfer(&args),
         "rss" => {
             rss();
         }
@@ -875,7 +1001,7 @@ fn main() {
             println!("{{\"value\": {ratio:.4}, \"unit\": \"x\", \"higher_is_better\": true}}");
         }
         other => {
-            eprintln!("unknown mode {other:?}: raw, serve, pair, batching, shapes, backend or rss");
+            eprintln!("unknown mode {other:?}: raw, serve, pair, batching, shapes, transfer, backend or rss");
             std::process::exit(2);
         }
     }

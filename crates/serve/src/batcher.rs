@@ -456,12 +456,13 @@ impl MergeBuffers {
                 let total: usize = batch.iter().map(|p| p.inputs[index].data.len()).sum();
                 let padding = total / rows.max(1) * (run_rows - rows);
                 let mut data = self.spare.pop().unwrap_or_default();
-                data.clear();
-                data.reserve(total + padding);
-                for pending in batch {
-                    data.extend_from_slice(&pending.inputs[index].data);
-                }
+                // A recycled buffer keeps its length: only growth is zeroed here,
+                // every byte of the rest is written below.
                 data.resize(total + padding, 0);
+                let (requests, pad) = data.split_at_mut(total);
+                let parts: Vec<&[u8]> = batch.iter().map(|p| &p.inputs[index].data[..]).collect();
+                concatenate(&parts, requests);
+                pad.fill(0);
                 let mut shape = template.shape.clone();
                 if let Some(first_dim) = shape.first_mut() {
                     *first_dim = run_rows as i64;
@@ -483,6 +484,42 @@ impl MergeBuffers {
                 .into_iter()
                 .filter_map(|data| data.try_into_mut().ok()),
         );
+    }
+}
+
+/// Batches at least this large are copied by several threads at once.
+const PARALLEL_COPY_BYTES: usize = 8 << 20;
+
+/// Copies `parts` one after the other into `into` (exactly their total length).
+///
+/// A large batch is split between threads, a run of whole parts each: one core copies
+/// 5-10 GB/s, so merging eight 640x640 images (39 MB) alone took milliseconds of
+/// every batch while the model's device sat idle.
+fn concatenate(parts: &[&[u8]], into: &mut [u8]) {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(parts.len());
+    if into.len() < PARALLEL_COPY_BYTES || threads < 2 {
+        copy_in_order(parts, into);
+        return;
+    }
+    std::thread::scope(|scope| {
+        let mut rest = into;
+        for group in parts.chunks(parts.len().div_ceil(threads)) {
+            let bytes: usize = group.iter().map(|part| part.len()).sum();
+            let (to, after) = rest.split_at_mut(bytes);
+            rest = after;
+            scope.spawn(move || copy_in_order(group, to));
+        }
+    });
+}
+
+fn copy_in_order(parts: &[&[u8]], into: &mut [u8]) {
+    let mut rest = into;
+    for part in parts {
+        let (to, after) = rest.split_at_mut(part.len());
+        to.copy_from_slice(part);
+        rest = after;
     }
 }
 
@@ -663,6 +700,51 @@ mod tests {
         let merged = buffers.merge(&batch, 2, 2);
         assert_eq!(merged[0].data.as_ptr(), first_buffer);
         assert_eq!(merged[0].to_f32(), Some(vec![1.0, 1.0, 2.0, 2.0]));
+    }
+
+    #[test]
+    fn a_recycled_buffer_is_overwritten_and_its_padding_zeroed() {
+        let mut buffers = MergeBuffers::default();
+        let permits = Arc::new(Semaphore::new(8));
+        let stats = Arc::new(ModelStats::default());
+        let pending = |value: f32| Pending {
+            inputs: vec![Tensor::from_f32("x", vec![1, 1], &[value])],
+            rows: 1,
+            enqueued: Instant::now(),
+            reply: oneshot::channel::<Result<Executed, BackendError>>().0,
+            _permit: permits.clone().try_acquire_owned().expect("permit"),
+            _bytes: permits.clone().try_acquire_owned().expect("permit"),
+            _counted: PendingCount::new(&stats),
+        };
+        let three = [pending(1.0), pending(2.0), pending(3.0)];
+        let merged = buffers.merge(&three, 3, 3);
+        assert_eq!(merged[0].to_f32(), Some(vec![1.0, 2.0, 3.0]));
+        buffers.recycle(merged.into_iter().map(|tensor| tensor.data).collect());
+        // Shorter, then padded past the old length: no byte of the last batch remains.
+        let one = [pending(7.0)];
+        let merged = buffers.merge(&one, 1, 2);
+        assert_eq!(merged[0].shape, vec![2, 1]);
+        assert_eq!(merged[0].to_f32(), Some(vec![7.0, 0.0]));
+        buffers.recycle(merged.into_iter().map(|tensor| tensor.data).collect());
+        let merged = buffers.merge(&one, 1, 4);
+        assert_eq!(merged[0].to_f32(), Some(vec![7.0, 0.0, 0.0, 0.0]));
+    }
+
+    #[test]
+    fn large_batches_are_copied_in_order_by_several_threads() {
+        // Parts of uneven size whose bytes say where they belong, over the threshold.
+        let sizes = [3 << 20, 1, 5 << 20, 2 << 20, 7];
+        let parts: Vec<Vec<u8>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(index, &size)| vec![index as u8 + 1; size])
+            .collect();
+        let slices: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        let total: usize = sizes.iter().sum();
+        assert!(total >= PARALLEL_COPY_BYTES);
+        let mut into = vec![0u8; total];
+        concatenate(&slices, &mut into);
+        assert_eq!(into, parts.concat());
     }
 
     #[tokio::test]
