@@ -19,7 +19,8 @@
 //! serve_bench batching ... --conv-search 0                    # cuDNN's exhaustive search (1 heuristic, 2 default)
 //! serve_bench batching ... --pad-pow2 | --pad-max             # merged batches padded to 2^n or max_batch_size rows
 //! serve_bench batching ... --delay-us 2000 --instances 2      # max_queue_delay_microseconds, instances on each side
-//! serve_bench transfer --gpu [--max-batch 8]                  # one CUDA run: pageable or pinned copies, or none
+//! serve_bench transfer --gpu [--max-batch 8]                  # one CUDA run: pageable or page-locked input, or none
+//! serve_bench batching ... --no-pin                           # merged batches not page-locked (--pinned-memory-pool-byte-size 0)
 //! serve_bench shapes  --gpu [--max-batch 8]                   # each batch size's first run, and runs switching sizes, on CUDA
 //! ```
 //! `pair` runs both sides in one process, alternating in short slices (raw first in
@@ -80,6 +81,8 @@ struct Args {
     pad: Option<&'static str>,
     /// `dynamic_batching { max_queue_delay_microseconds }`.
     delay_us: u64,
+    /// `serve`'s merged batches stay pageable (`Config::pinned_memory_bytes` 0).
+    no_pin: bool,
 }
 
 fn parse_args() -> Args {
@@ -105,6 +108,7 @@ fn parse_args() -> Args {
         conv_search: None,
         pad: None,
         delay_us: 0,
+        no_pin: false,
     };
     let mut iter = std::env::args().skip(1);
     args.mode = iter.next().unwrap_or_default();
@@ -132,6 +136,7 @@ fn parse_args() -> Args {
             "--pad-pow2" => args.pad = Some("pow2"),
             "--pad-max" => args.pad = Some("max"),
             "--delay-us" => args.delay_us = value(),
+            "--no-pin" => args.no_pin = true,
             other => panic!("unknown flag {other}"),
         }
     }
@@ -335,6 +340,7 @@ async fn start_server(
             inter_op: 1,
         },
         allow_shared_memory: args.shared_memory,
+        pinned_memory_bytes: if args.no_pin { 0 } else { 256 << 20 },
         ..cardet_serve::Config::default()
     };
     cardet_serve::start(runtime, config).await.expect("server")
@@ -688,10 +694,13 @@ fn shapes(args: &Args) {
 
 /// `transfer`: one CUDA session running batches of `--max-batch` images, in ms per
 /// run (median of 20 after 3 untimed): the input as a pageable CPU tensor (as `serve`
-/// passes it); in pinned memory; pinned in and out through an `IoBinding`; already
-/// on the device with the output left there (the GPU's own time). Also the copy of
-/// the batch on the CPU, by one thread and by one thread per image.
+/// passes a request's own buffer); the same buffer page-locked with `cudaHostRegister`
+/// (as `serve` passes a merged batch); input and output left on the device through
+/// an `IoBinding` (the GPU's own time). Also copying the batch on the CPU, by one
+/// thread and by one thread per image.
 fn transfer(args: &Args) {
+    use cardet_serve::backend::HostPinning;
+    use cardet_serve::backend::cuda_host::CudaHostMemory;
     use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
     let onnx = cardet_onnx::load().expect("onnxruntime");
     let mut session = Session::builder(&onnx.environment)
@@ -724,55 +733,66 @@ fn transfer(args: &Args) {
                 .collect(),
         )
     };
-    let pageable = Tensor::from_array((shape, data.clone())).expect("tensor");
+    let mut input = Tensor::from_array((shape, data.clone())).expect("tensor");
     let pageable_ms = time(&mut || {
-        session
-            .run(ort::inputs!["images" => &pageable])
-            .expect("run");
+        session.run(ort::inputs!["images" => &input]).expect("run");
+    });
+    let pinning = CudaHostMemory::load(usize::MAX).expect("CUDA runtime");
+    let byte_len = data.len() * 4;
+    // SAFETY: the tensor owns `byte_len` bytes at this address until it is dropped,
+    // after the `unpin` below.
+    let bytes =
+        unsafe { std::slice::from_raw_parts_mut(input.data_ptr_mut().cast::<u8>(), byte_len) };
+    let pinned = pinning.pin(bytes);
+    let registered_ms = time(&mut || {
+        session.run(ort::inputs!["images" => &input]).expect("run");
     });
     let memory = |device, memory_type| {
         MemoryInfo::new(device, 0, AllocatorType::Device, memory_type).expect("memory info")
     };
-    let pinned_allocator = Allocator::new(
-        &session,
-        memory(AllocationDevice::CUDA_PINNED, MemoryType::CPUInput),
-    )
-    .expect("pinned allocator");
-    let mut pinned = Tensor::<f32>::new(&pinned_allocator, shape).expect("pinned tensor");
-    pinned.extract_tensor_mut().1.copy_from_slice(&data);
-    let pinned_ms = time(&mut || {
-        session.run(ort::inputs!["images" => &pinned]).expect("run");
-    });
-    let mut binding = session.create_binding().expect("binding");
-    binding
-        .bind_output_to_device(
+    // The output in ONNX Runtime's own pinned memory too, bound afresh for every run
+    // so that no run writes into the last one's output.
+    let mut run_pinned_output = || -> ort::Result<()> {
+        let mut binding = session.create_binding()?;
+        binding.bind_input("images", &input)?;
+        binding.bind_output_to_device(
             "output0",
             &memory(AllocationDevice::CUDA_PINNED, MemoryType::CPUOutput),
-        )
-        .expect("bind output");
-    let pinned_both_ms = time(&mut || {
-        binding.bind_input("images", &pinned).expect("bind input");
-        session.run_binding(&binding).expect("run");
-    });
+        )?;
+        let outputs = session.run_binding(&binding)?;
+        let (_, values) = outputs["output0"].try_extract_tensor::<f32>()?;
+        std::hint::black_box(values.first());
+        Ok(())
+    };
+    let pinned_output = match run_pinned_output() {
+        Ok(()) => format!(
+            "{:.2}",
+            time(&mut || run_pinned_output().expect("pinned output"))
+        ),
+        Err(error) => format!("failed ({error})"),
+    };
+    if pinned {
+        pinning.unpin(bytes);
+    }
     let device_allocator = Allocator::new(
         &session,
         memory(AllocationDevice::CUDA, MemoryType::Default),
     )
     .expect("device allocator");
     let on_device = Tensor::<f32>::new(&device_allocator, shape).expect("device tensor");
-    let mut device_binding = session.create_binding().expect("binding");
-    device_binding
+    let mut binding = session.create_binding().expect("binding");
+    binding
         .bind_input("images", &on_device)
         .expect("bind input");
-    device_binding
+    binding
         .bind_output_to_device(
             "output0",
             &memory(AllocationDevice::CUDA, MemoryType::Default),
         )
         .expect("bind output");
     let device_ms = time(&mut || {
-        session.run_binding(&device_binding).expect("run");
-        device_binding.synchronize_outputs().expect("sync");
+        session.run_binding(&binding).expect("run");
+        binding.synchronize_outputs().expect("sync");
     });
     let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
     let mut target = vec![0u8; bytes.len()];
@@ -780,18 +800,16 @@ fn transfer(args: &Args) {
     let per_image = bytes.len() / rows;
     let threaded_ms = time(&mut || {
         std::thread::scope(|scope| {
-            for (to, from) in target
-                .chunks_mut(per_image)
-                .zip(bytes.chunks(per_image))
-            {
+            for (to, from) in target.chunks_mut(per_image).zip(bytes.chunks(per_image)) {
                 scope.spawn(move || to.copy_from_slice(from));
             }
         })
     });
     eprintln!(
-        "batch {rows} on CUDA, ms per run: pageable input {pageable_ms:.2}; pinned input {pinned_ms:.2}; \
-         pinned input and output (IoBinding) {pinned_both_ms:.2}; on the device {device_ms:.2}. \
-         Copying the batch on the CPU: one thread {one_thread_ms:.2}, a thread per image {threaded_ms:.2}"
+        "batch {rows} on CUDA, ms per run: pageable input {pageable_ms:.2}; registered input \
+         {registered_ms:.2} (pinned: {pinned}); registered input and output in pinned memory \
+         {pinned_output}; on the device {device_ms:.2}. Copying the batch on the CPU: one \
+         thread {one_thread_ms:.2}, a thread per image {threaded_ms:.2}"
     );
 }
 
@@ -1001,7 +1019,9 @@ fn main() {
             println!("{{\"value\": {ratio:.4}, \"unit\": \"x\", \"higher_is_better\": true}}");
         }
         other => {
-            eprintln!("unknown mode {other:?}: raw, serve, pair, batching, shapes, transfer, backend or rss");
+            eprintln!(
+                "unknown mode {other:?}: raw, serve, pair, batching, shapes, transfer, backend or rss"
+            );
             std::process::exit(2);
         }
     }

@@ -20,10 +20,10 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
-use crate::backend::{Backend, BackendError, Batch};
+use crate::backend::{Backend, BackendError, Batch, HostPinning};
 use crate::metrics::ModelStats;
 use crate::model_config::PadBatch;
 use crate::tensor::Tensor;
@@ -106,6 +106,9 @@ pub struct Batcher {
     bytes: Arc<Semaphore>,
     queue_kib: usize,
     stats: Arc<ModelStats>,
+    /// The instance threads, for whoever must wait until they have dropped their
+    /// sessions ([`Batcher::take_instances`]).
+    instances: Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>,
 }
 
 /// Counts a request in [`ModelStats::pending`] from its queueing until it is answered.
@@ -260,6 +263,7 @@ impl Batcher {
     ) -> Batcher {
         let queue_capacity = config.queue_capacity.max(1);
         let queue = Arc::new(Queue::default());
+        let mut instances = Vec::new();
         for (instance, backend) in backends.into_iter().enumerate() {
             let queue = queue.clone();
             let stats = stats.clone();
@@ -267,8 +271,9 @@ impl Batcher {
             let spawned = std::thread::Builder::new()
                 .name(format!("{name}-{instance}"))
                 .spawn(move || serve_instance(backend.as_ref(), &queue, &config, &stats));
-            if let Err(error) = spawned {
-                tracing::error!(%error, "starting an instance thread");
+            match spawned {
+                Ok(handle) => instances.push(handle),
+                Err(error) => tracing::error!(%error, "starting an instance thread"),
             }
         }
         let queue_kib = config
@@ -282,7 +287,18 @@ impl Batcher {
             bytes: Arc::new(Semaphore::new(queue_kib)),
             queue_kib,
             stats,
+            instances: Arc::new(Mutex::new(instances)),
         }
+    }
+
+    /// The instance threads (once; later calls get none). Each ends, dropping its
+    /// backend, after the last handle is gone and what was queued is answered.
+    pub fn take_instances(&self) -> Vec<std::thread::JoinHandle<()>> {
+        let mut instances = self
+            .instances
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        std::mem::take(&mut *instances)
     }
 
     /// Queues one request (inputs in the model's order, validated) and waits for its outputs.
@@ -331,7 +347,8 @@ fn serve_instance(
     config: &BatcherConfig,
     stats: &ModelStats,
 ) {
-    let mut buffers = MergeBuffers::default();
+    let pinning = backend.host_pinning();
+    let mut buffers = MergeBuffers::new(pinning.clone());
     // The first idle second also returns what loading the session freed.
     let mut trimmed = false;
     loop {
@@ -339,7 +356,7 @@ fn serve_instance(
             Next::Batch(batch) => batch,
             Next::Idle => {
                 if !trimmed {
-                    buffers = MergeBuffers::default();
+                    buffers = MergeBuffers::new(pinning.clone());
                     release_free_memory();
                     trimmed = true;
                 }
@@ -391,16 +408,11 @@ fn run_batch(
     } else {
         buffers.merge(&batch, rows, run_rows)
     };
-    let merged_data: Vec<Bytes> = if as_sent {
-        Vec::new()
-    } else {
-        merged.iter().map(|tensor| tensor.data.clone()).collect()
-    };
     stats.compute_input.add(started.elapsed());
     let started = Instant::now();
     let result = backend.infer(Batch { inputs: merged });
     stats.record_batch(if batched_model { rows } else { 1 }, started.elapsed());
-    buffers.recycle(merged_data);
+    buffers.recycle();
     let outputs = match result {
         Ok(outputs) => outputs.tensors,
         Err(error) => {
@@ -439,12 +451,55 @@ fn run_batch(
 /// A merged batch of YOLOv8n images is 5 MB a row; glibc maps buffers that large
 /// afresh each time, so the kernel zeroed every page of every merge again (about
 /// 15 ms of a 3-image batch's merge on two cores). Dropped when the instance idles.
-#[derive(Default)]
+/// For a CUDA instance the buffers are also page-locked (see
+/// [`crate::backend::cuda_host`]), which is only worth it because they are kept.
 struct MergeBuffers {
-    spare: Vec<BytesMut>,
+    spare: Vec<HostBuffer>,
+    /// Buffers lent to the batch running now, taken back by [`MergeBuffers::recycle`].
+    lent: Vec<Arc<HostBuffer>>,
+    pinning: Option<Arc<dyn HostPinning>>,
+}
+
+/// One merge buffer, page-locked while `pinned_by` is set.
+struct HostBuffer {
+    bytes: Box<[u8]>,
+    pinned_by: Option<Arc<dyn HostPinning>>,
+}
+
+impl HostBuffer {
+    fn new(len: usize, pinning: Option<&Arc<dyn HostPinning>>) -> HostBuffer {
+        let mut bytes = vec![0u8; len].into_boxed_slice();
+        let pinned_by = pinning.filter(|pinning| pinning.pin(&mut bytes)).cloned();
+        HostBuffer { bytes, pinned_by }
+    }
+}
+
+impl Drop for HostBuffer {
+    fn drop(&mut self) {
+        if let Some(pinning) = self.pinned_by.take() {
+            pinning.unpin(&mut self.bytes);
+        }
+    }
+}
+
+/// A merge buffer seen as the bytes of a tensor; the buffer lives while any view does.
+struct SharedBuffer(Arc<HostBuffer>);
+
+impl AsRef<[u8]> for SharedBuffer {
+    fn as_ref(&self) -> &[u8] {
+        &self.0.bytes
+    }
 }
 
 impl MergeBuffers {
+    fn new(pinning: Option<Arc<dyn HostPinning>>) -> MergeBuffers {
+        MergeBuffers {
+            spare: Vec::new(),
+            lent: Vec::new(),
+            pinning,
+        }
+    }
+
     /// Concatenates each input along the batch dimension, then zero rows up to `run_rows`.
     fn merge(&mut self, batch: &[Pending], rows: usize, run_rows: usize) -> Vec<Tensor> {
         let first = &batch[0];
@@ -455,14 +510,14 @@ impl MergeBuffers {
             .map(|(index, template)| {
                 let total: usize = batch.iter().map(|p| p.inputs[index].data.len()).sum();
                 let padding = total / rows.max(1) * (run_rows - rows);
-                let mut data = self.spare.pop().unwrap_or_default();
-                // A recycled buffer keeps its length: only growth is zeroed here,
-                // every byte of the rest is written below.
-                data.resize(total + padding, 0);
-                let (requests, pad) = data.split_at_mut(total);
+                let len = total + padding;
+                let mut buffer = self.buffer(len);
+                let (requests, pad) = buffer.bytes[..len].split_at_mut(total);
                 let parts: Vec<&[u8]> = batch.iter().map(|p| &p.inputs[index].data[..]).collect();
                 concatenate(&parts, requests);
                 pad.fill(0);
+                let buffer = Arc::new(buffer);
+                self.lent.push(buffer.clone());
                 let mut shape = template.shape.clone();
                 if let Some(first_dim) = shape.first_mut() {
                     *first_dim = run_rows as i64;
@@ -471,19 +526,31 @@ impl MergeBuffers {
                     name: template.name.clone(),
                     datatype: template.datatype,
                     shape,
-                    data: data.freeze(),
+                    data: Bytes::from_owner(SharedBuffer(buffer)).slice(..len),
                 }
             })
             .collect()
     }
 
-    /// Takes back merged inputs that nothing else holds any more.
-    fn recycle(&mut self, merged: Vec<Bytes>) {
-        self.spare.extend(
-            merged
-                .into_iter()
-                .filter_map(|data| data.try_into_mut().ok()),
-        );
+    /// A spare buffer of at least `len` bytes, or a new one (a smaller spare is freed).
+    fn buffer(&mut self, len: usize) -> HostBuffer {
+        match self.spare.iter().position(|spare| spare.bytes.len() >= len) {
+            Some(index) => self.spare.swap_remove(index),
+            None => {
+                self.spare.pop();
+                HostBuffer::new(len, self.pinning.as_ref())
+            }
+        }
+    }
+
+    /// Takes back the buffers of the last merge that nothing else holds any more
+    /// (one still held is freed by its last holder).
+    fn recycle(&mut self) {
+        for buffer in self.lent.drain(..) {
+            if let Ok(buffer) = Arc::try_unwrap(buffer) {
+                self.spare.push(buffer);
+            }
+        }
     }
 }
 
@@ -672,62 +739,124 @@ mod tests {
         assert_eq!(seen, vec![1, 1, 2]);
     }
 
+    /// Requests of one row with one input `x` of `values`, sharing their permits.
+    fn one_row_requests(values: &[&[f32]]) -> Vec<Pending> {
+        let permits = Arc::new(Semaphore::new(2 * values.len()));
+        let stats = Arc::new(ModelStats::default());
+        values
+            .iter()
+            .map(|values| Pending {
+                inputs: vec![Tensor::from_f32("x", vec![1, values.len() as i64], values)],
+                rows: 1,
+                enqueued: Instant::now(),
+                reply: oneshot::channel::<Result<Executed, BackendError>>().0,
+                _permit: permits.clone().try_acquire_owned().expect("permit"),
+                _bytes: permits.clone().try_acquire_owned().expect("permit"),
+                _counted: PendingCount::new(&stats),
+            })
+            .collect()
+    }
+
     #[test]
     fn merged_inputs_reuse_their_buffer_once_the_run_lets_go() {
-        let mut buffers = MergeBuffers::default();
-        let permits = Arc::new(Semaphore::new(4));
-        let stats = Arc::new(ModelStats::default());
-        let pending = |value: f32| Pending {
-            inputs: vec![Tensor::from_f32("x", vec![1, 2], &[value, value])],
-            rows: 1,
-            enqueued: Instant::now(),
-            reply: oneshot::channel::<Result<Executed, BackendError>>().0,
-            _permit: permits.clone().try_acquire_owned().expect("permit"),
-            _bytes: permits.clone().try_acquire_owned().expect("permit"),
-            _counted: PendingCount::new(&stats),
-        };
-        let batch = [pending(1.0), pending(2.0)];
+        let mut buffers = MergeBuffers::new(None);
+        let batch = one_row_requests(&[&[1.0, 1.0], &[2.0, 2.0]]);
         let merged = buffers.merge(&batch, 2, 2);
         assert_eq!(merged[0].shape, vec![2, 2]);
         assert_eq!(merged[0].to_f32(), Some(vec![1.0, 1.0, 2.0, 2.0]));
         let first_buffer = merged[0].data.as_ptr();
-        // Still held elsewhere: not taken back.
-        let held = merged[0].data.clone();
-        buffers.recycle(merged.into_iter().map(|tensor| tensor.data).collect());
-        assert!(buffers.spare.is_empty());
-        buffers.recycle(vec![held]);
+        drop(merged);
+        buffers.recycle();
         assert_eq!(buffers.spare.len(), 1);
         let merged = buffers.merge(&batch, 2, 2);
         assert_eq!(merged[0].data.as_ptr(), first_buffer);
         assert_eq!(merged[0].to_f32(), Some(vec![1.0, 1.0, 2.0, 2.0]));
+        // Still held elsewhere when the run ends: left to its holder.
+        let held = merged[0].data.clone();
+        drop(merged);
+        buffers.recycle();
+        assert!(buffers.spare.is_empty());
+        assert_eq!(held.len(), 16);
     }
 
     #[test]
     fn a_recycled_buffer_is_overwritten_and_its_padding_zeroed() {
-        let mut buffers = MergeBuffers::default();
-        let permits = Arc::new(Semaphore::new(8));
-        let stats = Arc::new(ModelStats::default());
-        let pending = |value: f32| Pending {
-            inputs: vec![Tensor::from_f32("x", vec![1, 1], &[value])],
-            rows: 1,
-            enqueued: Instant::now(),
-            reply: oneshot::channel::<Result<Executed, BackendError>>().0,
-            _permit: permits.clone().try_acquire_owned().expect("permit"),
-            _bytes: permits.clone().try_acquire_owned().expect("permit"),
-            _counted: PendingCount::new(&stats),
-        };
-        let three = [pending(1.0), pending(2.0), pending(3.0)];
+        let mut buffers = MergeBuffers::new(None);
+        let three = one_row_requests(&[&[1.0], &[2.0], &[3.0]]);
         let merged = buffers.merge(&three, 3, 3);
         assert_eq!(merged[0].to_f32(), Some(vec![1.0, 2.0, 3.0]));
-        buffers.recycle(merged.into_iter().map(|tensor| tensor.data).collect());
+        drop(merged);
+        buffers.recycle();
         // Shorter, then padded past the old length: no byte of the last batch remains.
-        let one = [pending(7.0)];
+        let one = one_row_requests(&[&[7.0]]);
         let merged = buffers.merge(&one, 1, 2);
         assert_eq!(merged[0].shape, vec![2, 1]);
         assert_eq!(merged[0].to_f32(), Some(vec![7.0, 0.0]));
-        buffers.recycle(merged.into_iter().map(|tensor| tensor.data).collect());
+        drop(merged);
+        buffers.recycle();
         let merged = buffers.merge(&one, 1, 4);
         assert_eq!(merged[0].to_f32(), Some(vec![7.0, 0.0, 0.0, 0.0]));
+    }
+
+    /// Counts what is pinned; stands in for CUDA's page-locking, which needs a GPU.
+    #[derive(Default)]
+    struct CountingPinning {
+        pinned_bytes: std::sync::atomic::AtomicUsize,
+        pins: std::sync::atomic::AtomicUsize,
+    }
+
+    impl HostPinning for CountingPinning {
+        fn pin(&self, data: &mut [u8]) -> bool {
+            self.pinned_bytes
+                .fetch_add(data.len(), std::sync::atomic::Ordering::SeqCst);
+            self.pins.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            true
+        }
+
+        fn unpin(&self, data: &mut [u8]) {
+            self.pinned_bytes
+                .fetch_sub(data.len(), std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn pinned_buffers_are_pinned_once_and_unpinned_before_they_are_freed() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let counting = Arc::new(CountingPinning::default());
+        let mut buffers = MergeBuffers::new(Some(counting.clone() as Arc<dyn HostPinning>));
+        let batch = one_row_requests(&[&[1.0, 2.0], &[3.0, 4.0]]);
+        for _ in 0..3 {
+            let merged = buffers.merge(&batch, 2, 2);
+            assert_eq!(merged[0].to_f32(), Some(vec![1.0, 2.0, 3.0, 4.0]));
+            drop(merged);
+            buffers.recycle();
+        }
+        assert_eq!(
+            counting.pins.load(SeqCst),
+            1,
+            "kept buffers are pinned once"
+        );
+        assert_eq!(counting.pinned_bytes.load(SeqCst), 16);
+        // A bigger batch replaces the buffer: the old one is unpinned as it goes.
+        let merged = buffers.merge(&batch, 2, 4);
+        assert_eq!(counting.pinned_bytes.load(SeqCst), 32);
+        // A buffer still held when the run ends is unpinned by its last holder.
+        let held = merged[0].data.clone();
+        drop(merged);
+        buffers.recycle();
+        assert_eq!(counting.pinned_bytes.load(SeqCst), 32);
+        drop(held);
+        assert_eq!(counting.pinned_bytes.load(SeqCst), 0);
+        let merged = buffers.merge(&batch, 2, 2);
+        drop(merged);
+        buffers.recycle();
+        assert_eq!(counting.pinned_bytes.load(SeqCst), 16);
+        drop(buffers);
+        assert_eq!(
+            counting.pinned_bytes.load(SeqCst),
+            0,
+            "an idle instance unpins all"
+        );
     }
 
     #[test]

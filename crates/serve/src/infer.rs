@@ -9,15 +9,16 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 
+use crate::backend::cuda_host::CudaHostMemory;
 use crate::backend::onnx::{OnnxBackend, Threads};
-use crate::backend::{Backend, BackendError, Signature, TensorSignature};
+use crate::backend::{Backend, BackendError, HostPinning, Signature, TensorSignature};
 use crate::batcher::{BatchError, Batcher, BatcherConfig};
 use crate::error::{ApiError, Error};
 use crate::metrics::ModelStats;
-use crate::model_config::{ModelConfig, TensorConfig};
+use crate::model_config::{Device, ModelConfig, TensorConfig};
 use crate::repository::{FetchedModel, Repository};
 use crate::tensor::{DataType, Tensor};
 
@@ -44,6 +45,8 @@ pub struct ModelOptions {
     pub max_queue_bytes: usize,
     /// Every instance on this CUDA device, whatever the models' `instance_group` kinds.
     pub gpu: Option<i32>,
+    /// Host bytes that may be page-locked for CUDA instances (0: none).
+    pub pinned_memory_bytes: usize,
 }
 
 /// A model version that answers requests.
@@ -114,6 +117,8 @@ struct Inner {
     /// Loads run one at a time, so two polls never load the same version twice.
     loading: tokio::sync::Mutex<()>,
     ready: AtomicBool,
+    /// The CUDA runtime's host-memory pinning, loaded with the first CUDA instance.
+    host_memory: OnceLock<Option<Arc<CudaHostMemory>>>,
 }
 
 impl Infer {
@@ -130,6 +135,7 @@ impl Infer {
                 models: RwLock::new(HashMap::new()),
                 loading: tokio::sync::Mutex::new(()),
                 ready: AtomicBool::new(false),
+                host_memory: OnceLock::new(),
             }),
         }
     }
@@ -140,6 +146,27 @@ impl Infer {
 
     pub fn is_ready(&self) -> bool {
         self.inner.ready.load(Ordering::SeqCst)
+    }
+
+    /// Pinning for CUDA instances' merged batches, shared by all of them (one budget).
+    /// Called once a CUDA session exists, so the CUDA runtime is already loaded.
+    fn host_memory(&self) -> Option<Arc<dyn HostPinning>> {
+        let budget = self.inner.options.pinned_memory_bytes;
+        if budget == 0 {
+            return None;
+        }
+        let memory = self.inner.host_memory.get_or_init(|| {
+            CudaHostMemory::load(budget)
+                .inspect_err(|reason| {
+                    tracing::warn!(
+                        %reason,
+                        "no pinned memory for CUDA instances: batches are uploaded from pageable memory"
+                    );
+                })
+                .ok()
+                .map(Arc::new)
+        });
+        memory.clone().map(|memory| memory as Arc<dyn HostPinning>)
     }
 
     pub fn repository(&self) -> Option<&Repository> {
@@ -405,6 +432,21 @@ impl Infer {
         }
     }
 
+    /// Unloads every model. Returns their instance threads, which end once the requests
+    /// still queued are answered and the last handle on each model is dropped.
+    pub fn unload_all(&self) -> Vec<std::thread::JoinHandle<()>> {
+        let models: Vec<ModelEntry> = self
+            .write_models()
+            .drain()
+            .map(|(_, entry)| entry)
+            .collect();
+        models
+            .iter()
+            .flat_map(|entry| entry.versions.values())
+            .flat_map(|version| version.batcher.take_instances())
+            .collect()
+    }
+
     /// Names of every loaded (or failed) model.
     pub fn model_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.read_models().keys().cloned().collect();
@@ -534,6 +576,9 @@ impl Infer {
             placed.place_on_gpu(gpu);
         }
         let devices = placed.instance_devices();
+        let on_gpu = devices
+            .iter()
+            .any(|device| matches!(device, Device::Cuda(_)));
         let conv_algo_search = placed.conv_algo_search;
         let runtime = self.inner.runtime.clone();
         let threads = self.inner.options.threads;
@@ -572,9 +617,10 @@ impl Infer {
             batched_model: config.max_batch_size > 0,
             pad: config.effective_pad_batch(),
         };
+        let pinning = if on_gpu { self.host_memory() } else { None };
         let backends: Vec<Box<dyn Backend>> = backends
             .into_iter()
-            .map(|backend| Box::new(backend) as Box<dyn Backend>)
+            .map(|backend| Box::new(backend.with_host_pinning(pinning.clone())) as Box<dyn Backend>)
             .collect();
         let batcher = Batcher::start(
             &format!("{}-{version}", fetched.name),

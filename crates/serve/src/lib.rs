@@ -87,6 +87,9 @@ pub struct Config {
     /// Run every model instance on this CUDA device (`--gpu`), as if each model's
     /// `instance_group` said `kind: KIND_GPU gpus: [N]`.
     pub gpu: Option<i32>,
+    /// Host memory that may be page-locked for CUDA instances' merged batches, in
+    /// bytes (Triton's `--pinned-memory-pool-byte-size`; 0 turns pinning off).
+    pub pinned_memory_bytes: usize,
 }
 
 impl Default for Config {
@@ -110,6 +113,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(30),
             allow_shared_memory: false,
             gpu: None,
+            pinned_memory_bytes: 256 << 20,
         }
     }
 }
@@ -151,6 +155,7 @@ pub async fn start(runtime: Arc<cardet_onnx::Runtime>, config: Config) -> Result
             max_queue_size: config.max_queue_size,
             max_queue_bytes: config.max_queue_bytes,
             gpu: config.gpu,
+            pinned_memory_bytes: config.pinned_memory_bytes,
         },
     );
     load_initial_models(&infer, &config).await?;
@@ -252,15 +257,31 @@ impl Server {
     /// Stops accepting, lets requests in flight finish (up to the grace period), and returns.
     pub async fn shutdown(self) -> Result<(), Error> {
         self.infer.set_ready(false);
+        let deadline = tokio::time::Instant::now() + self.grace;
         let _ = self.shutdown.send(true);
         let all = futures_join(self.tasks);
-        match tokio::time::timeout(self.grace, all).await {
+        let served = match tokio::time::timeout_at(deadline, all).await {
             Ok(results) => results.into_iter().collect(),
             Err(_) => {
                 tracing::warn!("requests still running after the grace period; stopping anyway");
                 Ok(())
             }
+        };
+        // Wait for the instances to drop their sessions: a process that exits while
+        // an instance thread is still freeing a CUDA session crashes in ONNX
+        // Runtime's teardown ("double free or corruption" after `serve_bench
+        // batching` on an H100).
+        let instances = self.infer.unload_all();
+        drop(self.infer);
+        let joined = tokio::task::spawn_blocking(move || {
+            for instance in instances {
+                let _ = instance.join();
+            }
+        });
+        if tokio::time::timeout_at(deadline, joined).await.is_err() {
+            tracing::warn!("model instances still running after the grace period; stopping anyway");
         }
+        served
     }
 }
 

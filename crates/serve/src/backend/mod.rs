@@ -5,7 +5,10 @@
 //! async runtime. [`onnx::OnnxBackend`] is the ONNX Runtime implementation; tests use
 //! small doubles.
 
+pub mod cuda_host;
 pub mod onnx;
+
+use std::sync::Arc;
 
 use crate::tensor::{DataType, Tensor};
 
@@ -49,4 +52,20 @@ pub struct Signature {
 
 pub trait Backend: Send {
     fn infer(&self, batch: Batch) -> Result<Outputs, BackendError>;
+
+    /// How to page-lock the host buffers the batcher merges this backend's inputs
+    /// into, where the device reads them faster that way (CUDA); `None` on the CPU.
+    fn host_pinning(&self) -> Option<Arc<dyn HostPinning>> {
+        None
+    }
+}
+
+/// Page-locks host memory for a device to read by DMA.
+///
+/// Contract: whoever pins a buffer unpins it before the buffer is freed or moved.
+pub trait HostPinning: Send + Sync {
+    /// Locks `data`'s pages; false when that failed (the buffer is used as it is).
+    fn pin(&self, data: &mut [u8]) -> bool;
+    /// Unlocks what [`HostPinning::pin`] locked.
+    fn unpin(&self, data: &mut [u8]);
 }

@@ -36,7 +36,9 @@ use ort::value::{
     ValueType,
 };
 
-use crate::backend::{Backend, BackendError, Batch, Outputs, Signature, TensorSignature};
+use crate::backend::{
+    Backend, BackendError, Batch, HostPinning, Outputs, Signature, TensorSignature,
+};
 use crate::model_config::{ConvAlgoSearch, Device};
 use crate::tensor::{DataType, Tensor};
 
@@ -49,6 +51,7 @@ pub struct Threads {
 
 pub struct OnnxBackend {
     sessions: Mutex<Sessions>,
+    pinning: Option<Arc<dyn HostPinning>>,
 }
 
 /// On the CPU, one session runs every batch size. On CUDA, one session per batch
@@ -159,7 +162,14 @@ impl OnnxBackend {
                 )],
                 recipe,
             }),
+            pinning: None,
         })
+    }
+
+    /// Merged batches for this instance are page-locked with `pinning` (CUDA).
+    pub fn with_host_pinning(mut self, pinning: Option<Arc<dyn HostPinning>>) -> OnnxBackend {
+        self.pinning = pinning;
+        self
     }
 
     /// The model's declared inputs and outputs.
@@ -283,6 +293,10 @@ impl Backend for OnnxBackend {
             tensors.push(from_ort_value(name, value)?);
         }
         Ok(Outputs { tensors })
+    }
+
+    fn host_pinning(&self) -> Option<Arc<dyn HostPinning>> {
+        self.pinning.clone()
     }
 }
 
