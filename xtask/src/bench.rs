@@ -505,7 +505,27 @@ const SERVE: Area = Area {
         // `cargo xtask bench serve --gpu`: the same `serve` with dynamic batching and
         // without, on CUDA device 0 (needs `cargo xtask setup --gpu`).
         Case {
-            name: "8 concurrent clients on CUDA, dynamic batching on against off (images/s)",
+            name: "8 concurrent clients on CUDA, dynamic batching (queue delay 1 ms) on against off (images/s)",
+            ours: &[
+                "bash",
+                "crates/serve/benches/gpu_batching.sh",
+                "--shared-memory",
+                "--clients",
+                "8",
+                "--max-batch",
+                "8",
+                "--threads",
+                "4",
+                "--delay-us",
+                "1000",
+            ],
+            baseline_name: "the same serve without dynamic batching",
+            baseline: &[],
+            gpu: true,
+            concurrent: false,
+        },
+        Case {
+            name: "8 concurrent clients on CUDA, dynamic batching (queue delay 0) on against off (images/s)",
             ours: &[
                 "bash",
                 "crates/serve/benches/gpu_batching.sh",

@@ -35,13 +35,17 @@ trap 'kill $smi 2>/dev/null' EXIT
 date -u
 echo "== serve's GPU tests"
 timeout 120 "$BIN/gpu_test" --include-ignored --nocapture --test-threads 1
-run="timeout 100 $BIN/serve_bench batching --gpu --threads 4 --slices 6 --secs 2"
-echo "== 8 clients, system shared memory"
-$run --shared-memory --clients 8 --max-batch 8
-echo "== 32 clients, system shared memory"
-$run --shared-memory --clients 32 --max-batch 8
-echo "== 8 clients, binary REST"
-$run --clients 8 --max-batch 8
+echo "== one CUDA run of 8 images: pageable, page-locked, on the device"
+timeout 60 "$BIN/serve_bench" transfer --gpu --max-batch 8
+run="timeout 100 $BIN/serve_bench batching --gpu --threads 4 --slices 6 --secs 2 --max-batch 8"
+for delay in 1000 0; do
+  echo "== 8 clients, system shared memory, max_queue_delay $delay us"
+  $run --shared-memory --clients 8 --delay-us $delay
+done
+echo "== 32 clients, system shared memory, max_queue_delay 0"
+$run --shared-memory --clients 32
+echo "== 8 clients, binary REST, max_queue_delay 1000 us"
+$run --clients 8 --delay-us 1000
 echo "== one session's batch sizes, switched"
 timeout 60 "$BIN/serve_bench" shapes --gpu --threads 4 --max-batch 8
 date -u
