@@ -563,10 +563,15 @@ const PARALLEL_COPY_BYTES: usize = 8 << 20;
 /// 5-10 GB/s, so merging eight 640x640 images (39 MB) alone took milliseconds of
 /// every batch while the model's device sat idle.
 fn concatenate(parts: &[&[u8]], into: &mut [u8]) {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .min(parts.len());
-    if into.len() < PARALLEL_COPY_BYTES || threads < 2 {
+    // Asked once: `available_parallelism` reads the cgroup's CPU quota from files.
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    if into.len() < PARALLEL_COPY_BYTES || parts.len() < 2 {
+        copy_in_order(parts, into);
+        return;
+    }
+    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from));
+    let threads = cores.min(parts.len());
+    if threads < 2 {
         copy_in_order(parts, into);
         return;
     }
