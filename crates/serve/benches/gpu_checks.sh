@@ -13,7 +13,8 @@
 # made from the onnxruntime-gpu wheel and point ORT_DYLIB_PATH at its libonnxruntime.so.*;
 # CUDA's libraries from LD_LIBRARY_PATH, else from the NVIDIA wheels of the
 # machine's python3. Each step's output is printed; $OUT, when set, gets
-# checks.log and nvidia-smi's utilisation once a second in smi.log.
+# checks.log, nvidia-smi's utilisation once a second in smi.log and /proc/stat's
+# CPU line once a second in cpu.log.
 set -uo pipefail
 BIN="$(realpath "${1:?usage: gpu_checks.sh BIN_DIR}")"
 LOGS="${OUT:-/tmp/serve-gpu-checks}"
@@ -31,7 +32,12 @@ fi
 export CARDET_HOME="$BIN/home" RUST_BACKTRACE=1
 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv -l 1 >"$LOGS/smi.log" 2>&1 &
 smi=$!
-trap 'kill $smi 2>/dev/null' EXIT
+# The host's CPU counters once a second (the 8th number after "cpu" is steal time): on
+# the H100, two processes ran slow with the GPU mostly idle, which a contended vCPU
+# under the kernel-launching thread would explain.
+while sleep 1; do echo "$(date -u +%T) $(head -1 /proc/stat)"; done >"$LOGS/cpu.log" 2>&1 &
+cpu=$!
+trap 'kill $smi $cpu 2>/dev/null' EXIT
 date -u
 echo "== serve's GPU tests"
 timeout 120 "$BIN/gpu_test" --include-ignored --nocapture --test-threads 1
