@@ -695,9 +695,10 @@ fn shapes(args: &Args) {
 /// `transfer`: one CUDA session running batches of `--max-batch` images, in ms per
 /// run (median of 20 after 3 untimed): the input as a pageable CPU tensor (as `serve`
 /// passes a request's own buffer); the same buffer page-locked with `cudaHostRegister`
-/// (as `serve` passes a merged batch); input and output left on the device through
-/// an `IoBinding` (the GPU's own time). Also copying the batch on the CPU, by one
-/// thread and by one thread per image.
+/// (as `serve` passes a merged batch); that input with the output in ONNX Runtime's
+/// pinned memory (an `IoBinding` bound afresh each run, which `serve` does not do
+/// yet); input and output left on the device (the GPU's own time). Also copying the
+/// batch on the CPU, by one thread and by one thread per image.
 fn transfer(args: &Args) {
     use cardet_serve::backend::HostPinning;
     use cardet_serve::backend::cuda_host::CudaHostMemory;

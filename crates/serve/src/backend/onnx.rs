@@ -166,9 +166,17 @@ impl OnnxBackend {
         })
     }
 
-    /// Merged batches for this instance are page-locked with `pinning` (CUDA).
+    /// Merged batches for this instance are page-locked with `pinning` if it runs on
+    /// CUDA; a CPU instance (of a model with groups of both kinds) ignores it.
     pub fn with_host_pinning(mut self, pinning: Option<Arc<dyn HostPinning>>) -> OnnxBackend {
-        self.pinning = pinning;
+        let on_cuda = {
+            let sessions = match self.sessions.lock() {
+                Ok(sessions) => sessions,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            matches!(sessions.recipe.device, Device::Cuda(_))
+        };
+        self.pinning = pinning.filter(|_| on_cuda);
         self
     }
 
