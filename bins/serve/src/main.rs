@@ -148,6 +148,8 @@ enum LogFormat {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists: threads that already have an arena keep it.
+    cardet_serve::allocator::keep_freed_memory();
     let flags = Flags::parse();
     init_logging(&flags);
     cardet_cli::exit_code("serve", run(&flags))

@@ -20,6 +20,7 @@
 //! serve_bench batching ... --pad-pow2 | --pad-max             # merged batches padded to 2^n or max_batch_size rows
 //! serve_bench batching ... --delay-us 2000 --instances 2      # max_queue_delay_microseconds, instances on each side
 //! serve_bench transfer --gpu [--max-batch 8]                  # one CUDA run: pageable or page-locked input, or none
+//! serve_bench pair    ... --malloc-defaults                   # glibc's allocator as it comes (serve's main tunes it)
 //! serve_bench batching ... --no-pin                           # merged batches not page-locked (--pinned-memory-pool-byte-size 0)
 //! serve_bench shapes  --gpu [--max-batch 8]                   # each batch size's first run, and runs switching sizes, on CUDA
 //! ```
@@ -137,6 +138,8 @@ fn parse_args() -> Args {
             "--pad-max" => args.pad = Some("max"),
             "--delay-us" => args.delay_us = value(),
             "--no-pin" => args.no_pin = true,
+            // Read in `main`, before any thread starts.
+            "--malloc-defaults" => {}
             other => panic!("unknown flag {other}"),
         }
     }
@@ -993,6 +996,10 @@ fn backend_against_raw(args: &Args) -> f64 {
 }
 
 fn main() {
+    // As `serve`'s `main` does, unless the run is about glibc's defaults.
+    if !std::env::args().any(|arg| arg == "--malloc-defaults") {
+        cardet_serve::allocator::keep_freed_memory();
+    }
     let args = parse_args();
     match args.mode.as_str() {
         "raw" => report(raw(&args)),

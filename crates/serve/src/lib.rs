@@ -21,6 +21,7 @@
 //! # }
 //! ```
 
+pub mod allocator;
 pub mod backend;
 pub mod batcher;
 pub mod error;
