@@ -89,8 +89,8 @@ fn rss_split(pid: u32) -> String {
 }
 
 /// Longer than `serve` waits, idle, before it returns freed memory to the system
-/// (`RELEASE_MEMORY_WHEN_IDLE_FOR` in `crates/serve/src/batcher.rs`, 10 s).
-const IDLE_SETTLE: Duration = Duration::from_secs(13);
+/// (`RELEASE_MEMORY_WHEN_IDLE_FOR` in `crates/serve/src/batcher.rs`, 30 s).
+const IDLE_SETTLE: Duration = Duration::from_secs(33);
 
 /// Seconds of the warm-up burst before "before" is measured.
 const WARM_UP_SECS: u64 = 10;

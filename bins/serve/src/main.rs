@@ -51,7 +51,12 @@ page-locked for the upload, up to --pinned-memory-pool-byte-size in all.
 Threads: ONNX Runtime's intra-op threads do the inference; the async threads only
 move requests, so by default they are half the cores (1 on a 2-core machine) and do
 not take CPU time from inference. Set both on a shared machine:
-  serve --model-repository model_repo --intra-op-threads 2 --async-threads 1"
+  serve --model-repository model_repo --intra-op-threads 2 --async-threads 1
+
+Memory: freed memory is kept for the next batch (glibc's allocator is set to one
+heap without per-block mmap) and handed back to the system once a model instance
+has been idle for 30 s. GLIBC_TUNABLES or any MALLOC_* variable in the environment
+leaves glibc's allocator as those set it."
 )]
 struct Flags {
     /// Load ONNX Runtime, print its version and path as JSON, and exit.

@@ -31,10 +31,13 @@ use crate::tensor::Tensor;
 
 /// An instance idle this long drops its merge buffers and hands the memory its
 /// batches freed back to the system ([`release_free_memory`]). Not sooner: the next
-/// burst faults all of it in again (about 120 MB for batches of 3 on YOLOv8n), which
-/// cost `serve_bench pair --clients 8`, whose clients pause about 8 s between turns,
-/// 5-9% of its throughput with a 1 s wait.
-pub const RELEASE_MEMORY_WHEN_IDLE_FOR: Duration = Duration::from_secs(10);
+/// burst faults all of it in again (up to about 200 MB for batches of 1 to 8 on
+/// YOLOv8n, some 100 ms of two cores), so a load that pauses for a few seconds
+/// would pay that on every resumption. `serve_bench pair --clients 8`, whose `serve`
+/// side pauses 8-19 s between turns, ran 5-9% slower with a 1 s wait and still
+/// released in about half its pauses with a 10 s one (0.81-0.91x against 0.89-0.90x
+/// with none).
+pub const RELEASE_MEMORY_WHEN_IDLE_FOR: Duration = Duration::from_secs(30);
 
 /// How a model version's requests are batched and queued.
 #[derive(Clone, Debug, PartialEq)]
