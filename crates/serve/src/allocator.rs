@@ -6,9 +6,9 @@
 //! through `malloc` and frees them at the end. glibc serves a block above its mmap
 //! threshold (at most 32 MiB) with a fresh `mmap` and unmaps it on free, so each
 //! batch of 2 or more images faulted its activations in page by page: 1.2-1.3 million
-//! page faults in a 90 s `serve_bench pair --clients 8`, and 0.80-0.82x of the raw
+//! page faults in a 90 s `serve_bench pair --clients 8`, and 0.79-0.86x of the raw
 //! session there. With [`keep_freed_memory`] the same run took 0.19-0.21 million and
-//! reached 0.90x (BENCHMARKS, "8 clients on the CPU").
+//! reached 0.89-0.92x (BENCHMARKS, "glibc keeps freed blocks").
 
 /// Makes glibc keep large freed blocks for reuse: every thread allocates from the
 /// main heap (`M_ARENA_MAX` 1: other arenas' heaps are capped at 64 MiB, beyond which
@@ -56,7 +56,7 @@ pub fn keep_freed_memory() -> bool {
 /// bodies land in its heaps too): a server that saw one burst would stay at its
 /// peak for good. `malloc_trim` releases the free pages of every arena, ONNX
 /// Runtime's allocations included.
-pub(crate) fn release_free_memory() {
+pub fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         unsafe extern "C" {
