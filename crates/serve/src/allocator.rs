@@ -5,7 +5,7 @@
 //! `serve` must give memory back when idle), so every run allocates its activations
 //! through `malloc` and frees them at the end. glibc serves a block above its mmap
 //! threshold (at most 32 MiB) with a fresh `mmap` and unmaps it on free, so each
-//! batch of 2 or more images faulted its activations in page by page: 1.2-1.3 million
+//! batch of 2 or more images faulted its activations in page by page: 1.1-1.4 million
 //! page faults in a 90 s `serve_bench pair --clients 8`, and 0.79-0.86x of the raw
 //! session there. With [`keep_freed_memory`] the same run took 0.19-0.21 million and
 //! reached 0.89-0.92x (BENCHMARKS, "glibc keeps freed blocks").

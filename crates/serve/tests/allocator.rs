@@ -20,12 +20,7 @@ fn minor_faults() -> u64 {
 }
 
 fn resident_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("reading /proc/self/status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-        .expect("VmRSS")
+    cardet_testkit::own_status_kib("VmRSS:").expect("VmRSS in /proc/self/status")
 }
 
 /// Allocates a block, writes every page, frees it.
@@ -64,8 +59,9 @@ const CHILD: &str = "CARDET_ALLOCATOR_TEST_CHILD";
 #[test]
 fn freed_blocks_are_reused_until_released() {
     if std::env::var_os(CHILD).is_some() {
-        // The harness's test thread already has an arena of its own; a thread
-        // started after the settings is given the main heap, as `serve`'s are.
+        // The harness's test thread already has an arena of its own. A thread started
+        // after the settings gets an existing arena, and glibc hands out the main one
+        // first, as it does to every thread of `serve`, whose `main` sets them.
         assert!(
             cardet_serve::allocator::keep_freed_memory(),
             "glibc's allocator was not set"

@@ -111,6 +111,19 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// A size field of this process's `/proc/self/status` in KiB (`"VmRSS:"` resident
+/// now, `"VmHWM:"` its peak), or `None` off Linux or when the field is missing.
+pub fn own_status_kib(field: &str) -> Option<u64> {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix(field))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Ultralytics' YOLOv8n exported to ONNX (dynamic batch and size, random weights:
 /// nothing is downloaded), made once per machine under `$CARDET_HOME/fixtures` and
 /// reused, since the export takes about 20 s. Panics with Ultralytics' stderr when

@@ -227,13 +227,7 @@ fn ours(dir: &str, steps: usize, device: Device) -> Result<(), Box<dyn std::erro
     let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
     times.sort_by(f64::total_cmp);
     let median = times.get(times.len() / 2).copied().unwrap_or(f64::NAN);
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let peak_kib: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(f64::NAN);
+    let peak_kib = cardet_testkit::own_status_kib("VmHWM:").map_or(f64::NAN, |kib| kib as f64);
     println!(
         "{}",
         serde_json::json!({
