@@ -22,6 +22,7 @@
 //! serve_bench transfer --gpu [--max-batch 8]                  # one CUDA run: pageable or page-locked input, or none
 //! serve_bench pair    ... --malloc-defaults                   # glibc's allocator as it comes (serve's main tunes it)
 //! serve_bench batching ... --no-pin                           # merged batches not page-locked (--pinned-memory-pool-byte-size 0)
+//! serve_bench pair    ... --no-split                          # one instance never splits its threads (cardet_split_when_busy)
 //! serve_bench shapes  --gpu [--max-batch 8]                   # each batch size's first run, and runs switching sizes, on CUDA
 //! ```
 //! `pair` runs both sides in one process, alternating in short slices (raw first in
@@ -84,6 +85,9 @@ struct Args {
     delay_us: u64,
     /// `serve`'s merged batches stay pageable (`Config::pinned_memory_bytes` 0).
     no_pin: bool,
+    /// `parameters { key: "cardet_split_when_busy" value: "false" }`: one instance
+    /// runs every batch on all of its threads.
+    no_split: bool,
 }
 
 fn parse_args() -> Args {
@@ -110,6 +114,7 @@ fn parse_args() -> Args {
         pad: None,
         delay_us: 0,
         no_pin: false,
+        no_split: false,
     };
     let mut iter = std::env::args().skip(1);
     args.mode = iter.next().unwrap_or_default();
@@ -138,6 +143,7 @@ fn parse_args() -> Args {
             "--pad-max" => args.pad = Some("max"),
             "--delay-us" => args.delay_us = value(),
             "--no-pin" => args.no_pin = true,
+            "--no-split" => args.no_split = true,
             // Read in `main`, before any thread starts.
             "--malloc-defaults" => {}
             other => panic!("unknown flag {other}"),
@@ -320,6 +326,9 @@ async fn start_server(
     }
     if let Some(pad) = args.pad {
         parameters += &parameter("cardet_pad_batch", pad);
+    }
+    if args.no_split {
+        parameters += &parameter("cardet_split_when_busy", "false");
     }
     std::fs::write(
         repository.join("yolov8n/config.pbtxt"),

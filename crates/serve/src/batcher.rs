@@ -15,6 +15,14 @@
 //! The instance pulls rather than being handed batches by a scheduler task: on two
 //! cores, ONNX Runtime's spinning threads made the hop through the async runtime
 //! cost about 5 ms between the end of one batch and the start of the next.
+//!
+//! A [`SplitInstance`] is one CPU instance drained by two lanes (OS threads). A lone
+//! request runs on all of the instance's threads (the lowest latency); while other
+//! requests wait, the lanes run two batches at once on half of the threads each,
+//! never more threads than the instance has. On two cores, two one-threaded runs
+//! side by side do a third more images per second than one two-threaded run, whose
+//! threads wait on each other at the end of every parallel section whenever the
+//! HTTP side takes one of the cores.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -125,23 +133,72 @@ struct Pending {
     _counted: PendingCount,
 }
 
+/// The backends a model version's requests run on.
+pub enum Instances {
+    /// One OS thread per backend, each taking its own batches (Triton's instances).
+    Separate(Vec<Box<dyn Backend>>),
+    /// One CPU instance whose threads are split in two while requests wait.
+    Split(SplitInstance),
+}
+
+/// One CPU instance as three sessions of the same model: `whole` has all of its
+/// intra-op threads, each of `halves` half of them. Only `whole` runs, or any of
+/// `halves`, never both (see [`Lanes`]).
+pub struct SplitInstance {
+    pub whole: Box<dyn Backend>,
+    pub halves: [Box<dyn Backend>; 2],
+}
+
+/// Which thread of a model version takes a batch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Role {
+    /// A [`Instances::Separate`] instance: takes any batch, runs it on its backend.
+    Alone,
+    /// A split instance's first lane: takes any batch; runs it on all of the threads
+    /// when it is the only request and the second lane is idle, else on half.
+    First,
+    /// A split instance's second lane: takes a batch only while the first runs on half
+    /// of the threads, and runs it on the other half.
+    Second,
+}
+
+/// Which session a batch runs on.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Width {
+    /// The instance's own threads (a split instance's `whole`).
+    Whole,
+    /// Half of a split instance's threads.
+    Half,
+}
+
+/// What a split instance's lanes are running, read and set under the queue's lock.
+#[derive(Default)]
+struct Lanes {
+    first: Option<Width>,
+    second_running: bool,
+}
+
 /// The requests waiting for an instance, shared by the handles and the instances.
 #[derive(Default)]
 struct Queue {
     state: Mutex<QueueState>,
     /// Signalled when a request arrives or the queue closes.
     changed: Condvar,
+    /// Wake every waiting thread on a push: a split instance's second lane may not
+    /// take the request, and must not be the only one woken.
+    wake_all: bool,
 }
 
 #[derive(Default)]
 struct QueueState {
     waiting: VecDeque<Pending>,
     closed: bool,
+    lanes: Lanes,
 }
 
 /// What an instance gets from [`Queue::next_batch`].
 enum Next {
-    Batch(Vec<Pending>),
+    Batch(Vec<Pending>, Width),
     /// Nothing arrived within the idle timeout.
     Idle,
     /// The queue is closed and empty.
@@ -164,7 +221,11 @@ impl Queue {
         }
         state.waiting.push_back(pending);
         drop(state);
-        self.changed.notify_one();
+        if self.wake_all {
+            self.changed.notify_all();
+        } else {
+            self.changed.notify_one();
+        }
         Ok(())
     }
 
@@ -173,16 +234,19 @@ impl Queue {
         self.changed.notify_all();
     }
 
-    /// The next batch: the oldest request, plus compatible ones up to the row limit or
-    /// delay. Waits at most `idle_timeout` for the oldest.
-    fn next_batch(&self, config: &BatcherConfig, idle_timeout: Duration) -> Next {
+    /// The next batch for a thread in `role`: the oldest request, plus compatible ones
+    /// up to the row limit or delay, and the width it runs at. Waits at most
+    /// `idle_timeout` for a request the role may take.
+    fn next_batch(&self, config: &BatcherConfig, idle_timeout: Duration, role: Role) -> Next {
         let mut state = self.lock();
         let idle_deadline = Instant::now() + idle_timeout;
-        let first = loop {
-            if let Some(first) = state.waiting.pop_front() {
-                break first;
+        loop {
+            let may_take = role != Role::Second || state.lanes.first == Some(Width::Half);
+            if may_take && !state.waiting.is_empty() {
+                break;
             }
-            if state.closed {
+            // What is still queued at close is the first lane's to answer.
+            if state.closed && (state.waiting.is_empty() || role == Role::Second) {
                 return Next::Closed;
             }
             let now = Instant::now();
@@ -190,17 +254,43 @@ impl Queue {
                 return Next::Idle;
             }
             state = self.wait(state, idle_deadline - now);
+        }
+        let (width, row_limit) = match role {
+            Role::Alone => (Width::Whole, config.max_batch_size),
+            Role::Second => (Width::Half, config.max_batch_size),
+            Role::First if state.lanes.second_running || state.waiting.len() > 1 => {
+                // Leave half of what waits to the second lane when it is idle.
+                let rows_waiting: usize = state.waiting.iter().map(|pending| pending.rows).sum();
+                let limit = if state.lanes.second_running {
+                    config.max_batch_size
+                } else {
+                    rows_waiting.div_ceil(2).min(config.max_batch_size)
+                };
+                (Width::Half, limit)
+            }
+            Role::First => (Width::Whole, config.max_batch_size),
         };
+        let Some(first) = state.waiting.pop_front() else {
+            return Next::Idle;
+        };
+        match role {
+            Role::Alone => {}
+            Role::First => state.lanes.first = Some(width),
+            Role::Second => state.lanes.second_running = true,
+        }
+        if role == Role::First && width == Width::Half {
+            self.changed.notify_all();
+        }
         let batching = config.batched_model && config.max_batch_size > 1;
         let Some(delay) = config.max_queue_delay.filter(|_| batching) else {
-            return Next::Batch(vec![first]);
+            return Next::Batch(vec![first], width);
         };
         let deadline = first.enqueued + delay;
         let mut rows = first.rows;
         let mut batch = vec![first];
-        while rows < config.max_batch_size {
+        while rows < row_limit {
             if let Some(next) = state.waiting.front() {
-                if rows + next.rows > config.max_batch_size || !compatible(&batch[0], next) {
+                if rows + next.rows > row_limit || !compatible(&batch[0], next) {
                     break;
                 }
                 rows += next.rows;
@@ -213,7 +303,17 @@ impl Queue {
             }
             state = self.wait(state, deadline - now);
         }
-        Next::Batch(batch)
+        Next::Batch(batch, width)
+    }
+
+    /// A lane's batch has been answered: it runs nothing now.
+    fn finished(&self, role: Role) {
+        let mut state = self.lock();
+        match role {
+            Role::Alone => {}
+            Role::First => state.lanes.first = None,
+            Role::Second => state.lanes.second_running = false,
+        }
     }
 
     fn wait<'a>(
@@ -238,23 +338,55 @@ impl Drop for QueueHandle {
 }
 
 impl Batcher {
-    /// Starts one OS thread per backend, each draining the queue.
+    /// Starts the threads that drain the queue: one per separate instance, two for a
+    /// split one.
     pub fn start(
         name: &str,
-        backends: Vec<Box<dyn Backend>>,
+        instances: Instances,
         config: BatcherConfig,
         stats: Arc<ModelStats>,
     ) -> Batcher {
         let queue_capacity = config.queue_capacity.max(1);
-        let queue = Arc::new(Queue::default());
+        let lanes = match instances {
+            Instances::Separate(backends) => backends
+                .into_iter()
+                .enumerate()
+                .map(|(index, backend)| (index.to_string(), Lane::alone(backend)))
+                .collect(),
+            Instances::Split(SplitInstance {
+                whole,
+                halves: [first, second],
+            }) => vec![
+                (
+                    "0".to_string(),
+                    Lane {
+                        role: Role::First,
+                        backend: first,
+                        whole: Some(whole),
+                    },
+                ),
+                (
+                    "0-half".to_string(),
+                    Lane {
+                        role: Role::Second,
+                        backend: second,
+                        whole: None,
+                    },
+                ),
+            ],
+        };
+        let queue = Arc::new(Queue {
+            wake_all: lanes.iter().any(|(_, lane)| lane.role != Role::Alone),
+            ..Queue::default()
+        });
         let mut instances = Vec::new();
-        for (instance, backend) in backends.into_iter().enumerate() {
+        for (suffix, lane) in lanes {
             let queue = queue.clone();
             let stats = stats.clone();
             let config = config.clone();
             let spawned = std::thread::Builder::new()
-                .name(format!("{name}-{instance}"))
-                .spawn(move || serve_instance(backend.as_ref(), &queue, &config, &stats));
+                .name(format!("{name}-{suffix}"))
+                .spawn(move || serve_lane(lane, &queue, &config, &stats));
             match spawned {
                 Ok(handle) => instances.push(handle),
                 Err(error) => tracing::error!(%error, "starting an instance thread"),
@@ -324,33 +456,71 @@ impl Batcher {
     }
 }
 
-/// An instance thread: takes batches from the queue and runs them until it closes.
-fn serve_instance(
-    backend: &dyn Backend,
-    queue: &Queue,
-    config: &BatcherConfig,
-    stats: &ModelStats,
-) {
-    let pinning = backend.host_pinning();
+/// A thread draining the queue and what it runs batches on.
+struct Lane {
+    role: Role,
+    /// A separate instance's backend, or the lane's half of a split instance.
+    backend: Box<dyn Backend>,
+    /// A split instance's session with all of its threads (the first lane's).
+    whole: Option<Box<dyn Backend>>,
+}
+
+impl Lane {
+    fn alone(backend: Box<dyn Backend>) -> Lane {
+        Lane {
+            role: Role::Alone,
+            backend,
+            whole: None,
+        }
+    }
+}
+
+/// Tells the queue a lane's batch is done, even if running it panicked.
+struct Finished<'a>(&'a Queue, Role);
+
+impl Drop for Finished<'_> {
+    fn drop(&mut self) {
+        self.0.finished(self.1);
+    }
+}
+
+/// An instance's thread: takes batches from the queue and runs them until it closes.
+fn serve_lane(lane: Lane, queue: &Queue, config: &BatcherConfig, stats: &ModelStats) {
+    let pinning = lane.backend.host_pinning();
     let mut buffers = MergeBuffers::new(pinning.clone());
     // The first idle spell also returns what loading the session freed.
     let mut trimmed = false;
     loop {
-        let batch = match queue.next_batch(config, RELEASE_MEMORY_WHEN_IDLE_FOR) {
-            Next::Batch(batch) => batch,
+        let (batch, width) = match queue.next_batch(config, RELEASE_MEMORY_WHEN_IDLE_FOR, lane.role)
+        {
+            Next::Batch(batch, width) => (batch, width),
             Next::Idle => {
                 if !trimmed {
                     buffers = MergeBuffers::new(pinning.clone());
-                    release_free_memory();
+                    // A split instance's second lane idles whenever the first runs
+                    // alone; the first releases, once both are idle.
+                    if lane.role != Role::Second {
+                        release_free_memory();
+                    }
                     trimmed = true;
                 }
                 continue;
             }
             Next::Closed => return,
         };
+        let _finished = Finished(queue, lane.role);
         let now = Instant::now();
         for pending in &batch {
             stats.queue.add(now.duration_since(pending.enqueued));
+        }
+        let backend = match (width, &lane.whole) {
+            (Width::Whole, Some(whole)) => whole.as_ref(),
+            _ => lane.backend.as_ref(),
+        };
+        if lane.role != Role::Alone && width == Width::Half {
+            stats
+                .half_width_executions
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         run_batch(backend, batch, config, stats, &mut buffers);
         trimmed = false;
@@ -627,16 +797,73 @@ mod tests {
     impl Backend for Doubler {
         fn infer(&self, batch: Batch) -> Result<Outputs, BackendError> {
             std::thread::sleep(self.delay);
-            let input = &batch.inputs[0];
             if let Ok(mut seen) = self.seen.lock() {
-                seen.push(input.shape[0]);
+                seen.push(batch.inputs[0].shape[0]);
             }
-            let values: Vec<f32> = input.to_f32().unwrap_or_default();
-            let doubled: Vec<f32> = values.iter().map(|v| v * 2.0).collect();
-            Ok(Outputs {
-                tensors: vec![Tensor::from_f32("y", input.shape.clone(), &doubled)],
-            })
+            Ok(doubled(&batch))
         }
+    }
+
+    fn doubled(batch: &Batch) -> Outputs {
+        let input = &batch.inputs[0];
+        let values: Vec<f32> = input.to_f32().unwrap_or_default();
+        let doubled: Vec<f32> = values.iter().map(|v| v * 2.0).collect();
+        Outputs {
+            tensors: vec![Tensor::from_f32("y", input.shape.clone(), &doubled)],
+        }
+    }
+
+    /// One call of a [`Traced`] backend: which session, and when it ran.
+    #[derive(Clone, Debug)]
+    struct Call {
+        session: &'static str,
+        began: Instant,
+        ended: Instant,
+    }
+
+    /// Doubles like [`Doubler`], taking `delay`, and logs its calls.
+    struct Traced {
+        session: &'static str,
+        delay: Duration,
+        calls: Arc<Mutex<Vec<Call>>>,
+    }
+
+    impl Backend for Traced {
+        fn infer(&self, batch: Batch) -> Result<Outputs, BackendError> {
+            let began = Instant::now();
+            std::thread::sleep(self.delay);
+            if let Ok(mut calls) = self.calls.lock() {
+                calls.push(Call {
+                    session: self.session,
+                    began,
+                    ended: Instant::now(),
+                });
+            }
+            Ok(doubled(&batch))
+        }
+    }
+
+    /// A split instance of [`Traced`] sessions ("whole", "half 0", "half 1").
+    fn start_split(config: BatcherConfig, delay: Duration) -> (Batcher, Arc<Mutex<Vec<Call>>>) {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let traced = |session| -> Box<dyn Backend> {
+            Box::new(Traced {
+                session,
+                delay,
+                calls: calls.clone(),
+            })
+        };
+        let instance = SplitInstance {
+            whole: traced("whole"),
+            halves: [traced("half 0"), traced("half 1")],
+        };
+        let batcher = Batcher::start(
+            "test",
+            Instances::Split(instance),
+            config,
+            Arc::new(ModelStats::default()),
+        );
+        (batcher, calls)
     }
 
     fn start(config: BatcherConfig, delay: Duration) -> (Batcher, Arc<Mutex<Vec<i64>>>) {
@@ -647,7 +874,7 @@ mod tests {
         };
         let batcher = Batcher::start(
             "test",
-            vec![Box::new(backend)],
+            Instances::Separate(vec![Box::new(backend)]),
             config,
             Arc::new(ModelStats::default()),
         );
@@ -726,6 +953,48 @@ mod tests {
         let mut seen = seen.lock().expect("lock").clone();
         seen.sort_unstable();
         assert_eq!(seen, vec![1, 1, 2]);
+    }
+
+    #[tokio::test]
+    async fn a_split_instance_runs_a_lone_request_on_all_of_its_threads() {
+        let (batcher, calls) = start_split(config(8, Some(0), 64), Duration::from_millis(5));
+        for _ in 0..3 {
+            check(&batcher, &[1]).await;
+        }
+        let sessions: Vec<_> = calls
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|c| c.session)
+            .collect();
+        assert_eq!(sessions, vec!["whole"; 3]);
+    }
+
+    #[tokio::test]
+    async fn a_split_instance_runs_two_halves_at_once_while_requests_wait_and_never_with_the_whole()
+    {
+        // No merging, so that eight requests make eight calls.
+        let (batcher, calls) = start_split(config(8, None, 64), Duration::from_millis(30));
+        check(&batcher, &[1, 2, 1, 1, 3, 1, 1, 2]).await;
+        let calls = calls.lock().expect("lock").clone();
+        assert_eq!(calls.len(), 8, "{calls:?}");
+        let overlap = |a: &Call, b: &Call| a.began < b.ended && b.began < a.ended;
+        let mut halves_together = 0;
+        for (i, a) in calls.iter().enumerate() {
+            for b in &calls[i + 1..] {
+                if overlap(a, b) {
+                    assert!(
+                        a.session != "whole" && b.session != "whole" && a.session != b.session,
+                        "only the two halves run at once: {a:?} {b:?}"
+                    );
+                    halves_together += 1;
+                }
+            }
+        }
+        assert!(
+            halves_together >= 2,
+            "the halves shared the waiting requests: {calls:?}"
+        );
     }
 
     /// Requests of one row with one input `x` of `values`, sharing their permits.

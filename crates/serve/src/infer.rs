@@ -15,7 +15,7 @@ use std::time::Instant;
 use crate::backend::cuda_host::CudaHostMemory;
 use crate::backend::onnx::{OnnxBackend, Threads};
 use crate::backend::{Backend, BackendError, HostPinning, Signature, TensorSignature};
-use crate::batcher::{BatchError, Batcher, BatcherConfig};
+use crate::batcher::{BatchError, Batcher, BatcherConfig, Instances, SplitInstance};
 use crate::error::{ApiError, Error};
 use crate::metrics::ModelStats;
 use crate::model_config::{Device, ModelConfig, TensorConfig};
@@ -582,23 +582,28 @@ impl Infer {
         let conv_algo_search = placed.conv_algo_search;
         let runtime = self.inner.runtime.clone();
         let threads = self.inner.options.threads;
+        let half = half_threads(&placed, &devices, threads);
         let load_file = file.clone();
         // Building sessions is CPU work of seconds: keep it off the async workers.
-        let backends = tokio::task::spawn_blocking(move || {
-            devices
+        let loaded = tokio::task::spawn_blocking(move || match half {
+            Some(half) => OnnxBackend::load_split(&runtime, &load_file, threads, half)
+                .map(|split| Loaded::Split(Box::new(split))),
+            None => devices
                 .into_iter()
                 .map(|device| {
                     OnnxBackend::load(&runtime, &load_file, threads, device, conv_algo_search)
                 })
                 .collect::<Result<Vec<_>, String>>()
+                .map(Loaded::Separate),
         })
         .await
         .map_err(|error| model_error(error.to_string()))?
         .map_err(model_error)?;
-        let signature = backends
-            .first()
-            .map(OnnxBackend::signature)
-            .ok_or_else(|| model_error("no instance".into()))?;
+        let signature = match &loaded {
+            Loaded::Split(split) => Some(split.0.signature()),
+            Loaded::Separate(backends) => backends.first().map(OnnxBackend::signature),
+        }
+        .ok_or_else(|| model_error("no instance".into()))?;
         let config = complete_config(&placed, &signature)
             .map_err(|message| model_error(format!("version {version}: {message}")))?;
         let stats = Arc::new(ModelStats::default());
@@ -618,13 +623,24 @@ impl Infer {
             pad: config.effective_pad_batch(),
         };
         let pinning = if on_gpu { self.host_memory() } else { None };
-        let backends: Vec<Box<dyn Backend>> = backends
-            .into_iter()
-            .map(|backend| Box::new(backend.with_host_pinning(pinning.clone())) as Box<dyn Backend>)
-            .collect();
+        let boxed = |backend: OnnxBackend| -> Box<dyn Backend> {
+            Box::new(backend.with_host_pinning(pinning.clone()))
+        };
+        let instances = match loaded {
+            Loaded::Split(split) => {
+                let (whole, [first, second]) = *split;
+                Instances::Split(SplitInstance {
+                    whole: boxed(whole),
+                    halves: [boxed(first), boxed(second)],
+                })
+            }
+            Loaded::Separate(backends) => {
+                Instances::Separate(backends.into_iter().map(boxed).collect())
+            }
+        };
         let batcher = Batcher::start(
             &format!("{}-{version}", fetched.name),
-            backends,
+            instances,
             batcher_config,
             stats.clone(),
         );
@@ -637,6 +653,29 @@ impl Infer {
             batcher,
         })
     }
+}
+
+/// A model version's sessions as loaded, before they become [`Instances`].
+enum Loaded {
+    Separate(Vec<OnnxBackend>),
+    Split(Box<(OnnxBackend, [OnnxBackend; 2])>),
+}
+
+/// The threads of each half when a version runs as a [`SplitInstance`]: one CPU
+/// instance with two or more intra-op threads (0 counts as the cores this process may
+/// use), unless its config turns `cardet_split_when_busy` off.
+fn half_threads(config: &ModelConfig, devices: &[Device], threads: Threads) -> Option<Threads> {
+    if devices != [Device::Cpu] || !config.split_when_busy {
+        return None;
+    }
+    let whole = match threads.intra_op {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        configured => configured,
+    };
+    (whole >= 2).then_some(Threads {
+        intra_op: whole / 2,
+        inter_op: threads.inter_op,
+    })
 }
 
 /// A ModelMesh path as a fetched model named `id`.

@@ -46,6 +46,8 @@ pub struct ModelStats {
     pub inference_count: AtomicU64,
     /// Backend calls.
     pub execution_count: AtomicU64,
+    /// Backend calls a split instance ran on half of its threads, beside another.
+    pub half_width_executions: AtomicU64,
     /// Milliseconds since the epoch of the last inference.
     pub last_inference_ms: AtomicU64,
     /// Backend calls and compute time by batch size.
@@ -101,7 +103,7 @@ type Family = (
 /// Prometheus text for every `(model, version, stats)`.
 pub fn render(models: &[(String, i64, std::sync::Arc<ModelStats>)]) -> String {
     let mut text = String::new();
-    let families: [Family; 9] = [
+    let families: [Family; 10] = [
         (
             "nv_inference_pending_request_count",
             "gauge",
@@ -155,6 +157,12 @@ pub fn render(models: &[(String, i64, std::sync::Arc<ModelStats>)]) -> String {
             "counter",
             "Cumulative input preparation duration in microseconds",
             |s| s.compute_input.get().1 / 1000,
+        ),
+        (
+            "cardet_inference_half_width_exec_count",
+            "counter",
+            "Model executions a split CPU instance ran on half of its threads, beside another",
+            |s| s.half_width_executions.load(Ordering::Relaxed),
         ),
     ];
     for (name, kind, help, value) in families {

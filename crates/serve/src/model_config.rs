@@ -30,6 +30,10 @@ pub struct ModelConfig {
     /// `parameters { key: "cardet_pad_batch" }`: the rows a merged batch is padded to
     /// (`None`: not configured, see [`ModelConfig::effective_pad_batch`]).
     pub pad_batch: Option<PadBatch>,
+    /// `parameters { key: "cardet_split_when_busy" }` (default "true"): one CPU
+    /// instance runs two batches at once on half of its threads each while requests
+    /// wait (see [`crate::batcher::SplitInstance`]).
+    pub split_when_busy: bool,
     pub version_policy: VersionPolicy,
     pub default_model_filename: String,
 }
@@ -286,6 +290,7 @@ impl ModelConfig {
             instance_groups: vec![InstanceGroup::cpu(1)],
             conv_algo_search: ConvAlgoSearch::default(),
             pad_batch: None,
+            split_when_busy: true,
             version_policy: VersionPolicy::Latest(1),
             default_model_filename: "model.onnx".to_string(),
         }
@@ -405,6 +410,13 @@ impl ModelConfig {
                         Some("max") => PadBatch::Max,
                         _ => return Err(invalid("\"none\", \"pow2\" or \"max\"")),
                     })
+                }
+                "cardet_split_when_busy" => {
+                    config.split_when_busy = match value.as_deref() {
+                        Some("true") => true,
+                        Some("false") => false,
+                        _ => return Err(invalid("\"true\" or \"false\"")),
+                    }
                 }
                 // Other backends' parameters (Triton's) mean nothing here.
                 _ => {}
@@ -870,6 +882,17 @@ instance_group [ { kind: KIND_CPU } ]  # one instance
             [1, 4, 6, 8]
         );
         assert_eq!([1, 9].map(|rows| PadBatch::Max.rows(rows, 8)), [8, 9]);
+        assert!(ModelConfig::empty("m").split_when_busy, "split by default");
+        let unsplit = ModelConfig::from_text(
+            "parameters { key: \"cardet_split_when_busy\" value: { string_value: \"false\" } }",
+            "m",
+        )
+        .expect("parses");
+        assert!(!unsplit.split_when_busy);
+        check(
+            "parameters { key: \"cardet_split_when_busy\" value: { string_value: \"no\" } }",
+            Err("line 1: parameters cardet_split_when_busy: Some(\"no\") is not"),
+        );
         check(
             "instance_group { kind: KIND_TPU }",
             Err(
