@@ -199,35 +199,11 @@ async fn a_padded_batch_answers_only_its_own_rows() {
 
 /// `output0` of one image sent over REST with binary tensor data.
 async fn infer_one_image(client: &reqwest::Client, base: &str, model: &str) -> Vec<f32> {
-    let header = format!(
-        r#"{{"inputs":[{{"name":"images","shape":[1,3,640,640],"datatype":"FP32","parameters":{{"binary_data_size":{}}}}}],"outputs":[{{"name":"output0","parameters":{{"binary_data":true}}}}]}}"#,
-        IMAGE_VALUES * 4
-    );
-    let mut body = header.as_bytes().to_vec();
-    body.extend(image().iter().flat_map(|v| v.to_le_bytes()));
-    let response = client
-        .post(format!("{base}/v2/models/{model}/infer"))
-        .header("Inference-Header-Content-Length", header.len().to_string())
-        .body(body)
-        .send()
-        .await
-        .expect("infer answers");
-    assert_eq!(response.status().as_u16(), 200);
-    let json_length: usize = response
-        .headers()
-        .get("inference-header-content-length")
-        .and_then(|v| v.to_str().ok()?.parse().ok())
-        .expect("binary output has a header length");
-    let bytes = response.bytes().await.expect("body");
-    let header: Value = serde_json::from_slice(&bytes[..json_length]).expect("header is JSON");
-    assert_eq!(
-        header["outputs"][0]["shape"],
-        serde_json::json!([1, 84, 8400])
-    );
-    bytes[json_length..]
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
+    let image: Vec<u8> = image().iter().flat_map(|v| v.to_le_bytes()).collect();
+    let url = format!("{base}/v2/models/{model}/infer");
+    let (shape, values) = common::infer_binary_image(client, &url, 640, &image).await;
+    assert_eq!(shape, serde_json::json!([1, 84, 8400]));
+    values
 }
 
 /// `output0` of the same image from a plain ONNX Runtime session on the CPU.

@@ -6,8 +6,6 @@
 
 mod common;
 
-use serde_json::Value;
-
 /// YOLOv8n at 160x160: small enough that a few dozen runs take seconds.
 const SIZE: usize = 160;
 const IMAGES: usize = 6;
@@ -19,34 +17,11 @@ fn image(seed: usize) -> Vec<u8> {
         .collect()
 }
 
-/// Sends one image over binary REST and returns `output0`'s values.
+/// Sends image `seed` over binary REST and returns `output0`'s values.
 async fn infer(client: reqwest::Client, url: String, seed: usize) -> Vec<f32> {
-    let header = format!(
-        r#"{{"inputs":[{{"name":"images","shape":[1,3,{SIZE},{SIZE}],"datatype":"FP32","parameters":{{"binary_data_size":{}}}}}],"outputs":[{{"name":"output0","parameters":{{"binary_data":true}}}}]}}"#,
-        3 * SIZE * SIZE * 4
-    );
-    let mut body = header.as_bytes().to_vec();
-    body.extend_from_slice(&image(seed));
-    let response = client
-        .post(&url)
-        .header("Inference-Header-Content-Length", header.len().to_string())
-        .body(body)
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(response.status().as_u16(), 200);
-    let json_length: usize = response
-        .headers()
-        .get("inference-header-content-length")
-        .and_then(|v| v.to_str().ok()?.parse().ok())
-        .expect("binary output has a header length");
-    let bytes = response.bytes().await.expect("body");
-    let header: Value = serde_json::from_slice(&bytes[..json_length]).expect("json");
-    assert_eq!(header["outputs"][0]["shape"][0], 1, "{header}");
-    bytes[json_length..]
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
+    let (shape, values) = common::infer_binary_image(&client, &url, SIZE, &image(seed)).await;
+    assert_eq!(shape[0], 1, "{shape}");
+    values
 }
 
 /// `model`'s half-width execution count from the Prometheus endpoint.

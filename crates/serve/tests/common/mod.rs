@@ -142,3 +142,40 @@ pub async fn start_with(config: cardet_serve::Config) -> cardet_serve::Server {
         .await
         .expect("server starts")
 }
+
+/// Sends one image (`size`x`size`, FP32 little-endian `image`) to `url` over REST
+/// with binary tensor data and returns `output0`'s shape and values.
+pub async fn infer_binary_image(
+    client: &reqwest::Client,
+    url: &str,
+    size: usize,
+    image: &[u8],
+) -> (serde_json::Value, Vec<f32>) {
+    let header = format!(
+        r#"{{"inputs":[{{"name":"images","shape":[1,3,{size},{size}],"datatype":"FP32","parameters":{{"binary_data_size":{}}}}}],"outputs":[{{"name":"output0","parameters":{{"binary_data":true}}}}]}}"#,
+        image.len()
+    );
+    let mut body = header.as_bytes().to_vec();
+    body.extend_from_slice(image);
+    let response = client
+        .post(url)
+        .header("Inference-Header-Content-Length", header.len().to_string())
+        .body(body)
+        .send()
+        .await
+        .expect("infer answers");
+    assert_eq!(response.status().as_u16(), 200);
+    let json_length: usize = response
+        .headers()
+        .get("inference-header-content-length")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .expect("binary output has a header length");
+    let bytes = response.bytes().await.expect("body");
+    let header: serde_json::Value =
+        serde_json::from_slice(&bytes[..json_length]).expect("header is JSON");
+    let values = bytes[json_length..]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    (header["outputs"][0]["shape"].clone(), values)
+}
