@@ -53,10 +53,11 @@ move requests, so by default they are half the cores (1 on a 2-core machine) and
 not take CPU time from inference. Set both on a shared machine:
   serve --model-repository model_repo --intra-op-threads 2 --async-threads 1
 A model with one CPU instance (the default) runs a lone request on all its intra-op
-threads and, while other requests wait, two batches at once on half of them each
-(0 threads counts as the cores this process may use). It holds three sessions of
-the model for that; parameters { key: \"cardet_split_when_busy\" value: {
-string_value: \"false\" } } in config.pbtxt keeps one.
+threads and, while other requests wait, two batches at once on half of them each;
+it holds three sessions of the model for that. There --intra-op-threads 0 counts
+as the cores this process may use (its cgroup's quota included). In config.pbtxt,
+parameters { key: \"cardet_split_when_busy\" value: { string_value: \"false\" } }
+keeps one session.
 
 Memory: freed memory is kept for the next batch (glibc's allocator is set to one
 heap without per-block mmap) and handed back to the system once a model instance

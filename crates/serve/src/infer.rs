@@ -582,11 +582,11 @@ impl Infer {
         let conv_algo_search = placed.conv_algo_search;
         let runtime = self.inner.runtime.clone();
         let threads = self.inner.options.threads;
-        let half = half_threads(&placed, &devices, threads);
+        let split = split_threads(&placed, &devices, threads);
         let load_file = file.clone();
         // Building sessions is CPU work of seconds: keep it off the async workers.
-        let loaded = tokio::task::spawn_blocking(move || match half {
-            Some(half) => OnnxBackend::load_split(&runtime, &load_file, threads, half)
+        let loaded = tokio::task::spawn_blocking(move || match split {
+            Some((whole, half)) => OnnxBackend::load_split(&runtime, &load_file, whole, half)
                 .map(|split| Loaded::Split(Box::new(split))),
             None => devices
                 .into_iter()
@@ -661,10 +661,16 @@ enum Loaded {
     Split(Box<(OnnxBackend, [OnnxBackend; 2])>),
 }
 
-/// The threads of each half when a version runs as a [`SplitInstance`]: one CPU
-/// instance with two or more intra-op threads (0 counts as the cores this process may
-/// use), unless its config turns `cardet_split_when_busy` off.
-fn half_threads(config: &ModelConfig, devices: &[Device], threads: Threads) -> Option<Threads> {
+/// The threads of the whole session and of each half when a version runs as a
+/// [`SplitInstance`]: one CPU instance with two or more intra-op threads, unless its
+/// config turns `cardet_split_when_busy` off. 0 threads counts as the cores this
+/// process may use (its cgroup's quota included) for all three sessions, so that
+/// the halves together never have more threads than the whole.
+fn split_threads(
+    config: &ModelConfig,
+    devices: &[Device],
+    threads: Threads,
+) -> Option<(Threads, Threads)> {
     if devices != [Device::Cpu] || !config.split_when_busy {
         return None;
     }
@@ -672,10 +678,11 @@ fn half_threads(config: &ModelConfig, devices: &[Device], threads: Threads) -> O
         0 => std::thread::available_parallelism().map_or(1, usize::from),
         configured => configured,
     };
-    (whole >= 2).then_some(Threads {
-        intra_op: whole / 2,
+    let with = |intra_op| Threads {
+        intra_op,
         inter_op: threads.inter_op,
-    })
+    };
+    (whole >= 2).then_some((with(whole), with(whole / 2)))
 }
 
 /// A ModelMesh path as a fetched model named `id`.
@@ -972,6 +979,42 @@ fn join(dims: &[i64]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_cpu_instance_of_two_or_more_threads_splits_into_halves_that_add_up_to_it() {
+        let threads = |intra_op| Threads {
+            intra_op,
+            inter_op: 1,
+        };
+        let cpu = ModelConfig::empty("m");
+        assert_eq!(
+            split_threads(&cpu, &[Device::Cpu], threads(4)),
+            Some((threads(4), threads(2)))
+        );
+        assert_eq!(
+            split_threads(&cpu, &[Device::Cpu], threads(3)),
+            Some((threads(3), threads(1)))
+        );
+        assert_eq!(split_threads(&cpu, &[Device::Cpu], threads(1)), None);
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let default = split_threads(&cpu, &[Device::Cpu], threads(0));
+        match default {
+            Some((whole, half)) => {
+                assert_eq!(whole, threads(cores), "0 counts as the cores");
+                assert!(2 * half.intra_op <= whole.intra_op);
+            }
+            None => assert_eq!(cores, 1),
+        }
+        assert_eq!(
+            split_threads(&cpu, &[Device::Cpu, Device::Cpu], threads(2)),
+            None,
+            "two instances are not split"
+        );
+        assert_eq!(split_threads(&cpu, &[Device::Cuda(0)], threads(2)), None);
+        let mut unsplit = cpu.clone();
+        unsplit.split_when_busy = false;
+        assert_eq!(split_threads(&unsplit, &[Device::Cpu], threads(2)), None);
+    }
 
     fn config() -> ModelConfig {
         ModelConfig::from_text(
