@@ -255,16 +255,20 @@ impl Queue {
             }
             state = self.wait(state, idle_deadline - now);
         }
+        // A half merges at most half of `max_batch_size`: on half the threads, that
+        // takes about as long as a full batch on all of them, so splitting does not
+        // lengthen the wait of the requests in a batch.
+        let half_limit = config.max_batch_size.div_ceil(2);
         let (width, row_limit) = match role {
             Role::Alone => (Width::Whole, config.max_batch_size),
-            Role::Second => (Width::Half, config.max_batch_size),
+            Role::Second => (Width::Half, half_limit),
             Role::First if state.lanes.second_running || state.waiting.len() > 1 => {
                 // Leave half of what waits to the second lane when it is idle.
                 let rows_waiting: usize = state.waiting.iter().map(|pending| pending.rows).sum();
                 let limit = if state.lanes.second_running {
-                    config.max_batch_size
+                    half_limit
                 } else {
-                    rows_waiting.div_ceil(2).min(config.max_batch_size)
+                    rows_waiting.div_ceil(2).min(half_limit)
                 };
                 (Width::Half, limit)
             }
