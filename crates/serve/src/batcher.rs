@@ -821,6 +821,7 @@ mod tests {
     #[derive(Clone, Debug)]
     struct Call {
         session: &'static str,
+        rows: i64,
         began: Instant,
         ended: Instant,
     }
@@ -839,6 +840,7 @@ mod tests {
             if let Ok(mut calls) = self.calls.lock() {
                 calls.push(Call {
                     session: self.session,
+                    rows: batch.inputs[0].shape[0],
                     began,
                     ended: Instant::now(),
                 });
@@ -999,6 +1001,18 @@ mod tests {
             halves_together >= 2,
             "the halves shared the waiting requests: {calls:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_half_merges_at_most_half_of_the_batch_limit() {
+        let (batcher, calls) = start_split(config(8, Some(50), 64), Duration::from_millis(20));
+        check(&batcher, &[1; 12]).await;
+        let calls = calls.lock().expect("lock").clone();
+        assert_eq!(calls.iter().map(|c| c.rows).sum::<i64>(), 12, "{calls:?}");
+        for call in &calls {
+            let limit = if call.session == "whole" { 8 } else { 4 };
+            assert!(call.rows <= limit, "{call:?}");
+        }
     }
 
     /// Requests of one row with one input `x` of `values`, sharing their permits.
