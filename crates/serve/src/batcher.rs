@@ -521,7 +521,7 @@ fn serve_lane(lane: Lane, queue: &Queue, config: &BatcherConfig, stats: &ModelSt
             (Width::Whole, Some(whole)) => whole.as_ref(),
             _ => lane.backend.as_ref(),
         };
-        if lane.role != Role::Alone && width == Width::Half {
+        if width == Width::Half {
             stats
                 .half_width_executions
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

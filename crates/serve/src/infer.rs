@@ -583,27 +583,39 @@ impl Infer {
         let runtime = self.inner.runtime.clone();
         let threads = self.inner.options.threads;
         let split = split_threads(&placed, &devices, threads);
+        let pinning = if on_gpu { self.host_memory() } else { None };
         let load_file = file.clone();
         // Building sessions is CPU work of seconds: keep it off the async workers.
-        let loaded = tokio::task::spawn_blocking(move || match split {
-            Some((whole, half)) => OnnxBackend::load_split(&runtime, &load_file, whole, half)
-                .map(|split| Loaded::Split(Box::new(split))),
-            None => devices
+        let (signature, instances) = tokio::task::spawn_blocking(move || {
+            let boxed = |backend: OnnxBackend| -> Box<dyn Backend> {
+                Box::new(backend.with_host_pinning(pinning.clone()))
+            };
+            if let Some((whole, half)) = split {
+                let (whole, [first, second]) =
+                    OnnxBackend::load_split(&runtime, &load_file, whole, half)?;
+                let signature = whole.signature();
+                let instance = SplitInstance {
+                    whole: boxed(whole),
+                    halves: [boxed(first), boxed(second)],
+                };
+                return Ok((Some(signature), Instances::Split(instance)));
+            }
+            let backends = devices
                 .into_iter()
                 .map(|device| {
                     OnnxBackend::load(&runtime, &load_file, threads, device, conv_algo_search)
                 })
-                .collect::<Result<Vec<_>, String>>()
-                .map(Loaded::Separate),
+                .collect::<Result<Vec<_>, String>>()?;
+            let signature = backends.first().map(OnnxBackend::signature);
+            Ok((
+                signature,
+                Instances::Separate(backends.into_iter().map(boxed).collect()),
+            ))
         })
         .await
         .map_err(|error| model_error(error.to_string()))?
         .map_err(model_error)?;
-        let signature = match &loaded {
-            Loaded::Split(split) => Some(split.0.signature()),
-            Loaded::Separate(backends) => backends.first().map(OnnxBackend::signature),
-        }
-        .ok_or_else(|| model_error("no instance".into()))?;
+        let signature = signature.ok_or_else(|| model_error("no instance".into()))?;
         let config = complete_config(&placed, &signature)
             .map_err(|message| model_error(format!("version {version}: {message}")))?;
         let stats = Arc::new(ModelStats::default());
@@ -622,22 +634,6 @@ impl Infer {
             batched_model: config.max_batch_size > 0,
             pad: config.effective_pad_batch(),
         };
-        let pinning = if on_gpu { self.host_memory() } else { None };
-        let boxed = |backend: OnnxBackend| -> Box<dyn Backend> {
-            Box::new(backend.with_host_pinning(pinning.clone()))
-        };
-        let instances = match loaded {
-            Loaded::Split(split) => {
-                let (whole, [first, second]) = *split;
-                Instances::Split(SplitInstance {
-                    whole: boxed(whole),
-                    halves: [boxed(first), boxed(second)],
-                })
-            }
-            Loaded::Separate(backends) => {
-                Instances::Separate(backends.into_iter().map(boxed).collect())
-            }
-        };
         let batcher = Batcher::start(
             &format!("{}-{version}", fetched.name),
             instances,
@@ -653,12 +649,6 @@ impl Infer {
             batcher,
         })
     }
-}
-
-/// A model version's sessions as loaded, before they become [`Instances`].
-enum Loaded {
-    Separate(Vec<OnnxBackend>),
-    Split(Box<(OnnxBackend, [OnnxBackend; 2])>),
 }
 
 /// The threads of the whole session and of each half when a version runs as a
