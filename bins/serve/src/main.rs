@@ -55,7 +55,8 @@ not take CPU time from inference. Set both on a shared machine:
 A model with one CPU instance (the default) runs a lone request on all its intra-op
 threads and, while other requests wait, two batches at once on half of them each;
 it holds three sessions of the model for that. There --intra-op-threads 0 counts
-as the cores this process may use (its cgroup's quota included). In config.pbtxt,
+one thread per physical core this process may use (hyperthreads once, as ONNX
+Runtime's default does; its cgroup's quota included). In config.pbtxt,
 parameters { key: \"cardet_split_when_busy\" value: { string_value: \"false\" } }
 keeps one session.
 

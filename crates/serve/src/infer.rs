@@ -653,9 +653,10 @@ impl Infer {
 
 /// The threads of the whole session and of each half when a version runs as a
 /// [`SplitInstance`]: one CPU instance with two or more intra-op threads, unless its
-/// config turns `cardet_split_when_busy` off. 0 threads counts as the cores this
-/// process may use (its cgroup's quota included) for all three sessions, so that
-/// the halves together never have more threads than the whole.
+/// config turns `cardet_split_when_busy` off. 0 threads counts as the physical cores
+/// this process may use (ONNX Runtime's own default, capped by the cgroup's quota;
+/// [`crate::cores::physical_cores`]) for all three sessions, so that the halves
+/// together never have more threads than the whole.
 fn split_threads(
     config: &ModelConfig,
     devices: &[Device],
@@ -665,7 +666,7 @@ fn split_threads(
         return None;
     }
     let whole = match threads.intra_op {
-        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        0 => crate::cores::physical_cores(),
         configured => configured,
     };
     let with = |intra_op| Threads {
@@ -986,7 +987,7 @@ mod tests {
             Some((threads(3), threads(1)))
         );
         assert_eq!(split_threads(&cpu, &[Device::Cpu], threads(1)), None);
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let cores = crate::cores::physical_cores();
         let default = split_threads(&cpu, &[Device::Cpu], threads(0));
         match default {
             Some((whole, half)) => {

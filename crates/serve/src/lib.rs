@@ -24,6 +24,7 @@
 pub mod allocator;
 pub mod backend;
 pub mod batcher;
+pub mod cores;
 pub mod error;
 pub mod infer;
 pub mod metrics;
