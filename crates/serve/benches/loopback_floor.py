@@ -3,11 +3,18 @@ one YOLOv8n request and answer carry (4.9 MB up, 2.8 MB down), with no HTTP and
 warm buffers. BENCHMARKS.md ("serve") compares `serve`'s time around inference
 (serve_bench's time split) with it.
 
-usage: python loopback_floor.py [--unix] [--rounds N]
+usage: python loopback_floor.py [--unix] [--rounds N] [--gap-ms 60]
+                                [--congestion cubic] [--server-congestion cubic]
+
+--gap-ms makes the server wait before it answers, as inference would (the wait is not
+counted): after a gap the round trip starts from idle cores and colder caches.
+--congestion sets the client's TCP congestion control (the request's 4.9 MB go out
+under it), --server-congestion the server's (the answer's 2.8 MB).
 """
 import argparse
 import os
 import socket
+import statistics
 import tempfile
 import threading
 import time
@@ -26,12 +33,20 @@ def receive_exactly(sock, buffer):
         received += n
 
 
-def answer_forever(listener):
+def set_congestion(sock, name):
+    if name:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, name.encode())
+
+
+def answer_forever(listener, gap_s, congestion):
     conn, _ = listener.accept()
+    if conn.family == socket.AF_INET:
+        set_congestion(conn, congestion)
     request, answer = bytearray(REQUEST_BYTES), bytes(ANSWER_BYTES)
     try:
         while True:
             receive_exactly(conn, request)
+            time.sleep(gap_s)
             conn.sendall(answer)
     except EOFError:
         pass
@@ -41,6 +56,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--unix", action="store_true", help="a Unix socket instead of loopback TCP")
     parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument("--gap-ms", type=float, default=0.0, help="server waits this long before answering")
+    parser.add_argument("--congestion", help="the client socket's TCP congestion control")
+    parser.add_argument("--server-congestion", help="the server socket's TCP congestion control")
     args = parser.parse_args()
     if args.unix:
         path = os.path.join(tempfile.mkdtemp(), "floor.sock")
@@ -52,8 +70,13 @@ def main():
         listener.bind(("127.0.0.1", 0))
         address, family = listener.getsockname(), socket.AF_INET
     listener.listen(1)
-    threading.Thread(target=answer_forever, args=(listener,), daemon=True).start()
+    gap_s = args.gap_ms / 1e3
+    threading.Thread(
+        target=answer_forever, args=(listener, gap_s, args.server_congestion), daemon=True
+    ).start()
     client = socket.socket(family)
+    if family == socket.AF_INET:
+        set_congestion(client, args.congestion)
     client.connect(address)
     if family == socket.AF_INET:
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -61,13 +84,19 @@ def main():
     for _ in range(20):  # warm the buffers and TCP's window
         client.sendall(request)
         receive_exactly(client, answer)
-    started = time.perf_counter()
+    rounds_ms = []
     for _ in range(args.rounds):
+        started = time.perf_counter()
         client.sendall(request)
         receive_exactly(client, answer)
-    per_round_ms = (time.perf_counter() - started) / args.rounds * 1e3
+        rounds_ms.append((time.perf_counter() - started - gap_s) * 1e3)
     transport = "unix socket" if args.unix else "loopback TCP"
-    print(f"round trip, 4.9 MB up + 2.8 MB down over {transport}: {per_round_ms:.2f} ms")
+    if args.congestion or args.server_congestion:
+        transport += f" (congestion control: client {args.congestion or 'default'}, server {args.server_congestion or 'default'})"
+    print(
+        f"round trip, 4.9 MB up + 2.8 MB down over {transport}, {args.gap_ms:g} ms gap: "
+        f"median {statistics.median(rounds_ms):.2f} ms, mean {statistics.mean(rounds_ms):.2f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -586,7 +586,8 @@ impl Infer {
         let pinning = if on_gpu { self.host_memory() } else { None };
         let load_file = file.clone();
         // Building sessions is CPU work of seconds: keep it off the async workers.
-        let (signature, instances) = tokio::task::spawn_blocking(move || {
+        let loader = format!("ort-{}-{version}", fetched.name);
+        let (signature, instances) = on_named_thread(loader, move || {
             let boxed = |backend: OnnxBackend| -> Box<dyn Backend> {
                 Box::new(backend.with_host_pinning(pinning.clone()))
             };
@@ -613,7 +614,7 @@ impl Infer {
             ))
         })
         .await
-        .map_err(|error| model_error(error.to_string()))?
+        .map_err(model_error)?
         .map_err(model_error)?;
         let signature = signature.ok_or_else(|| model_error("no instance".into()))?;
         let config = complete_config(&placed, &signature)
@@ -649,6 +650,30 @@ impl Infer {
             batcher,
         })
     }
+}
+
+/// Runs `work` on a new thread named `name` and waits for it without blocking the
+/// async side.
+///
+/// ONNX Runtime creates a session's intra-op threads while the session is built, and
+/// on Linux a thread takes the name of the thread that creates it: built on a
+/// `spawn_blocking` thread, they showed in `top -H` and `perf` as `tokio-rt-worker`,
+/// as if the async side were running the inference. Built here, they carry the
+/// model's name (at most 15 bytes of it, the kernel's limit).
+async fn on_named_thread<T: Send + 'static>(
+    name: String,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            let _ = sender.send(work());
+        })
+        .map_err(|error| format!("starting thread {name}: {error}"))?;
+    receiver
+        .await
+        .map_err(|_| format!("thread {name} stopped without finishing (a panic)"))
 }
 
 /// The threads of the whole session and of each half when a version runs as a

@@ -41,6 +41,15 @@ async fn half_width_executions(client: &reqwest::Client, metrics: &str, model: &
         .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
 }
 
+/// The names of this process's threads.
+fn thread_names() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .expect("/proc/self/task")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_run_on_both_halves_with_the_answers_of_lone_ones() {
     let repository = tempfile::tempdir().expect("tempdir");
@@ -55,6 +64,11 @@ async fn concurrent_requests_run_on_both_halves_with_the_answers_of_lone_ones() 
     let server = common::start(repository.path(), cardet_serve::ControlMode::None, 16 << 20).await;
     let metrics = server.metrics.expect("metrics port").to_string();
     let client = reqwest::Client::new();
+    let names = thread_names();
+    assert!(
+        names.iter().any(|name| name.starts_with("ort-split-1")),
+        "ONNX Runtime's pool threads are named after the model they run: {names:?}"
+    );
 
     for model in ["split", "whole"] {
         let url = format!("http://{}/v2/models/{model}/infer", server.http);
