@@ -389,7 +389,7 @@ impl Batcher {
             let stats = stats.clone();
             let config = config.clone();
             let spawned = std::thread::Builder::new()
-                .name(format!("{name}-{suffix}"))
+                .name(thread_name(format!("{name}-{suffix}")))
                 .spawn(move || serve_lane(lane, &queue, &config, &stats));
             match spawned {
                 Ok(handle) => instances.push(handle),
@@ -709,6 +709,16 @@ impl MergeBuffers {
                 self.spare.push(buffer);
             }
         }
+    }
+}
+
+/// `name` fit to name a thread: a NUL byte (which a ModelMesh model id may hold)
+/// would make `std::thread::Builder::spawn` panic, so it becomes `?`.
+pub(crate) fn thread_name(name: String) -> String {
+    if name.contains('\0') {
+        name.replace('\0', "?")
+    } else {
+        name
     }
 }
 

@@ -666,7 +666,7 @@ async fn on_named_thread<T: Send + 'static>(
 ) -> Result<T, String> {
     let (sender, receiver) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
-        .name(name.clone())
+        .name(crate::batcher::thread_name(name.clone()))
         .spawn(move || {
             let _ = sender.send(work());
         })
@@ -995,6 +995,21 @@ fn join(dims: &[i64]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn work_runs_on_a_thread_of_the_given_name_even_with_a_nul_byte_in_it() {
+        let name = || std::thread::current().name().map(str::to_string);
+        assert_eq!(
+            on_named_thread("ort-m-1".into(), name).await,
+            Ok(Some("ort-m-1".into()))
+        );
+        assert_eq!(
+            on_named_thread("ort-m\0x-1".into(), name).await,
+            Ok(Some("ort-m?x-1".into()))
+        );
+        let failed = on_named_thread("ort-m-2".into(), || panic!("loading failed")).await;
+        assert!(failed.is_err_and(|error| error.contains("ort-m-2")));
+    }
 
     #[test]
     fn one_cpu_instance_of_two_or_more_threads_splits_into_halves_that_add_up_to_it() {
