@@ -143,7 +143,8 @@ impl OnnxBackend {
     /// from a file it changed nothing (102 MB resident either way, three loads each),
     /// so it is not used. Handing all three the same initializers saved nothing either
     /// (Python `onnxruntime`, three YOLOv8n sessions: the same resident memory with
-    /// and without `add_initializer`): the optimizer rewrites them per session.
+    /// and without `add_initializer`), presumably because the graph optimizer makes
+    /// each session's own copies of the weights it rewrites.
     pub fn load_split(
         runtime: &Arc<cardet_onnx::Runtime>,
         model: &Path,
