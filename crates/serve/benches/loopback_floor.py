@@ -3,11 +3,12 @@ one YOLOv8n request and answer carry (4.9 MB up, 2.8 MB down), with no HTTP and
 warm buffers. BENCHMARKS.md ("serve") compares `serve`'s time around inference
 (serve_bench's time split) with it.
 
-usage: python loopback_floor.py [--unix] [--rounds N] [--gap-ms 60]
+usage: python loopback_floor.py [--unix] [--rounds N] [--gap-ms 60 [--busy-gap]]
                                 [--congestion cubic] [--server-congestion cubic]
 
 --gap-ms makes the server wait before it answers, as inference would (the wait is not
-counted): after a gap the round trip starts from idle cores and colder caches.
+counted): after a gap asleep the round trip starts from idle cores and colder caches.
+--busy-gap spends the gap spinning instead, as ONNX Runtime keeps a core busy.
 --congestion sets the client's TCP congestion control (the request's 4.9 MB go out
 under it), --server-congestion the server's (the answer's 2.8 MB).
 """
@@ -38,7 +39,16 @@ def set_congestion(sock, name):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, name.encode())
 
 
-def answer_forever(listener, gap_s, congestion):
+def wait(gap_s, busy):
+    if not busy:
+        time.sleep(gap_s)
+        return
+    end = time.perf_counter() + gap_s
+    while time.perf_counter() < end:
+        pass
+
+
+def answer_forever(listener, gap_s, busy, congestion):
     conn, _ = listener.accept()
     if conn.family == socket.AF_INET:
         set_congestion(conn, congestion)
@@ -46,7 +56,7 @@ def answer_forever(listener, gap_s, congestion):
     try:
         while True:
             receive_exactly(conn, request)
-            time.sleep(gap_s)
+            wait(gap_s, busy)
             conn.sendall(answer)
     except EOFError:
         pass
@@ -57,6 +67,7 @@ def main():
     parser.add_argument("--unix", action="store_true", help="a Unix socket instead of loopback TCP")
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--gap-ms", type=float, default=0.0, help="server waits this long before answering")
+    parser.add_argument("--busy-gap", action="store_true", help="spin through the gap instead of sleeping")
     parser.add_argument("--congestion", help="the client socket's TCP congestion control")
     parser.add_argument("--server-congestion", help="the server socket's TCP congestion control")
     args = parser.parse_args()
@@ -72,7 +83,7 @@ def main():
     listener.listen(1)
     gap_s = args.gap_ms / 1e3
     threading.Thread(
-        target=answer_forever, args=(listener, gap_s, args.server_congestion), daemon=True
+        target=answer_forever, args=(listener, gap_s, args.busy_gap, args.server_congestion), daemon=True
     ).start()
     client = socket.socket(family)
     if family == socket.AF_INET:
@@ -94,7 +105,8 @@ def main():
     if args.congestion or args.server_congestion:
         transport += f" (congestion control: client {args.congestion or 'default'}, server {args.server_congestion or 'default'})"
     print(
-        f"round trip, 4.9 MB up + 2.8 MB down over {transport}, {args.gap_ms:g} ms gap: "
+        f"round trip, 4.9 MB up + 2.8 MB down over {transport}, {args.gap_ms:g} ms gap"
+        f"{' (busy)' if args.busy_gap else ''}: "
         f"median {statistics.median(rounds_ms):.2f} ms, mean {statistics.mean(rounds_ms):.2f} ms"
     )
 

@@ -715,11 +715,7 @@ impl MergeBuffers {
 /// `name` fit to name a thread: a NUL byte (which a ModelMesh model id may hold)
 /// would make `std::thread::Builder::spawn` panic, so it becomes `?`.
 pub(crate) fn thread_name(name: String) -> String {
-    if name.contains('\0') {
-        name.replace('\0', "?")
-    } else {
-        name
-    }
+    name.replace('\0', "?")
 }
 
 /// Batches at least this large are copied by several threads at once.

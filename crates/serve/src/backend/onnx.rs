@@ -141,10 +141,10 @@ impl OnnxBackend {
     /// handed to every session with `AddInitializer`
     /// (`SessionState::PrepackConstantInitializedTensors`): passed to sessions built
     /// from a file it changed nothing (102 MB resident either way, three loads each),
-    /// so it is not used. Handing all three the same initializers saved nothing either
-    /// (Python `onnxruntime`, three YOLOv8n sessions: the same resident memory with
-    /// and without `add_initializer`), presumably because the graph optimizer makes
-    /// each session's own copies of the weights it rewrites.
+    /// so it is not used. Handing all three the same initializers saved about 3 MiB of
+    /// the 25 a single copy would (`benches/shared_initializers.py`), presumably
+    /// because the graph optimizer makes each session's own copies of the weights it
+    /// rewrites.
     pub fn load_split(
         runtime: &Arc<cardet_onnx::Runtime>,
         model: &Path,
