@@ -39,6 +39,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -187,7 +188,7 @@ pub async fn start(runtime: Arc<cardet_onnx::Runtime>, config: Config) -> Result
     );
     let stop = signal(watcher.clone());
     tasks.push(tokio::spawn(async move {
-        axum::serve(http_listener, router)
+        axum::serve(http_listener.tap_io(without_nagle), router)
             .with_graceful_shutdown(stop)
             .await
             .map_err(|error| Error::Serve(format!("http: {error}")))
@@ -204,7 +205,7 @@ pub async fn start(runtime: Arc<cardet_onnx::Runtime>, config: Config) -> Result
             .add_service(grpc_service)
             .add_service(modelmesh)
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
                 stop,
             )
             .await
@@ -215,7 +216,7 @@ pub async fn start(runtime: Arc<cardet_onnx::Runtime>, config: Config) -> Result
         let router = protocol::http::metrics_router(infer.clone());
         let stop = signal(watcher.clone());
         tasks.push(tokio::spawn(async move {
-            axum::serve(listener, router)
+            axum::serve(listener.tap_io(without_nagle), router)
                 .with_graceful_shutdown(stop)
                 .await
                 .map_err(|error| Error::Serve(format!("metrics: {error}")))
@@ -296,6 +297,16 @@ async fn futures_join(tasks: Vec<JoinHandle<Result<(), Error>>>) -> Vec<Result<(
         });
     }
     results
+}
+
+/// Turns Nagle's algorithm off on an accepted connection. Neither `axum::serve` nor
+/// tonic's `serve_with_incoming` does it for a listener handed to them, and with it
+/// on, the last partial segment of an answer waits for the client's ACK of the
+/// segments before it.
+fn without_nagle(connection: &mut tokio::net::TcpStream) {
+    if let Err(error) = connection.set_nodelay(true) {
+        tracing::debug!(%error, "could not set TCP_NODELAY on an accepted connection");
+    }
 }
 
 async fn bind(address: &str, port: u16) -> Result<TcpListener, Error> {
