@@ -9,6 +9,7 @@
 //! serve_bench serve   ... --instances 2 --threads 1           # two model instances
 //! serve_bench serve   --clients 8 [--secs 10] [--threads 2] [--no-batching] [--max-batch 8]
 //! serve_bench serve   ... --shared-memory                     # tensors through /dev/shm regions
+//! serve_bench serve   ... --grpc                              # gRPC ModelInfer, raw contents, a connection per client
 //! serve_bench rss                                             # a bare session's resident memory
 //! serve_bench backend [--secs 40] [raw flags]                 # a raw session against serve's backend, no transport
 //! serve_bench pair    --clients 8 --best [--slices 6] [--secs 2] [serve flags]
@@ -39,13 +40,16 @@
 //! it also holds the raw side's best rate as `"baseline"`, and for `backend` the
 //! value is the ratio (unit `x`).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use cardet_serve::protocol::grpc::pb::inference as v2;
 use ort::session::Session;
 use ort::value::Tensor;
+use v2::grpc_inference_service_client::GrpcInferenceServiceClient;
 
 struct Args {
     mode: String,
@@ -63,6 +67,8 @@ struct Args {
     spinning_stop: bool,
     /// Clients pass the input and output through system shared-memory regions.
     shared_memory: bool,
+    /// Clients send gRPC `ModelInfer` with raw contents instead of binary REST.
+    grpc: bool,
     /// Model instances in `serve` (`instance_group { count }`).
     instances: usize,
     /// Raw sessions run side by side.
@@ -103,6 +109,7 @@ fn parse_args() -> Args {
         pattern_off: false,
         spinning_stop: false,
         shared_memory: false,
+        grpc: false,
         instances: 1,
         sessions: 1,
         max_batch: 8,
@@ -137,6 +144,7 @@ fn parse_args() -> Args {
             "--pattern-off" => args.pattern_off = true,
             "--spinning-stop" => args.spinning_stop = true,
             "--shared-memory" => args.shared_memory = true,
+            "--grpc" => args.grpc = true,
             "--gpu" => args.gpu = true,
             "--conv-search" => args.conv_search = Some(value()),
             "--pad-pow2" => args.pad = Some("pow2"),
@@ -292,7 +300,7 @@ fn serve(args: &Args) -> f64 {
     let server =
         server_runtime.block_on(start_server(args, args.batching, repository.path(), onnx));
     let url = format!("http://{}/v2/models/yolov8n/infer", server.http);
-    let rate = client_runtime.block_on(drive(args, url));
+    let rate = client_runtime.block_on(drive(args, url, server.grpc));
     server_runtime
         .block_on(server.shutdown())
         .expect("shutdown");
@@ -358,11 +366,45 @@ async fn start_server(
     cardet_serve::start(runtime, config).await.expect("server")
 }
 
-/// One client's request: its body and, for binary data, the JSON header's length.
+type GrpcClient = GrpcInferenceServiceClient<tonic::transport::Channel>;
+
+/// One client's request.
 #[derive(Clone)]
-struct Request {
-    body: bytes::Bytes,
-    header_length: Option<String>,
+enum Request {
+    /// Over REST: the body and, for binary data, the JSON header's length.
+    Rest {
+        body: bytes::Bytes,
+        header_length: Option<String>,
+    },
+    /// Over gRPC, on the client's own connection.
+    Grpc {
+        client: GrpcClient,
+        request: Box<v2::ModelInferRequest>,
+    },
+}
+
+/// A gRPC `ModelInfer` of one image in raw contents, on a connection of its own.
+async fn grpc_request(address: &str) -> Request {
+    let client = GrpcInferenceServiceClient::connect(format!("http://{address}"))
+        .await
+        .expect("gRPC connects")
+        .max_encoding_message_size(64 << 20)
+        .max_decoding_message_size(64 << 20);
+    let request = v2::ModelInferRequest {
+        model_name: "yolov8n".into(),
+        inputs: vec![v2::model_infer_request::InferInputTensor {
+            name: "images".into(),
+            datatype: "FP32".into(),
+            shape: vec![1, 3, 640, 640],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![image_bytes().into()],
+        ..Default::default()
+    };
+    Request::Grpc {
+        client,
+        request: Box::new(request),
+    }
 }
 
 /// A binary-data request carrying the image.
@@ -370,7 +412,7 @@ fn binary_request() -> Request {
     let header = br#"{"inputs":[{"name":"images","shape":[1,3,640,640],"datatype":"FP32","parameters":{"binary_data_size":4915200}}],"outputs":[{"name":"output0","parameters":{"binary_data":true}}]}"#;
     let mut body = header.to_vec();
     body.extend_from_slice(&image_bytes());
-    Request {
+    Request::Rest {
         body: bytes::Bytes::from(body),
         header_length: Some(header.len().to_string()),
     }
@@ -416,19 +458,26 @@ async fn shared_memory_request(client: &reqwest::Client, url: &str, index: usize
         "outputs": [{"name": "output0",
             "parameters": {"shared_memory_region": format!("{index}-out"), "shared_memory_byte_size": OUTPUT_REGION_BYTES}}],
     });
-    Request {
+    Request::Rest {
         body: bytes::Bytes::from(body.to_string()),
         header_length: None,
     }
 }
 
 /// One request per client (`--clients`), each sent twice to warm up its connection
-/// and the model.
-async fn warmed_requests(args: &Args, client: &reqwest::Client, url: &str) -> Vec<Request> {
+/// and the model. `grpc` is the server's gRPC address, used with `--grpc`.
+async fn warmed_requests(
+    args: &Args,
+    client: &reqwest::Client,
+    url: &str,
+    grpc: SocketAddr,
+) -> Vec<Request> {
     let mut requests = Vec::new();
     for index in 0..args.clients.max(1) {
         requests.push(if args.shared_memory {
             shared_memory_request(client, url, index).await
+        } else if args.grpc {
+            grpc_request(&grpc.to_string()).await
         } else {
             binary_request()
         });
@@ -443,8 +492,22 @@ async fn warmed_requests(args: &Args, client: &reqwest::Client, url: &str) -> Ve
 
 /// Sends `request` and reads the whole answer, which must be a success.
 async fn send(client: reqwest::Client, request: Request, url: String) {
-    let mut builder = client.post(&url).body(request.body);
-    if let Some(length) = request.header_length {
+    let (body, header_length) = match request {
+        Request::Rest {
+            body,
+            header_length,
+        } => (body, header_length),
+        Request::Grpc {
+            mut client,
+            request,
+        } => {
+            let answer = client.model_infer(*request).await.expect("ModelInfer");
+            assert_eq!(answer.into_inner().raw_output_contents.len(), 1);
+            return;
+        }
+    };
+    let mut builder = client.post(&url).body(body);
+    if let Some(length) = header_length {
         builder = builder.header("Inference-Header-Content-Length", length);
     }
     let response = builder.send().await.expect("request");
@@ -457,9 +520,9 @@ async fn send(client: reqwest::Client, request: Request, url: String) {
     );
 }
 
-async fn drive(args: &Args, url: String) -> f64 {
+async fn drive(args: &Args, url: String, grpc: SocketAddr) -> f64 {
     let client = reqwest::Client::new();
-    let requests = warmed_requests(args, &client, &url).await;
+    let requests = warmed_requests(args, &client, &url, grpc).await;
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.secs);
@@ -481,6 +544,8 @@ async fn drive(args: &Args, url: String) -> f64 {
     let rate = requests as f64 / elapsed.as_secs_f64();
     let transport = if args.shared_memory {
         "shared memory"
+    } else if args.grpc {
+        "gRPC"
     } else {
         "binary REST"
     };
@@ -515,7 +580,7 @@ fn pair(args: &Args) -> (f64, f64) {
         onnx.clone(),
     ));
     let url = format!("http://{}/v2/models/yolov8n/infer", server.http);
-    let clients = client_runtime.block_on(GatedClients::start(args, &url));
+    let clients = client_runtime.block_on(GatedClients::start(args, &url, server.grpc));
     let slice = args
         .slice_ms
         .map_or(Duration::from_secs(args.secs), Duration::from_millis);
@@ -604,7 +669,7 @@ fn batching_on_against_off(args: &Args) -> (f64, f64) {
             onnx.clone(),
         ));
         let url = format!("http://{}/v2/models/yolov8n/infer", server.http);
-        let clients = client_runtime.block_on(GatedClients::start(args, &url));
+        let clients = client_runtime.block_on(GatedClients::start(args, &url, server.grpc));
         client_runtime.block_on(clients.slice(slice));
         sides.push((repository, server, clients, url, (0, Duration::ZERO)));
     }
@@ -834,9 +899,9 @@ struct GatedClients {
 }
 
 impl GatedClients {
-    async fn start(args: &Args, url: &str) -> GatedClients {
+    async fn start(args: &Args, url: &str, grpc: SocketAddr) -> GatedClients {
         let client = reqwest::Client::new();
-        let requests = warmed_requests(args, &client, url).await;
+        let requests = warmed_requests(args, &client, url, grpc).await;
         let (on, _) = tokio::sync::watch::channel(false);
         let done = Arc::new(AtomicU64::new(0));
         let in_flight = Arc::new(AtomicU64::new(0));

@@ -202,6 +202,9 @@ pub async fn start(runtime: Arc<cardet_onnx::Runtime>, config: Config) -> Result
     let stop = signal(watcher.clone());
     tasks.push(tokio::spawn(async move {
         tonic::transport::Server::builder()
+            .initial_stream_window_size(GRPC_STREAM_WINDOW)
+            .initial_connection_window_size(GRPC_CONNECTION_WINDOW)
+            .max_frame_size(GRPC_MAX_FRAME)
             .add_service(grpc_service)
             .add_service(modelmesh)
             .serve_with_incoming_shutdown(
@@ -298,6 +301,18 @@ async fn futures_join(tasks: Vec<JoinHandle<Result<(), Error>>>) -> Vec<Result<(
     }
     results
 }
+
+/// HTTP/2 flow control and framing for gRPC. A 640x640 FP32 image is 4.9 MB; under
+/// hyper's defaults (1 MiB windows, 16 KiB frames) it arrives as 300 frames with
+/// the client waiting on window updates, and a batch-1 `ModelInfer` spent about 2 ms
+/// more around inference than with these (`serve_bench pair --batch 1 --grpc`,
+/// BENCHMARKS.md). The windows are credit, not buffers: tonic consumes a message as
+/// it arrives, up to `--max-message-bytes` whatever the window.
+pub const GRPC_STREAM_WINDOW: u32 = 8 << 20;
+/// The whole connection's window: two streams' worth.
+pub const GRPC_CONNECTION_WINDOW: u32 = 16 << 20;
+/// The largest frame a client may send.
+pub const GRPC_MAX_FRAME: u32 = 1 << 20;
 
 /// Turns Nagle's algorithm off on an accepted connection. Neither `axum::serve` nor
 /// tonic's `serve_with_incoming` does it for a listener handed to them, and with it

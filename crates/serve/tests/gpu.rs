@@ -10,7 +10,6 @@
 mod common;
 
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
 
 use ort::ep::ExecutionProvider;
 use serde_json::Value;
@@ -43,17 +42,9 @@ fn image() -> Vec<f32> {
         .collect()
 }
 
-/// ONNX Runtime allows one environment per process: the tests share it.
-fn runtime() -> Arc<cardet_onnx::Runtime> {
-    static RUNTIME: OnceLock<Arc<cardet_onnx::Runtime>> = OnceLock::new();
-    RUNTIME
-        .get_or_init(|| Arc::new(cardet_onnx::load().expect("onnxruntime")))
-        .clone()
-}
-
 /// Whether the loaded ONNX Runtime library has the CUDA provider at all.
 fn library_has_cuda() -> bool {
-    let _runtime = runtime();
+    let _runtime = common::runtime();
     ort::ep::CUDA::is_available().unwrap_or(false)
 }
 
@@ -68,7 +59,7 @@ async fn serve_all(repository: &Path) -> cardet_serve::Server {
 }
 
 async fn start(config: cardet_serve::Config) -> cardet_serve::Server {
-    cardet_serve::start(runtime(), config)
+    cardet_serve::start(common::runtime(), config)
         .await
         .expect("server starts")
 }
@@ -208,7 +199,7 @@ async fn infer_one_image(client: &reqwest::Client, base: &str, model: &str) -> V
 
 /// `output0` of the same image from a plain ONNX Runtime session on the CPU.
 fn cpu_session_output() -> Vec<f32> {
-    let runtime = runtime();
+    let runtime = common::runtime();
     let mut session = ort::session::Session::builder(&runtime.environment)
         .expect("builder")
         .commit_from_file(cardet_testkit::ultralytics_yolov8n_onnx())

@@ -103,6 +103,17 @@ pub fn yolo_model(root: &Path, name: &str, size: usize, extra: &str) {
     }
 }
 
+/// This process's ONNX Runtime. A file's tests share it because `cargo test` runs
+/// them on parallel threads, and ONNX Runtime refuses an environment built while
+/// another one is (nextest, one process per test, never hit it).
+pub fn runtime() -> std::sync::Arc<cardet_onnx::Runtime> {
+    static RUNTIME: std::sync::OnceLock<std::sync::Arc<cardet_onnx::Runtime>> =
+        std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| std::sync::Arc::new(cardet_onnx::load().expect("onnxruntime")))
+        .clone()
+}
+
 /// A test server on free ports, in this process.
 pub async fn start(
     repository: &Path,
@@ -137,8 +148,7 @@ pub fn config(
 }
 
 pub async fn start_with(config: cardet_serve::Config) -> cardet_serve::Server {
-    let runtime = std::sync::Arc::new(cardet_onnx::load().expect("onnxruntime"));
-    cardet_serve::start(runtime, config)
+    cardet_serve::start(runtime(), config)
         .await
         .expect("server starts")
 }
