@@ -6,11 +6,32 @@ Counts calls over 20 ms: with Nagle's algorithm on the server's connections, a
 small answer now and then waits for the client's delayed ACK (about 40 ms on
 Linux). Used for BENCHMARKS.md's TCP_NODELAY entry.
 """
-import sys, time
-import tritonclient.grpc as g
-cg = g.InferenceServerClient(f"127.0.0.1:{sys.argv[1]}")
-n=int(sys.argv[2]); cg.is_server_live(); xs=[]
-for _ in range(n):
-    a=time.perf_counter(); cg.is_server_live(); xs.append(time.perf_counter()-a)
-slow=sum(v>0.02 for v in xs); tot=sum(xs); xs.sort()
-print(f"{n} ServerLive: {slow} over 20 ms, median {xs[n//2]*1e3:.3f} ms, p99.9 {xs[int(n*.999)]*1e3:.2f} ms, max {xs[-1]*1e3:.1f} ms, mean {tot/n*1e3:.3f} ms")
+import sys
+import time
+
+import tritonclient.grpc as grpcclient
+
+STALL_SECONDS = 0.020
+
+
+def main():
+    port, calls = sys.argv[1], int(sys.argv[2])
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+    client.is_server_live()  # connect before timing
+    times = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        client.is_server_live()
+        times.append(time.perf_counter() - started)
+    stalls = sum(t > STALL_SECONDS for t in times)
+    mean = sum(times) / calls
+    times.sort()
+    print(
+        f"{calls} ServerLive: {stalls} over 20 ms, median {times[calls // 2] * 1e3:.3f} ms, "
+        f"p99.9 {times[int(calls * 0.999)] * 1e3:.2f} ms, max {times[-1] * 1e3:.1f} ms, "
+        f"mean {mean * 1e3:.3f} ms"
+    )
+
+
+if __name__ == "__main__":
+    main()
