@@ -384,7 +384,7 @@ enum Request {
 }
 
 /// A gRPC `ModelInfer` of one image in raw contents, on a connection of its own.
-async fn grpc_request(address: &str) -> Request {
+async fn grpc_request(address: SocketAddr) -> Request {
     let client = GrpcInferenceServiceClient::connect(format!("http://{address}"))
         .await
         .expect("gRPC connects")
@@ -477,7 +477,7 @@ async fn warmed_requests(
         requests.push(if args.shared_memory {
             shared_memory_request(client, url, index).await
         } else if args.grpc {
-            grpc_request(&grpc.to_string()).await
+            grpc_request(grpc).await
         } else {
             binary_request()
         });
