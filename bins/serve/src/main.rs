@@ -36,6 +36,9 @@ message limits (tonic's default is 4 MB) are both raised to --max-message-bytes
 (default 128 MiB, enough for a batch of 8 as binary data or JSON of one image).
 gRPC's HTTP/2 windows are 8 MiB per stream and 16 MiB per connection, with frames
 up to 1 MiB, so a client sends one image without waiting on window updates.
+Compression as in Triton: a REST infer body may come with Content-Encoding gzip or
+deflate (the limit counts its decoded size), the answer is compressed when
+Accept-Encoding asks for it, and gRPC accepts gzip and deflate requests.
 A full queue (--max-queue-size requests or --max-queue-bytes of inputs per model
 version, or a model's dynamic_batching { default_queue_policy { max_queue_size } })
 answers 503 / UNAVAILABLE naming the model; bad input answers 400 / INVALID_ARGUMENT

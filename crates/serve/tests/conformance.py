@@ -99,6 +99,22 @@ def http_checks():
         expected = reference(model, {"images": images})[0]
         compare(f"http infer {model} batch {batch} binary in/out {binary_in}/{binary_out}", result.as_numpy("output0"), expected)
 
+    # tritonclient's compression: the request body gzip or deflate, the answer asked for by Accept-Encoding.
+    images = image_batch(2, 160, 50)
+    expected = reference("yolov8n_small", {"images": images})[0]
+    for request_coding, answer_coding, binary in [("gzip", "deflate", True), ("deflate", "gzip", False), (None, "gzip", True)]:
+        infer_input = httpclient.InferInput("images", list(images.shape), "FP32")
+        infer_input.set_data_from_numpy(images, binary_data=binary)
+        output = httpclient.InferRequestedOutput("output0", binary_data=binary)
+        result = client.infer(
+            "yolov8n_small",
+            [infer_input],
+            outputs=[output],
+            request_compression_algorithm=request_coding,
+            response_compression_algorithm=answer_coding,
+        )
+        compare(f"http infer compressed {request_coding}/{answer_coding} binary {binary}", result.as_numpy("output0"), expected)
+
     x = np.arange(12, dtype=np.float32).reshape(3, 4)
     infer_input = httpclient.InferInput("x", [3, 4], "FP32")
     infer_input.set_data_from_numpy(x, binary_data=True)
@@ -240,6 +256,14 @@ def grpc_checks():
         infer_input.set_data_from_numpy(images)
         result = client.infer(model, [infer_input], model_version="1" if seed % 2 else "")
         compare(f"grpc infer {model} batch {batch}", result.as_numpy("output0"), reference(model, {"images": images})[0])
+
+    images = image_batch(2, 160, 150)
+    expected = reference("yolov8n_small", {"images": images})[0]
+    for coding in ["gzip", "deflate"]:
+        infer_input = grpcclient.InferInput("images", list(images.shape), "FP32")
+        infer_input.set_data_from_numpy(images)
+        result = client.infer("yolov8n_small", [infer_input], compression_algorithm=coding)
+        compare(f"grpc infer compressed {coding}", result.as_numpy("output0"), expected)
 
     # Typed contents (not raw), built by hand: tritonclient always sends raw.
     from tritonclient.grpc import service_pb2

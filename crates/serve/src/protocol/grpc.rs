@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio_stream::Stream;
+use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
 use crate::error::{ApiError, ErrorKind};
@@ -62,7 +63,11 @@ impl GrpcService {
         }
     }
 
-    /// The tonic service, with message limits raised to `max_message_bytes` both ways.
+    /// The tonic service, with message limits raised to `max_message_bytes` both ways
+    /// (a compressed request's limit counts its decoded size). Requests compressed
+    /// with gzip or deflate (tritonclient's `compression_algorithm`) are accepted;
+    /// answers go uncompressed, as Triton sends them by default, since gRPC clients
+    /// announce every coding they can read whether or not they asked for one.
     pub fn server(
         self,
         max_message_bytes: usize,
@@ -70,6 +75,8 @@ impl GrpcService {
         pb::inference::grpc_inference_service_server::GrpcInferenceServiceServer::new(self)
             .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(max_message_bytes)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Deflate)
     }
 }
 

@@ -21,6 +21,7 @@ use crate::error::{ApiError, ErrorKind};
 use crate::infer::{Infer, InferRequest, LoadedVersion, VersionStats};
 use crate::metrics::Duration64;
 use crate::model_config::InstanceKind;
+use crate::protocol::compression::{self, Coding};
 use crate::protocol::types::{encode_infer_response, parse_infer_request};
 use crate::shared_memory::SharedMemory;
 
@@ -455,6 +456,29 @@ async fn version_infer(
 /// the backend can hand it to ONNX Runtime as a view instead of copying it.
 const BINARY_ALIGNMENT: usize = 8;
 
+/// An empty buffer for a body of about `capacity` bytes, and the padding it
+/// starts with: with binary tensor data (`json_length` is the JSON header's
+/// length) the bytes after the header land aligned for any element type.
+fn aligned_buffer(capacity: usize, json_length: Option<usize>) -> (Vec<u8>, usize) {
+    let mut buffer: Vec<u8> = Vec::with_capacity(capacity + BINARY_ALIGNMENT);
+    // The allocator's alignment (16 bytes for glibc) is kept when the buffer grows,
+    // so padding chosen now stays right if the capacity was missing or short.
+    let padding = json_length.map_or(0, |json| {
+        (BINARY_ALIGNMENT - (buffer.as_ptr() as usize + json) % BINARY_ALIGNMENT) % BINARY_ALIGNMENT
+    });
+    buffer.resize(padding, 0);
+    (buffer, padding)
+}
+
+/// Runs CPU-heavy work (big JSON, compression) on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| ApiError::backend(error.to_string()))?
+}
+
 /// Reads the body into one buffer, refusing bodies over `limit` bytes.
 ///
 /// With binary tensor data (`json_length` is the JSON header's length) the buffer
@@ -479,13 +503,7 @@ async fn read_body(
     if content_length.is_some_and(|length| length > limit) {
         return Err(too_large());
     }
-    let mut buffer: Vec<u8> = Vec::with_capacity(content_length.unwrap_or(0) + BINARY_ALIGNMENT);
-    // The allocator's alignment (16 bytes for glibc) is kept when the buffer grows,
-    // so padding chosen now stays right if `Content-Length` was missing or short.
-    let padding = json_length.map_or(0, |json| {
-        (BINARY_ALIGNMENT - (buffer.as_ptr() as usize + json) % BINARY_ALIGNMENT) % BINARY_ALIGNMENT
-    });
-    buffer.resize(padding, 0);
+    let (mut buffer, padding) = aligned_buffer(content_length.unwrap_or(0), json_length);
     let mut chunks = body.into_data_stream();
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk
@@ -511,12 +529,25 @@ async fn infer(
     let binary_header_length = header_length
         .as_deref()
         .and_then(|l| l.trim().parse::<usize>().ok());
-    let body = read_body(&headers, body, state.max_body_bytes, binary_header_length).await?;
+    let body = match Coding::of_request(&headers)? {
+        Coding::Identity => {
+            read_body(&headers, body, state.max_body_bytes, binary_header_length).await?
+        }
+        coding => {
+            let compressed = read_body(&headers, body, state.max_body_bytes, None).await?;
+            let limit = state.max_body_bytes;
+            blocking(move || {
+                let (buffer, padding) =
+                    aligned_buffer(compressed.len().saturating_mul(2), binary_header_length);
+                let decoded = compression::decode(coding, &compressed, buffer, limit)?;
+                Ok(Bytes::from(decoded).slice(padding..))
+            })
+            .await?
+        }
+    };
     let json_bytes = binary_header_length.unwrap_or(body.len());
     let mut parsed = if json_bytes > BLOCKING_THRESHOLD {
-        tokio::task::spawn_blocking(move || parse_infer_request(body, header_length.as_deref()))
-            .await
-            .map_err(|error| ApiError::backend(error.to_string()))??
+        blocking(move || parse_infer_request(body, header_length.as_deref())).await?
     } else {
         parse_infer_request(body, header_length.as_deref())?
     };
@@ -545,14 +576,30 @@ async fn infer(
         .sum::<usize>()
         > BLOCKING_THRESHOLD;
     let encoded = if json_heavy {
-        tokio::task::spawn_blocking(move || encode_infer_response(&response, &parsed))
-            .await
-            .map_err(|error| ApiError::backend(error.to_string()))?
+        blocking(move || Ok(encode_infer_response(&response, &parsed))).await?
     } else {
         encode_infer_response(&response, &parsed)
     };
     let header_length = encoded.header_length;
-    let mut answer = Response::new(Body::new(PartsBody::new(encoded.parts)));
+    let coding = Coding::for_answer(&headers);
+    let parts = match coding {
+        Coding::Identity => encoded.parts,
+        coding => vec![
+            blocking(move || {
+                compression::encode(coding, &encoded.parts).map_err(|error| {
+                    ApiError::backend(format!("{} of the answer: {error}", coding.name()))
+                })
+            })
+            .await?,
+        ],
+    };
+    let mut answer = Response::new(Body::new(PartsBody::new(parts)));
+    if coding != Coding::Identity {
+        answer.headers_mut().insert(
+            header::CONTENT_ENCODING,
+            HeaderValue::from_static(coding.name()),
+        );
+    }
     match header_length {
         Some(length) => {
             answer.headers_mut().insert(
