@@ -221,6 +221,14 @@ enum Transport {
 /// The largest gRPC message either way: a batch of 8 images at 640 is 39 MB.
 const MAX_GRPC_MESSAGE_BYTES: usize = 512 << 20;
 
+/// HTTP/2 windows and the largest frame this client accepts over gRPC, the same as
+/// `serve` announces. With tonic's defaults (a 2 MiB stream window, 16 KiB frames)
+/// YOLOv8n's 2.8 MB answer came back as 172 frames with a window update midway,
+/// about 1.5 ms a request more (`serve_bench pair --batch 1 --grpc`, BENCHMARKS.md).
+const GRPC_STREAM_WINDOW: u32 = 8 << 20;
+const GRPC_CONNECTION_WINDOW: u32 = 16 << 20;
+const GRPC_MAX_FRAME: u32 = 1 << 20;
+
 impl KserveClient {
     /// A client for `url` (`http://host:port`; for gRPC the gRPC port). Nothing is
     /// sent yet; [`KserveClient::check_ready`] is the first request.
@@ -242,7 +250,10 @@ impl KserveClient {
                 let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
                     .map_err(|error| Error::InvalidArgument(format!("{url}: {error}")))?
                     .timeout(timeout)
-                    .connect_timeout(Duration::from_secs(5));
+                    .connect_timeout(Duration::from_secs(5))
+                    .initial_stream_window_size(GRPC_STREAM_WINDOW)
+                    .initial_connection_window_size(GRPC_CONNECTION_WINDOW)
+                    .max_frame_size(GRPC_MAX_FRAME);
                 Transport::Grpc(
                     pb::grpc_inference_service_client::GrpcInferenceServiceClient::new(
                         endpoint.connect_lazy(),
@@ -1011,6 +1022,48 @@ mod tests {
             .iter()
             .flat_map(|value| value.to_le_bytes())
             .collect()
+    }
+
+    #[test]
+    fn grpc_announces_large_windows_and_frames() {
+        use cardet_testkit::http2;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("address");
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            http2::read_client_announcements(&mut stream).expect("the client's first frames")
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let _context = runtime.enter();
+        let client = KserveClient::new(
+            &format!("http://{address}"),
+            Protocol::Grpc,
+            Duration::from_secs(10),
+        )
+        .expect("client");
+        // The bare server hangs up once it has read the client's opening frames, so
+        // the call fails; what matters is what the client announced.
+        let _ = runtime.block_on(client.check_ready("model", None));
+        let announced = server.join().expect("server thread");
+        assert_eq!(
+            announced.settings.get(&http2::SETTINGS_INITIAL_WINDOW_SIZE),
+            Some(&GRPC_STREAM_WINDOW),
+            "{announced:?}"
+        );
+        assert_eq!(
+            announced.settings.get(&http2::SETTINGS_MAX_FRAME_SIZE),
+            Some(&GRPC_MAX_FRAME),
+            "{announced:?}"
+        );
+        assert_eq!(announced.connection_window, GRPC_CONNECTION_WINDOW);
+        // YOLOv8n's answer at 640 (FP32, 84 x 8400) fits in a stream's window.
+        assert!(GRPC_STREAM_WINDOW as usize >= 84 * 8400 * 4);
     }
 
     #[test]

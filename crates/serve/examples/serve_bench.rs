@@ -385,9 +385,15 @@ enum Request {
 
 /// A gRPC `ModelInfer` of one image in raw contents, on a connection of its own.
 async fn grpc_request(address: SocketAddr) -> Request {
-    let client = GrpcInferenceServiceClient::connect(format!("http://{address}"))
-        .await
-        .expect("gRPC connects")
+    // The client announces the same windows and frame size as `serve`: its
+    // defaults (2 MiB stream window, 16 KiB frames) cost about 1.5 ms a request
+    // on the answer's way back (BENCHMARKS.md).
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .expect("endpoint")
+        .initial_stream_window_size(cardet_serve::GRPC_STREAM_WINDOW)
+        .initial_connection_window_size(cardet_serve::GRPC_CONNECTION_WINDOW)
+        .max_frame_size(cardet_serve::GRPC_MAX_FRAME);
+    let client = GrpcInferenceServiceClient::new(endpoint.connect().await.expect("gRPC connects"))
         .max_encoding_message_size(64 << 20)
         .max_decoding_message_size(64 << 20);
     let request = v2::ModelInferRequest {

@@ -12,11 +12,12 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::BorrowedFd;
 use std::time::Duration;
 
 use cardet_serve::protocol::grpc::pb::inference as v2;
+use cardet_testkit::http2;
 use v2::grpc_inference_service_client::GrpcInferenceServiceClient;
 
 /// `TCP_NODELAY` of each connected TCP socket in this process whose local port is
@@ -98,25 +99,6 @@ async fn every_accepted_connection_has_nagle_off() {
     server.shutdown().await.expect("shutdown");
 }
 
-/// HTTP/2 frame types and SETTINGS identifiers (RFC 9113, sections 6.5.2 and 6.9).
-const SETTINGS: u8 = 0x4;
-const WINDOW_UPDATE: u8 = 0x8;
-const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
-const SETTINGS_MAX_FRAME_SIZE: u16 = 0x5;
-/// Every HTTP/2 connection's window before any WINDOW_UPDATE (RFC 9113, 6.9.2).
-const DEFAULT_CONNECTION_WINDOW: u32 = 65_535;
-
-/// Reads one frame: its type, flags, stream and payload.
-fn read_frame(stream: &mut std::net::TcpStream) -> (u8, u8, u32, Vec<u8>) {
-    let mut header = [0u8; 9];
-    stream.read_exact(&mut header).expect("frame header");
-    let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
-    let stream_id = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
-    let mut payload = vec![0u8; length];
-    stream.read_exact(&mut payload).expect("frame payload");
-    (header[3], header[4], stream_id, payload)
-}
-
 #[tokio::test]
 async fn grpc_announces_its_windows_and_frame_size() {
     let root = tempfile::tempdir().expect("tempdir");
@@ -125,54 +107,31 @@ async fn grpc_announces_its_windows_and_frame_size() {
     let address = server.grpc;
     // A bare HTTP/2 client: the preface and an empty SETTINGS, then read what the
     // server sends first (its SETTINGS, and a WINDOW_UPDATE for the connection).
-    let (settings, connection_increment) = tokio::task::spawn_blocking(move || {
+    let announced = tokio::task::spawn_blocking(move || {
         let mut stream = std::net::TcpStream::connect(address).expect("connects");
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
-        stream
-            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
-            .expect("preface");
-        let mut settings = BTreeMap::new();
-        let mut connection_increment = 0u32;
-        // The server's first frames; it sends nothing more until asked.
-        for _ in 0..4 {
-            let (kind, flags, stream_id, payload) = read_frame(&mut stream);
-            match kind {
-                SETTINGS if flags & 0x1 == 0 => {
-                    for entry in payload.chunks_exact(6) {
-                        let id = u16::from_be_bytes([entry[0], entry[1]]);
-                        let value = u32::from_be_bytes([entry[2], entry[3], entry[4], entry[5]]);
-                        settings.insert(id, value);
-                    }
-                }
-                WINDOW_UPDATE if stream_id == 0 => {
-                    connection_increment =
-                        u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
-                }
-                _ => {}
-            }
-            if !settings.is_empty() && connection_increment > 0 {
-                break;
-            }
-        }
-        (settings, connection_increment)
+        stream.write_all(http2::CLIENT_PREFACE).expect("preface");
+        stream.write_all(b"\0\0\0\x04\0\0\0\0\0").expect("settings");
+        http2::read_announcements(&mut stream, 4).expect("the server's first frames")
     })
     .await
     .expect("client thread");
 
+    let settings = &announced.settings;
     assert_eq!(
-        settings.get(&SETTINGS_INITIAL_WINDOW_SIZE),
+        settings.get(&http2::SETTINGS_INITIAL_WINDOW_SIZE),
         Some(&cardet_serve::GRPC_STREAM_WINDOW),
         "stream window in the server's SETTINGS: {settings:?}"
     );
     assert_eq!(
-        settings.get(&SETTINGS_MAX_FRAME_SIZE),
+        settings.get(&http2::SETTINGS_MAX_FRAME_SIZE),
         Some(&cardet_serve::GRPC_MAX_FRAME),
         "max frame size in the server's SETTINGS: {settings:?}"
     );
     assert_eq!(
-        DEFAULT_CONNECTION_WINDOW + connection_increment,
+        announced.connection_window,
         cardet_serve::GRPC_CONNECTION_WINDOW,
         "the connection window after the server's first WINDOW_UPDATE"
     );

@@ -10,6 +10,8 @@
 //! println!("kafka at {}", stack.kafka_bootstrap);
 //! ```
 
+pub mod http2;
+
 use std::path::{Path, PathBuf};
 
 /// The stack's endpoints and credentials, with the ecosystem's variable names.
