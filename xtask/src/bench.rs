@@ -336,7 +336,7 @@ const MODEL: Area = Area {
 /// within a minute (a ratio of two separate 10 s runs was mostly that drift).
 const SERVE: Area = Area {
     name: "serve",
-    about: "`serve` (REST with binary tensor data, or REST with the tensors in system shared-memory regions; YOLOv8n 640, 2 ORT intra-op threads, one instance split in two while requests wait unless the row says otherwise) against a raw ONNX Runtime session in the same process with the same threads, both sides alternating in turns of 0.5 s (one client) or 2 s (8 clients; the raw side runs batch 1, 2, 4 and 8 in each turn) within each run, `serve_bench pair`.",
+    about: "`serve` (REST with binary tensor data, gRPC `ModelInfer` with raw contents, or REST with the tensors in system shared-memory regions; YOLOv8n 640, 2 ORT intra-op threads, one instance split in two while requests wait unless the row says otherwise) against a raw ONNX Runtime session in the same process with the same threads, both sides alternating in turns of 0.5 s (one client) or 2 s (8 clients; the raw side runs batch 1, 2, 4 and 8 in each turn) within each run, `serve_bench pair`.",
     cases: &[
         Case {
             name: "batch 1, one client (images/s)",
@@ -357,6 +357,32 @@ const SERVE: Area = Area {
                 "100",
                 "--slice-ms",
                 "500",
+            ],
+            baseline_name: "raw ORT session, batch 1",
+            baseline: &[],
+            gpu: false,
+            concurrent: false,
+        },
+        Case {
+            name: "batch 1, one client, gRPC ModelInfer with raw contents (images/s)",
+            ours: &[
+                "cargo",
+                "run",
+                "--release",
+                "-q",
+                "-p",
+                "cardet-serve",
+                "--example",
+                "serve_bench",
+                "--",
+                "pair",
+                "--batch",
+                "1",
+                "--slices",
+                "100",
+                "--slice-ms",
+                "500",
+                "--grpc",
             ],
             baseline_name: "raw ORT session, batch 1",
             baseline: &[],
