@@ -10,6 +10,7 @@
 //! serve_bench serve   --clients 8 [--secs 10] [--threads 2] [--no-batching] [--max-batch 8]
 //! serve_bench serve   ... --shared-memory                     # tensors through /dev/shm regions
 //! serve_bench serve   ... --grpc                              # gRPC ModelInfer, raw contents, a connection per client
+//! serve_bench serve   ... --client-threads 4                  # the clients on 4 threads (a GPU machine's spare cores)
 //! serve_bench rss                                             # a bare session's resident memory
 //! serve_bench backend [--secs 40] [raw flags]                 # a raw session against serve's backend, no transport
 //! serve_bench pair    --clients 8 --best [--slices 6] [--secs 2] [serve flags]
@@ -69,6 +70,8 @@ struct Args {
     shared_memory: bool,
     /// Clients send gRPC `ModelInfer` with raw contents instead of binary REST.
     grpc: bool,
+    /// Threads of the clients' async runtime (1: one thread, as on a 2-core machine).
+    client_threads: usize,
     /// Model instances in `serve` (`instance_group { count }`).
     instances: usize,
     /// Raw sessions run side by side.
@@ -110,6 +113,7 @@ fn parse_args() -> Args {
         spinning_stop: false,
         shared_memory: false,
         grpc: false,
+        client_threads: 1,
         instances: 1,
         sessions: 1,
         max_batch: 8,
@@ -145,6 +149,7 @@ fn parse_args() -> Args {
             "--spinning-stop" => args.spinning_stop = true,
             "--shared-memory" => args.shared_memory = true,
             "--grpc" => args.grpc = true,
+            "--client-threads" => args.client_threads = (value() as usize).max(1),
             "--gpu" => args.gpu = true,
             "--conv-search" => args.conv_search = Some(value()),
             "--pad-pow2" => args.pad = Some("pow2"),
@@ -277,8 +282,9 @@ fn run_raw(
 }
 
 /// `serve`'s async runtime (half the cores, as `serve` sizes it) and the clients'
-/// one-threaded one.
-fn runtimes() -> (tokio::runtime::Runtime, tokio::runtime::Runtime) {
+/// one (`client_threads` threads; one by default, so that on two cores the clients
+/// take no more than the one core a real client process would).
+fn runtimes(client_threads: usize) -> (tokio::runtime::Runtime, tokio::runtime::Runtime) {
     let async_threads =
         std::thread::available_parallelism().map_or(1, |cores| (cores.get() / 2).max(1));
     let server_runtime = tokio::runtime::Builder::new_multi_thread()
@@ -286,15 +292,22 @@ fn runtimes() -> (tokio::runtime::Runtime, tokio::runtime::Runtime) {
         .enable_all()
         .build()
         .expect("tokio");
-    let client_runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio");
+    let client_runtime = if client_threads > 1 {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(client_threads)
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    }
+    .expect("tokio");
     (server_runtime, client_runtime)
 }
 
 fn serve(args: &Args) -> f64 {
-    let (server_runtime, client_runtime) = runtimes();
+    let (server_runtime, client_runtime) = runtimes(args.client_threads);
     let repository = tempfile::tempdir().expect("tempdir");
     let onnx = Arc::new(cardet_onnx::load().expect("onnxruntime"));
     let server =
@@ -577,7 +590,7 @@ fn pair(args: &Args) -> (f64, f64) {
     for &batch in &batches {
         run_raw(&mut sessions, batch, Duration::ZERO, true);
     }
-    let (server_runtime, client_runtime) = runtimes();
+    let (server_runtime, client_runtime) = runtimes(args.client_threads);
     let repository = tempfile::tempdir().expect("tempdir");
     let server = server_runtime.block_on(start_server(
         args,
@@ -661,7 +674,7 @@ fn pair(args: &Args) -> (f64, f64) {
 /// Returns both rates, batching first.
 fn batching_on_against_off(args: &Args) -> (f64, f64) {
     let onnx = Arc::new(cardet_onnx::load().expect("onnxruntime"));
-    let (server_runtime, client_runtime) = runtimes();
+    let (server_runtime, client_runtime) = runtimes(args.client_threads);
     let slice = args
         .slice_ms
         .map_or(Duration::from_secs(args.secs), Duration::from_millis);
