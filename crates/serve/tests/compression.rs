@@ -42,6 +42,10 @@ fn unzlib(data: &[u8]) -> Vec<u8> {
     out
 }
 
+fn le_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
 /// A binary-extension request for `tiny` (x = 1, 2, 3, 4 as FP32, `y` asked back
 /// in binary) and its JSON header's length.
 fn binary_request() -> (Vec<u8>, usize) {
@@ -51,9 +55,7 @@ fn binary_request() -> (Vec<u8>, usize) {
     }))
     .expect("json");
     let mut body = header.clone();
-    for value in [1.0f32, 2.0, 3.0, 4.0] {
-        body.extend_from_slice(&value.to_le_bytes());
-    }
+    body.extend_from_slice(&le_bytes(&[1.0, 2.0, 3.0, 4.0]));
     (body, header.len())
 }
 
@@ -110,11 +112,10 @@ async fn compressed_requests_and_answers_over_rest() {
     let plain = post(&client, &url, body.clone(), header_length, &[]).await;
     assert_eq!(plain.status, 200);
     assert_eq!(plain.content_encoding, None);
-    let doubled: Vec<u8> = [2.0f32, 4.0, 6.0, 8.0]
-        .iter()
-        .flat_map(|v| v.to_le_bytes())
-        .collect();
-    assert!(plain.body.ends_with(&doubled), "y = 2x in binary");
+    assert!(
+        plain.body.ends_with(&le_bytes(&[2.0, 4.0, 6.0, 8.0])),
+        "y = 2x in binary"
+    );
 
     for (coding, compressed) in [("gzip", gzip(&body)), ("deflate", zlib(&body))] {
         let answer = post(
@@ -206,10 +207,7 @@ async fn compressed_requests_over_grpc() {
         raw_input_contents: vec![values.into()],
         ..Default::default()
     };
-    let x: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0]
-        .iter()
-        .flat_map(|v| v.to_le_bytes())
-        .collect();
+    let x = le_bytes(&[1.0, 2.0, 3.0, 4.0]);
     let plain = connect()
         .await
         .model_infer(request(x.clone(), 4))
