@@ -359,9 +359,14 @@ fn from_ort_type(ty: TensorElementType) -> Option<DataType> {
 
 /// A numeric input as ONNX Runtime sees it: a view of the request's bytes when they
 /// are aligned for `T` (no copy), else a typed copy.
+///
+/// `from_le_bytes` is a closure type of its own per `T`, not a `fn` pointer: through a
+/// pointer every element was an indirect call, and the copy of a misaligned 640x640
+/// image (every gRPC `raw_input_contents`, whose bytes sit where protobuf put them)
+/// took about 2 ms instead of a memcpy's 0.2.
 fn numeric_input<T>(
     tensor: &Tensor,
-    from_le_bytes: fn(&[u8]) -> T,
+    from_le_bytes: impl Fn(&[u8]) -> T,
 ) -> ort::Result<SessionInputValue<'_>>
 where
     T: ort::value::PrimitiveTensorElementType + std::fmt::Debug + Clone + 'static,
@@ -498,6 +503,29 @@ fn from_ort_value(name: String, value: DynValue) -> Result<Tensor, BackendError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn misaligned_input_bytes_are_copied_with_their_values() {
+        let _runtime = cardet_onnx::load().expect("onnxruntime");
+        let values: Vec<f32> = (0..1000).map(|i| i as f32 * 0.25 - 7.0).collect();
+        let mut bytes = vec![0u8];
+        bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+        // One byte in, the floats cannot be aligned for `f32`: the copy path.
+        let tensor = Tensor {
+            name: "images".into(),
+            datatype: DataType::Fp32,
+            shape: vec![10, 100],
+            data: Bytes::from(bytes).slice(1..),
+        };
+        assert_ne!(
+            tensor.data.as_ptr() as usize % std::mem::align_of::<f32>(),
+            0
+        );
+        let value = to_ort_value(&tensor).expect("input");
+        let (shape, seen) = value.try_extract_tensor::<f32>().expect("f32 tensor");
+        assert_eq!(&**shape, &[10, 100]);
+        assert_eq!(seen, values.as_slice());
+    }
 
     #[test]
     fn each_batch_size_gets_its_session_up_to_the_cap() {
