@@ -8,7 +8,9 @@
 //! The 4.9 MB image of a request is not copied here: input bytes that are aligned for
 //! their element type (the REST edge lays binary data out so) are handed to ONNX
 //! Runtime as a borrowed view, and numeric outputs stay in the buffer ONNX Runtime
-//! wrote them to, shared as [`Bytes`] until the response is written.
+//! wrote them to, shared as [`Bytes`] until the response is written. gRPC's
+//! `raw_input_contents` sit wherever protobuf put them, seldom aligned, and are copied
+//! once (at memcpy speed: see `numeric_input`).
 //!
 //! Memory: the session runs without ONNX Runtime's CPU arena. The arena keeps the
 //! high-water mark of the largest batch it ever ran (batch 8 of YOLOv8n at 640 is
