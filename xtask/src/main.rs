@@ -81,6 +81,15 @@ fn is_package_description(name: &std::ffi::OsStr) -> bool {
         )
 }
 
+/// The workspace root, from where this crate lives: `xtask` works the same from any
+/// folder of the clone.
+pub(crate) fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
 #[cfg(test)]
 mod tests {
     use super::is_package_description;
@@ -112,13 +121,4 @@ mod tests {
             assert!(!is_package_description(OsStr::new(name)), "{name}");
         }
     }
-}
-
-/// The workspace root, from where this crate lives: `xtask` works the same from any
-/// folder of the clone.
-pub(crate) fn project_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
 }
