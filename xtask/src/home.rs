@@ -186,8 +186,9 @@ impl CardetHome {
 
     /// The environment of the builds xtask starts: every clone shares one target
     /// folder and sees libtorch and ONNX Runtime at the same absolute paths, so a
-    /// fresh clone recompiles only the workspace's own crates. The guards restore
-    /// the environment when dropped.
+    /// fresh clone recompiles only the workspace's own crates (for which `main` has
+    /// already dropped the clone's `CARGO_MANIFEST_DIR` that `cargo run` set: see
+    /// `forget_cargo_run_package_env`). The guards restore the environment when dropped.
     pub fn shared_build_env<'a>(&self, sh: &'a xshell::Shell) -> [xshell::PushEnv<'a>; 3] {
         [
             sh.push_env("CARGO_TARGET_DIR", self.shared_target_dir()),
