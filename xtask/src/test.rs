@@ -37,6 +37,16 @@ impl flags::Test {
             for (key, value) in config.variables() {
                 command = command.env(key, value);
             }
+            // nextest runs a test per core, so libtorch's own pool of a thread per
+            // core oversubscribes them: its OpenMP threads spin at every barrier
+            // while another test holds the core they wait for. On CI's two cores
+            // the training test took 242 s in the suite against 90 s with one
+            // thread beside another test (BENCHMARKS.md "Setup and test wall
+            // times"). Tests that need more threads ask for them (a launcher's
+            // ranks get 1 anyway, as under torchrun).
+            if std::env::var_os("OMP_NUM_THREADS").is_none() {
+                command = command.env("OMP_NUM_THREADS", "1");
+            }
             command.run().map_err(Into::into)
         });
         stack::down(&config, &started_here).context("bringing the stack down")?;
