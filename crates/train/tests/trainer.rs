@@ -168,6 +168,9 @@ fn a_short_run_fits_synthetic_vehicles() {
         seed: 1,
         project: dir.path().join("runs"),
         name: "fit".into(),
+        // Only the last epoch is validated: the same final mAP (validation draws no
+        // random numbers), 62 s instead of 72 s. `val: true` prints the curve above.
+        val: false,
         ..TrainConfig::default()
     };
     config.augment = cardet_augment::AugmentConfig::none();
