@@ -132,7 +132,8 @@ fn compile_or_reuse(build: &mut cc::Build, libtorch: &std::path::Path) {
 
 /// A hash of everything the shim's object code depends on: the compiler (its path,
 /// version and every flag `cc` passes, includes and defines among them), the source,
-/// and libtorch's version (its headers change with it; the folder's path may not).
+/// and libtorch's version (its headers change with it, and the nvidia-* wheels whose
+/// headers the `cuda` build includes come pinned by it; the folders' paths may not).
 fn shim_cache_key(build: &cc::Build, libtorch: &std::path::Path) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let compiler = build.try_get_compiler().ok()?;

@@ -42,8 +42,8 @@ impl flags::Test {
             // while another test holds the core they wait for. On CI's two cores
             // the training test took 242 s in the suite against 90 s with one
             // thread beside another test (BENCHMARKS.md "Setup and test wall
-            // times"). Tests that need more threads ask for them (a launcher's
-            // ranks get 1 anyway, as under torchrun).
+            // times"). `mwt launch` gives its ranks one thread anyway, as torchrun
+            // does; a developer's own OMP_NUM_THREADS wins.
             if std::env::var_os("OMP_NUM_THREADS").is_none() {
                 command = command.env("OMP_NUM_THREADS", "1");
             }
