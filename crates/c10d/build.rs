@@ -122,7 +122,8 @@ fn compile_or_reuse(build: &mut cc::Build, libtorch: &std::path::Path) {
             }
         }
     }
-    // What `cc` prints itself when it compiles.
+    // The link lines `cc` prints when it compiles (off above, so that a reused
+    // archive gets the same ones), and the compiler variables it would watch.
     println!("cargo:rerun-if-env-changed=CXX");
     println!("cargo:rerun-if-env-changed=CXXFLAGS");
     println!("cargo:rustc-link-search=native={}", out_dir.display());

@@ -166,7 +166,8 @@ impl CardetHome {
     }
 
     /// The one target folder every clone on this machine shares (CARGO_TARGET_DIR
-    /// when set).
+    /// when set). `.ci/run` and the Jenkinsfile spell the same default for building
+    /// xtask itself, which runs before this code can: change them together.
     pub fn shared_target_dir(&self) -> PathBuf {
         std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
